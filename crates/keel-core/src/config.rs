@@ -1,0 +1,387 @@
+//! The config schema: one TOML file mapped onto typed structs, validated with the exact line
+//! of whatever is wrong. Secrets are never in the file, only the names of the environment
+//! variables that hold them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4000";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+    /// Per-model prices that override the shipped price list, keyed by upstream model name.
+    #[serde(default)]
+    pub prices: BTreeMap<String, Price>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: Spanned<String>,
+    /// Name of the environment variable holding the key clients must send as a Bearer token.
+    pub master_key_env: Option<String>,
+    /// Largest request body accepted, in bytes.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig { listen: default_listen(), master_key_env: None, max_body_bytes: default_max_body_bytes() }
+    }
+}
+
+fn default_listen() -> Spanned<String> {
+    Spanned::new(0..0, DEFAULT_LISTEN.to_string())
+}
+
+fn default_max_body_bytes() -> usize {
+    16 * 1024 * 1024
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite file; relative paths are relative to the config file. Default: keel's data folder.
+    pub path: Option<PathBuf>,
+    /// Keep request and response bodies in traces.
+    #[serde(default = "yes")]
+    pub log_bodies: bool,
+    /// Traces waiting for the writer before requests wait for it (back-pressure).
+    #[serde(default = "default_trace_buffer")]
+    pub trace_buffer: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig { path: None, log_bodies: true, trace_buffer: default_trace_buffer() }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_trace_buffer() -> usize {
+    65_536
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    OpenAi,
+    Anthropic,
+    Gemini,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "openai",
+            ProviderKind::Anthropic => "anthropic",
+            ProviderKind::Gemini => "gemini",
+        }
+    }
+
+    pub fn default_base_url(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAi => "https://api.openai.com/v1",
+            ProviderKind::Anthropic => "https://api.anthropic.com",
+            ProviderKind::Gemini => "https://generativelanguage.googleapis.com",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub kind: ProviderKind,
+    pub base_url: Option<String>,
+    /// Name of the environment variable holding the API key.
+    pub api_key_env: Option<String>,
+    /// Extra headers sent upstream on every request (not secrets: use `api_key_env`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_s: f64,
+    /// Time allowed until the first byte of the answer (the whole answer when not streaming
+    /// is bounded by `timeout_s`).
+    #[serde(default = "default_first_token_timeout")]
+    pub first_token_timeout_s: f64,
+    #[serde(default = "default_total_timeout")]
+    pub timeout_s: f64,
+}
+
+impl ProviderConfig {
+    pub fn base_url(&self) -> &str {
+        self.base_url.as_deref().unwrap_or(self.kind.default_base_url()).trim_end_matches('/')
+    }
+}
+
+fn default_connect_timeout() -> f64 {
+    10.0
+}
+
+fn default_first_token_timeout() -> f64 {
+    60.0
+}
+
+fn default_total_timeout() -> f64 {
+    600.0
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    #[default]
+    Fallback,
+    Weighted,
+    LeastBusy,
+    Latency,
+}
+
+impl Strategy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Fallback => "fallback",
+            Strategy::Weighted => "weighted",
+            Strategy::LeastBusy => "least-busy",
+            Strategy::Latency => "latency",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub strategy: Strategy,
+    pub routes: Spanned<Vec<RouteConfig>>,
+    /// Retries on the same route before falling over to the next one.
+    #[serde(default = "default_retries")]
+    pub retries: u32,
+    /// First backoff; each retry doubles it, with full jitter.
+    #[serde(default = "default_retry_base_ms")]
+    pub retry_base_ms: u64,
+    /// A `Retry-After` longer than this falls over to the next route instead of waiting.
+    #[serde(default = "default_max_retry_after")]
+    pub max_retry_after_s: f64,
+}
+
+fn default_retries() -> u32 {
+    1
+}
+
+fn default_retry_base_ms() -> u64 {
+    200
+}
+
+fn default_max_retry_after() -> f64 {
+    10.0
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub provider: Spanned<String>,
+    pub model: String,
+    #[serde(default = "default_weight")]
+    pub weight: Spanned<f64>,
+}
+
+fn default_weight() -> Spanned<f64> {
+    Spanned::new(0..0, 1.0)
+}
+
+/// USD per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Price {
+    pub input: f64,
+    pub output: f64,
+    pub cached_input: Option<f64>,
+}
+
+/// A config error, with the line and column it is about when it is about one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub message: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.line, self.column) {
+            (Some(line), Some(column)) => write!(f, "line {line}, column {column}: {}", self.message),
+            _ => f.write_str(&self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let before = &src[..offset.min(src.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+impl Config {
+    /// Parses and validates a config file's text.
+    pub fn from_toml_str(src: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(src).map_err(|err| {
+            let (line, column) = match err.span() {
+                Some(span) => {
+                    let (line, column) = line_col(src, span.start);
+                    (Some(line), Some(column))
+                }
+                None => (None, None),
+            };
+            ConfigError { message: err.message().trim().to_string(), line, column }
+        })?;
+        config.validate(src)?;
+        Ok(config)
+    }
+
+    fn validate(&self, src: &str) -> Result<(), ConfigError> {
+        let at = |span: std::ops::Range<usize>, message: String| {
+            if span.is_empty() && span.start == 0 {
+                return ConfigError { message, line: None, column: None };
+            }
+            let (line, column) = line_col(src, span.start);
+            ConfigError { message, line: Some(line), column: Some(column) }
+        };
+        let listen = &self.server.listen;
+        if listen.get_ref().parse::<std::net::SocketAddr>().is_err() {
+            return Err(at(
+                listen.span(),
+                format!("server.listen: `{}` is not a socket address; write it like \"127.0.0.1:4000\"", listen.get_ref()),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for model in &self.models {
+            let name = model.name.get_ref();
+            if name.is_empty() {
+                return Err(at(model.name.span(), "models.name: a model alias cannot be empty".to_string()));
+            }
+            if !seen.insert(name.as_str()) {
+                return Err(at(model.name.span(), format!("models.name: alias `{name}` is defined twice")));
+            }
+            if model.routes.get_ref().is_empty() {
+                return Err(at(model.routes.span(), format!("models.routes: alias `{name}` has no routes; add at least one")));
+            }
+            for route in model.routes.get_ref() {
+                let provider = route.provider.get_ref();
+                if !self.providers.contains_key(provider) {
+                    let known: Vec<&str> = self.providers.keys().map(String::as_str).collect();
+                    return Err(at(
+                        route.provider.span(),
+                        format!(
+                            "models.routes.provider: alias `{name}` routes to unknown provider `{provider}`; known providers: [{}]",
+                            known.join(", ")
+                        ),
+                    ));
+                }
+                let weight = *route.weight.get_ref();
+                if !(weight > 0.0 && weight.is_finite()) {
+                    return Err(at(route.weight.span(), format!("models.routes.weight: must be a positive number, got {weight}")));
+                }
+            }
+        }
+        for (name, provider) in &self.providers {
+            for (what, value) in [
+                ("connect_timeout_s", provider.connect_timeout_s),
+                ("first_token_timeout_s", provider.first_token_timeout_s),
+                ("timeout_s", provider.timeout_s),
+            ] {
+                if !(value > 0.0 && value.is_finite()) {
+                    return Err(ConfigError {
+                        message: format!("providers.{name}.{what}: must be a positive number of seconds, got {value}"),
+                        line: None,
+                        column: None,
+                    });
+                }
+            }
+            if let Some(url) = &provider.base_url {
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(ConfigError {
+                        message: format!("providers.{name}.base_url: `{url}` must start with http:// or https://"),
+                        line: None,
+                        column: None,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn model(&self, alias: &str) -> Option<&ModelConfig> {
+        self.models.iter().find(|model| model.name.get_ref() == alias)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use expect_test::{Expect, expect};
+
+    use super::Config;
+
+    fn check_err(src: &str, expect: Expect) {
+        let err = Config::from_toml_str(src).unwrap_err();
+        expect.assert_eq(&err.to_string());
+    }
+
+    #[test]
+    fn issue_example_parses() {
+        let src = include_str!("../../../examples/keel.toml");
+        let config = Config::from_toml_str(src).unwrap();
+        assert_eq!(config.models.len(), 2);
+        assert_eq!(config.providers["anthropic"].base_url(), "https://api.anthropic.com");
+        assert_eq!(config.providers["openai"].base_url(), "https://api.openai.com/v1");
+    }
+
+    #[test]
+    fn errors_point_at_the_line() {
+        check_err(
+            "[server]\nlisten = \"nope\"\n",
+            expect![[r#"line 2, column 10: server.listen: `nope` is not a socket address; write it like "127.0.0.1:4000""#]],
+        );
+        check_err(
+            "[providers.a]\nkind = \"openai\"\n\n[[models]]\nname = \"x\"\nroutes = [{ provider = \"b\", model = \"m\" }]\n",
+            expect![[r#"line 6, column 24: models.routes.provider: alias `x` routes to unknown provider `b`; known providers: [a]"#]],
+        );
+        check_err(
+            "[providers.a]\nkind = \"openia\"\n",
+            expect![[r#"line 2, column 8: unknown variant `openia`, expected one of `openai`, `anthropic`, `gemini`"#]],
+        );
+        check_err(
+            "[providers.a]\nkind = \"openai\"\napi_kye_env = \"X\"\n",
+            expect![[r#"line 3, column 1: unknown field `api_kye_env`, expected one of `kind`, `base_url`, `api_key_env`, `headers`, `connect_timeout_s`, `first_token_timeout_s`, `timeout_s`"#]],
+        );
+        check_err(
+            "[providers.a]\nkind = \"openai\"\n[[models]]\nname = \"x\"\nroutes = []\n",
+            expect![[r#"line 5, column 10: models.routes: alias `x` has no routes; add at least one"#]],
+        );
+        check_err(
+            "[[models]]\nname = \"x\"\nroutes = [{ provider = \"a\", model = \"m\" }]\n[[models]]\nname = \"x\"\nroutes = [{ provider = \"a\", model = \"m\" }]\n[providers.a]\nkind = \"gemini\"\n",
+            expect![[r#"line 5, column 8: models.name: alias `x` is defined twice"#]],
+        );
+    }
+}
