@@ -1,0 +1,343 @@
+//! One provider behind keel: an HTTP client for one upstream and its wire format. The three
+//! kinds share the IO here; what differs (URLs, auth headers, bodies) is dispatched on the
+//! closed `ProviderKind` enum into the format modules.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use keel_core::config::{ProviderConfig, ProviderKind};
+use keel_core::{ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, StreamEvent};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+
+use crate::sse::{SseDecoder, SseEvent};
+use crate::{Error, Result, anthropic, gemini, openai, scrub_secrets};
+
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent>> + Send>>;
+
+/// Largest upstream error body keel reads.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+pub struct Provider {
+    pub name: String,
+    pub kind: ProviderKind,
+    base_url: String,
+    api_key: Option<SecretString>,
+    api_key_env: Option<String>,
+    headers: HeaderMap,
+    http: reqwest::Client,
+    pub first_token_timeout: Duration,
+    pub total_timeout: Duration,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider").field("name", &self.name).field("kind", &self.kind).field("base_url", &self.base_url).finish()
+    }
+}
+
+impl Provider {
+    /// Builds a provider from its config; `env` looks up environment variables.
+    pub fn from_config(name: &str, config: &ProviderConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Provider> {
+        let mut headers = HeaderMap::new();
+        for (key, value) in &config.headers {
+            let key = HeaderName::from_bytes(key.as_bytes())
+                .map_err(|_| Error::InvalidRequest(format!("providers.{name}.headers: `{key}` is not a header name")))?;
+            let value = HeaderValue::from_str(value)
+                .map_err(|_| Error::InvalidRequest(format!("providers.{name}.headers: the value of `{key}` is not valid")))?;
+            headers.insert(key, value);
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs_f64(config.connect_timeout_s))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|err| Error::Connect { provider: name.to_string(), message: err.to_string() })?;
+        Ok(Provider {
+            name: name.to_string(),
+            kind: config.kind,
+            base_url: config.base_url().to_string(),
+            api_key: config.api_key_env.as_deref().and_then(env).filter(|key| !key.is_empty()).map(SecretString::from),
+            api_key_env: config.api_key_env.clone(),
+            headers,
+            http,
+            first_token_timeout: Duration::from_secs_f64(config.first_token_timeout_s),
+            total_timeout: Duration::from_secs_f64(config.timeout_s),
+        })
+    }
+
+    fn key(&self) -> Result<Option<&str>> {
+        match (&self.api_key, &self.api_key_env) {
+            (Some(key), _) => Ok(Some(key.expose_secret())),
+            (None, Some(env)) => Err(Error::MissingKey { provider: self.name.clone(), env: env.clone() }),
+            (None, None) => Ok(None),
+        }
+    }
+
+    fn post(&self, url: &str, body: &Value) -> Result<reqwest::RequestBuilder> {
+        let key = self.key()?;
+        let mut builder = self.http.post(url).headers(self.headers.clone()).json(body);
+        match self.kind {
+            ProviderKind::OpenAi => {
+                if let Some(key) = key {
+                    builder = builder.bearer_auth(key);
+                }
+            }
+            ProviderKind::Anthropic => {
+                if let Some(key) = key {
+                    builder = builder.header("x-api-key", key);
+                }
+                builder = builder.header("anthropic-version", anthropic::API_VERSION);
+            }
+            ProviderKind::Gemini => {
+                if let Some(key) = key {
+                    builder = builder.header("x-goog-api-key", key);
+                }
+            }
+        }
+        Ok(builder)
+    }
+
+    fn transport_error(&self, err: &reqwest::Error, phase: &'static str) -> Error {
+        if err.is_timeout() {
+            Error::Timeout { provider: self.name.clone(), phase }
+        } else if err.is_connect() || err.is_request() {
+            Error::Connect { provider: self.name.clone(), message: scrub_secrets(&error_chain(err), None) }
+        } else {
+            Error::StreamCut { provider: self.name.clone(), message: scrub_secrets(&error_chain(err), None) }
+        }
+    }
+
+    async fn send(&self, builder: reqwest::RequestBuilder) -> Result<reqwest::Response> {
+        let response = builder.send().await.map_err(|err| self.transport_error(&err, "the response headers"))?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let retry_after = retry_after(response.headers());
+        let mut body = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(Ok(chunk)) = stream.next().await {
+            body.extend_from_slice(&chunk);
+            if body.len() > MAX_ERROR_BODY {
+                break;
+            }
+        }
+        let message = match self.kind {
+            ProviderKind::OpenAi => openai::error_message(&body),
+            ProviderKind::Anthropic => anthropic::error_message(&body),
+            ProviderKind::Gemini => gemini::error_message(&body),
+        };
+        let key = self.api_key.as_ref().map(|key| key.expose_secret());
+        Err(Error::Upstream { provider: self.name.clone(), status, message: scrub_secrets(&message, key), retry_after })
+    }
+
+    fn bad_response(&self, message: String) -> Error {
+        let key = self.api_key.as_ref().map(|key| key.expose_secret());
+        Error::BadResponse { provider: self.name.clone(), message: scrub_secrets(&message, key) }
+    }
+
+    /// One non-streaming chat call; `request.model` is the upstream model name.
+    pub async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse> {
+        let (url, body, json_tool) = self.chat_call(request, false)?;
+        let response = self.send(self.post(&url, &body)?).await?;
+        let bytes = response.bytes().await.map_err(|err| self.transport_error(&err, "the response body"))?;
+        let parsed = match self.kind {
+            ProviderKind::OpenAi => openai::chat_response_from_wire(&bytes),
+            ProviderKind::Anthropic => anthropic::messages_response_from_wire(&bytes, json_tool.as_deref()),
+            ProviderKind::Gemini => gemini::generate_response_from_wire(&bytes),
+        };
+        parsed.map_err(|message| self.bad_response(message))
+    }
+
+    fn chat_call(&self, request: &ChatRequest, stream: bool) -> Result<(String, Value, Option<String>)> {
+        Ok(match self.kind {
+            ProviderKind::OpenAi => {
+                (format!("{}/chat/completions", self.base_url), openai::chat_request_to_wire(request, stream), None)
+            }
+            ProviderKind::Anthropic => {
+                let (body, json_tool) = anthropic::messages_request_to_wire(request, stream)?;
+                (format!("{}/v1/messages", self.base_url), body, json_tool)
+            }
+            ProviderKind::Gemini => {
+                let url = if stream {
+                    format!("{}/v1beta/models/{}:streamGenerateContent?alt=sse", self.base_url, request.model)
+                } else {
+                    format!("{}/v1beta/models/{}:generateContent", self.base_url, request.model)
+                };
+                (url, gemini::generate_request_to_wire(request)?, None)
+            }
+        })
+    }
+
+    /// Opens a streaming chat call. The future resolves once the upstream accepted the
+    /// request (status and headers); events follow on the stream.
+    pub async fn chat_stream(&self, request: &ChatRequest) -> Result<EventStream> {
+        let (url, body, json_tool) = self.chat_call(request, true)?;
+        let response = self.send(self.post(&url, &body)?).await?;
+        let decoder = match self.kind {
+            ProviderKind::OpenAi => Decoder::OpenAi(openai::ChunkDecoder::default()),
+            ProviderKind::Anthropic => Decoder::Anthropic(anthropic::EventDecoder::new(json_tool)),
+            ProviderKind::Gemini => Decoder::Gemini(gemini::ChunkDecoder::default()),
+        };
+        let state = StreamState {
+            bytes: Box::pin(response.bytes_stream()),
+            sse: SseDecoder::default(),
+            decoder,
+            pending: VecDeque::new(),
+            eof: false,
+            closed: false,
+            saw_finish: false,
+            provider: self.name.clone(),
+        };
+        Ok(Box::pin(futures_util::stream::unfold(state, StreamState::next)))
+    }
+
+    pub async fn embed(&self, request: &EmbedRequest) -> Result<EmbedResponse> {
+        let (url, body) = match self.kind {
+            ProviderKind::OpenAi => (format!("{}/embeddings", self.base_url), openai::embed_request_to_wire(request)),
+            ProviderKind::Gemini => (
+                format!("{}/v1beta/models/{}:batchEmbedContents", self.base_url, request.model),
+                gemini::embed_request_to_wire(request)?,
+            ),
+            ProviderKind::Anthropic => {
+                return Err(Error::Unsupported { provider: self.name.clone(), what: "embeddings" });
+            }
+        };
+        let response = self.send(self.post(&url, &body)?).await?;
+        let bytes = response.bytes().await.map_err(|err| self.transport_error(&err, "the response body"))?;
+        let parsed = match self.kind {
+            ProviderKind::Gemini => gemini::embed_response_from_wire(&bytes, &request.model),
+            _ => openai::embed_response_from_wire(&bytes),
+        };
+        let response = parsed.map_err(|message| self.bad_response(message))?;
+        if response.vectors.len() != request.input.len() {
+            return Err(self.bad_response(format!(
+                "asked for {} embeddings, got {}",
+                request.input.len(),
+                response.vectors.len()
+            )));
+        }
+        Ok(response)
+    }
+}
+
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+/// Reads `retry-after-ms` or `retry-after` (seconds; an HTTP date counts as one second).
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    if let Some(ms) = headers.get("retry-after-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok()) {
+        return Some(Duration::from_secs_f64(ms.max(0.0) / 1000.0));
+    }
+    let value = headers.get("retry-after")?.to_str().ok()?.trim();
+    match value.parse::<f64>() {
+        Ok(secs) => Some(Duration::from_secs_f64(secs.max(0.0))),
+        Err(_) => Some(Duration::from_secs(1)),
+    }
+}
+
+enum Decoder {
+    OpenAi(openai::ChunkDecoder),
+    Anthropic(anthropic::EventDecoder),
+    Gemini(gemini::ChunkDecoder),
+}
+
+impl Decoder {
+    fn on_event(&mut self, event: &SseEvent, out: &mut Vec<StreamEvent>) -> Result<(), String> {
+        if event.data.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Decoder::OpenAi(decoder) => decoder.on_data(&event.data, out),
+            Decoder::Anthropic(decoder) => decoder.on_data(&event.data, out),
+            Decoder::Gemini(decoder) => decoder.on_data(&event.data, out),
+        }
+    }
+
+    fn done(&self) -> bool {
+        match self {
+            Decoder::OpenAi(decoder) => decoder.done,
+            Decoder::Anthropic(decoder) => decoder.done,
+            Decoder::Gemini(_) => false,
+        }
+    }
+}
+
+struct StreamState {
+    bytes: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    sse: SseDecoder,
+    decoder: Decoder,
+    pending: VecDeque<Result<StreamEvent>>,
+    /// The upstream closed the connection.
+    eof: bool,
+    /// Nothing more is read: after an error, or after the end was checked.
+    closed: bool,
+    saw_finish: bool,
+    provider: String,
+}
+
+impl StreamState {
+    fn cut(&self, message: &str) -> Error {
+        Error::StreamCut { provider: self.provider.clone(), message: scrub_secrets(message, None) }
+    }
+
+    async fn next(mut self) -> Option<(Result<StreamEvent>, StreamState)> {
+        loop {
+            if let Some(item) = self.pending.pop_front() {
+                if let Ok(StreamEvent::Finish(_)) = &item {
+                    self.saw_finish = true;
+                }
+                return Some((item, self));
+            }
+            if self.closed || self.decoder.done() {
+                return None;
+            }
+            if self.eof {
+                self.closed = true;
+                if self.saw_finish {
+                    return None;
+                }
+                let err = self.cut("the stream ended before the answer was complete");
+                return Some((Err(err), self));
+            }
+            let mut sse_events = Vec::new();
+            match self.bytes.next().await {
+                Some(Ok(chunk)) => self.sse.push(&chunk, &mut sse_events),
+                Some(Err(err)) => {
+                    let err = self.cut(&error_chain(&err));
+                    self.pending.push_back(Err(err));
+                    self.closed = true;
+                    continue;
+                }
+                None => {
+                    self.sse.finish(&mut sse_events);
+                    self.eof = true;
+                }
+            }
+            let mut events = Vec::new();
+            for sse_event in &sse_events {
+                if let Err(message) = self.decoder.on_event(sse_event, &mut events) {
+                    let err = self.cut(&message);
+                    self.pending.extend(events.drain(..).map(Ok));
+                    self.pending.push_back(Err(err));
+                    self.closed = true;
+                    break;
+                }
+            }
+            self.pending.extend(events.into_iter().map(Ok));
+        }
+    }
+}

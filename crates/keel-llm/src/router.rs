@@ -1,0 +1,338 @@
+//! Routing: model aliases to routes, the order routes are tried in (fallback, weighted,
+//! least-busy, latency), retries with backoff and jitter that honour `Retry-After`, and the
+//! connect / first-token / total timeouts.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use keel_core::config::{Config, Strategy};
+use keel_core::{ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, StreamEvent};
+
+use crate::cost::PriceTable;
+use crate::provider::{EventStream, Provider};
+use crate::{Error, Result};
+
+/// Longest single backoff, whatever the attempt number.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// Weight of the newest sample in the latency EWMA.
+const EWMA_ALPHA: f64 = 0.3;
+
+#[derive(Debug)]
+pub struct Route {
+    pub provider: Arc<Provider>,
+    pub model: String,
+    weight: f64,
+    in_flight: AtomicUsize,
+    /// Latency EWMA in microseconds; 0 until the first success.
+    ewma_us: AtomicU64,
+}
+
+impl Route {
+    fn observe(&self, latency: Duration) {
+        let sample = latency.as_micros() as f64;
+        let old = self.ewma_us.load(Ordering::Relaxed);
+        let new = if old == 0 { sample } else { EWMA_ALPHA * sample + (1.0 - EWMA_ALPHA) * old as f64 };
+        self.ewma_us.store(new.max(1.0) as u64, Ordering::Relaxed);
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn ewma(&self) -> Duration {
+        Duration::from_micros(self.ewma_us.load(Ordering::Relaxed))
+    }
+}
+
+/// Counts a call in flight on a route for as long as it lives.
+#[derive(Debug)]
+struct InFlight(Arc<Route>);
+
+impl InFlight {
+    fn new(route: &Arc<Route>) -> InFlight {
+        route.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(route.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+pub struct Alias {
+    pub name: String,
+    pub strategy: Strategy,
+    pub routes: Vec<Arc<Route>>,
+    retries: u32,
+    retry_base: Duration,
+    max_retry_after: Duration,
+}
+
+/// Where a call went, for traces and metrics.
+#[derive(Debug, Clone, Default)]
+pub struct RouteInfo {
+    pub provider: String,
+    pub model: String,
+    /// Tries across every route, the successful one included.
+    pub attempts: u32,
+}
+
+#[derive(Debug)]
+pub struct Router {
+    aliases: BTreeMap<String, Arc<Alias>>,
+    pub prices: PriceTable,
+}
+
+impl Router {
+    /// Builds the router for a validated config; `env` looks up environment variables.
+    pub fn from_config(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Result<Router> {
+        let mut providers = HashMap::new();
+        for (name, provider) in &config.providers {
+            providers.insert(name.clone(), Arc::new(Provider::from_config(name, provider, env)?));
+        }
+        let mut aliases = BTreeMap::new();
+        for model in &config.models {
+            let routes = model
+                .routes
+                .get_ref()
+                .iter()
+                .map(|route| {
+                    let provider = providers.get(route.provider.get_ref()).cloned().ok_or_else(|| {
+                        Error::InvalidRequest(format!("unknown provider `{}`", route.provider.get_ref()))
+                    })?;
+                    Ok(Arc::new(Route {
+                        provider,
+                        model: route.model.clone(),
+                        weight: *route.weight.get_ref(),
+                        in_flight: AtomicUsize::new(0),
+                        ewma_us: AtomicU64::new(0),
+                    }))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            let name = model.name.get_ref().clone();
+            aliases.insert(
+                name.clone(),
+                Arc::new(Alias {
+                    name,
+                    strategy: model.strategy,
+                    routes,
+                    retries: model.retries,
+                    retry_base: Duration::from_millis(model.retry_base_ms),
+                    max_retry_after: Duration::from_secs_f64(model.max_retry_after_s),
+                }),
+            );
+        }
+        Ok(Router { aliases, prices: PriceTable::new(&config.prices) })
+    }
+
+    pub fn aliases(&self) -> impl Iterator<Item = &Arc<Alias>> {
+        self.aliases.values()
+    }
+
+    pub fn alias(&self, name: &str) -> Result<&Arc<Alias>> {
+        self.aliases.get(name).ok_or_else(|| Error::UnknownModel {
+            alias: name.to_string(),
+            known: self.aliases.keys().map(String::as_str).collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    pub async fn chat(&self, request: &ChatRequest) -> (Result<ChatResponse>, RouteInfo) {
+        let alias = match self.alias(&request.model) {
+            Ok(alias) => alias,
+            Err(err) => return (Err(err), RouteInfo::default()),
+        };
+        alias
+            .run(|route| async move {
+                let mut upstream = request.clone();
+                upstream.model.clone_from(&route.model);
+                let timeout = route.provider.total_timeout;
+                match tokio::time::timeout(timeout, route.provider.chat(&upstream)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(Error::Timeout { provider: route.provider.name.clone(), phase: "the whole answer" }),
+                }
+            })
+            .await
+    }
+
+    /// Opens a stream on the first route that delivers a first event. Once that event is
+    /// in hand the route is fixed: a stream falls over only before its first byte.
+    pub async fn chat_stream(&self, request: &ChatRequest) -> (Result<EventStream>, RouteInfo) {
+        let alias = match self.alias(&request.model) {
+            Ok(alias) => alias,
+            Err(err) => return (Err(err), RouteInfo::default()),
+        };
+        alias
+            .run(|route| async move {
+                let mut upstream = request.clone();
+                upstream.model.clone_from(&route.model);
+                let provider = &route.provider;
+                let started = Instant::now();
+                let deadline = started + provider.total_timeout;
+                let opened = tokio::time::timeout(provider.first_token_timeout, async {
+                    let mut stream = provider.chat_stream(&upstream).await?;
+                    match stream.next().await {
+                        Some(Ok(first)) => Ok((first, stream)),
+                        Some(Err(err)) => Err(err),
+                        None => Err(Error::StreamCut {
+                            provider: provider.name.clone(),
+                            message: "the stream ended before its first event".into(),
+                        }),
+                    }
+                })
+                .await;
+                let (first, rest) = match opened {
+                    Ok(result) => result?,
+                    Err(_) => return Err(Error::Timeout { provider: provider.name.clone(), phase: "the first token" }),
+                };
+                let guard = InFlight::new(&route);
+                let provider_name = provider.name.clone();
+                let rest = futures_util::stream::unfold(
+                    (rest, Some(guard), false),
+                    move |(mut rest, guard, done)| {
+                        let provider_name = provider_name.clone();
+                        async move {
+                            if done {
+                                return None;
+                            }
+                            match tokio::time::timeout_at(deadline.into(), rest.next()).await {
+                                Ok(Some(item)) => {
+                                    let failed = item.is_err();
+                                    Some((item, (rest, guard, failed)))
+                                }
+                                Ok(None) => None,
+                                Err(_) => Some((
+                                    Err(Error::Timeout { provider: provider_name, phase: "the rest of the stream" }),
+                                    (rest, None, true),
+                                )),
+                            }
+                        }
+                    },
+                );
+                let stream: EventStream = Box::pin(futures_util::stream::once(async { Ok(first) }).chain(rest));
+                Ok(stream)
+            })
+            .await
+    }
+
+    pub async fn embed(&self, request: &EmbedRequest) -> (Result<EmbedResponse>, RouteInfo) {
+        let alias = match self.alias(&request.model) {
+            Ok(alias) => alias,
+            Err(err) => return (Err(err), RouteInfo::default()),
+        };
+        alias
+            .run(|route| async move {
+                let mut upstream = request.clone();
+                upstream.model.clone_from(&route.model);
+                let timeout = route.provider.total_timeout;
+                match tokio::time::timeout(timeout, route.provider.embed(&upstream)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(Error::Timeout { provider: route.provider.name.clone(), phase: "the embeddings" }),
+                }
+            })
+            .await
+    }
+}
+
+impl Alias {
+    /// The order routes are tried in for one request.
+    pub fn order(&self) -> Vec<usize> {
+        let n = self.routes.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        match self.strategy {
+            Strategy::Fallback => {}
+            Strategy::Weighted => {
+                // Weighted sampling without replacement: the first pick carries the load
+                // split, the rest are fallbacks.
+                let mut remaining: Vec<usize> = (0..n).collect();
+                order.clear();
+                while !remaining.is_empty() {
+                    let total: f64 = remaining.iter().map(|&i| self.routes[i].weight).sum();
+                    let mut pick = fastrand::f64() * total;
+                    let mut chosen = remaining.len() - 1;
+                    for (pos, &i) in remaining.iter().enumerate() {
+                        if pick < self.routes[i].weight {
+                            chosen = pos;
+                            break;
+                        }
+                        pick -= self.routes[i].weight;
+                    }
+                    order.push(remaining.remove(chosen));
+                }
+            }
+            Strategy::LeastBusy => order.sort_by_key(|&i| self.routes[i].in_flight()),
+            // Untried routes (EWMA 0) come first so every route gets measured.
+            Strategy::Latency => order.sort_by_key(|&i| self.routes[i].ewma_us.load(Ordering::Relaxed)),
+        }
+        order
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        let ceiling = self.retry_base.saturating_mul(1 << attempt.min(16)).min(MAX_BACKOFF);
+        // Equal jitter: half fixed, half random, so retries spread out but still wait.
+        ceiling / 2 + ceiling.mul_f64(fastrand::f64() / 2.0)
+    }
+
+    async fn run<T, F, Fut>(&self, call: F) -> (Result<T>, RouteInfo)
+    where
+        F: Fn(Arc<Route>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut info = RouteInfo::default();
+        let mut last = None;
+        for idx in self.order() {
+            let route = &self.routes[idx];
+            info.provider.clone_from(&route.provider.name);
+            info.model.clone_from(&route.model);
+            for attempt in 0..=self.retries {
+                info.attempts += 1;
+                let started = Instant::now();
+                let result = {
+                    let _in_flight = InFlight::new(route);
+                    call(route.clone()).await
+                };
+                let err = match result {
+                    Ok(value) => {
+                        route.observe(started.elapsed());
+                        return (Ok(value), info);
+                    }
+                    Err(err) => err,
+                };
+                tracing::debug!(alias = %self.name, provider = %route.provider.name, attempt, error = %err, "route attempt failed");
+                if !err.falls_over() {
+                    return (Err(err), info);
+                }
+                let transient = err.is_transient();
+                let wait = match err.retry_after() {
+                    Some(wait) if wait > self.max_retry_after => None,
+                    Some(wait) => Some(wait),
+                    None => Some(self.backoff(attempt)),
+                };
+                last = Some(err);
+                match wait {
+                    Some(wait) if transient && attempt < self.retries => tokio::time::sleep(wait).await,
+                    _ => break,
+                }
+            }
+        }
+        let last = last.expect("an alias has at least one route");
+        if info.attempts == 1 {
+            return (Err(last), info);
+        }
+        (Err(Error::AllRoutesFailed { alias: self.name.clone(), last: Box::new(last) }), info)
+    }
+}
+
+/// Events of a stream, for tests and callers that want them all.
+pub async fn drain(mut stream: EventStream) -> Result<Vec<StreamEvent>> {
+    let mut events = Vec::new();
+    while let Some(event) = stream.next().await {
+        events.push(event?);
+    }
+    Ok(events)
+}
