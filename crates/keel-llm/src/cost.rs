@@ -72,7 +72,7 @@ mod tests {
         close("gpt-4o-mini-2024-07-18", 0.075 + 0.0375 + 0.60);
         close("openai/gpt-4o-mini", 0.075 + 0.0375 + 0.60);
         close("my-model", 0.5 + 0.5 + 2.0);
-        assert_eq!(table.cost("gpt-4o-minix", &usage), None);
+        assert_eq!(table.cost("gpt-4ox", &usage), None);
         assert_eq!(table.cost("unknown", &usage), None);
     }
 }
