@@ -1,1 +1,242 @@
-//! placeholder
+//! keel's embedded store: one SQLite file in WAL mode holding traces, and the batching
+//! writer that keeps trace writes off the request path.
+
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{Connection, params};
+use serde::Serialize;
+
+pub use writer::{TraceSink, TraceWriter};
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("store {path}: {source}")]
+    Sqlite { path: PathBuf, source: rusqlite::Error },
+    #[error("store {path}: could not create its folder: {source}")]
+    Folder { path: PathBuf, source: std::io::Error },
+    #[error("store {path} was written by a newer keel (schema {found}, this keel knows up to {known}); upgrade keel")]
+    NewerSchema { path: PathBuf, found: i64, known: i64 },
+    #[error("the trace writer has stopped")]
+    WriterStopped,
+}
+
+/// The schema version this keel writes; migrations run from any older one.
+const SCHEMA_VERSION: i64 = 1;
+
+const MIGRATIONS: &[&str] = &["
+CREATE TABLE traces (
+    id TEXT PRIMARY KEY,
+    created_ms INTEGER NOT NULL,
+    endpoint TEXT NOT NULL,
+    alias TEXT NOT NULL,
+    provider TEXT NOT NULL,
+    model TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    stream INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    latency_ms REAL NOT NULL,
+    ttft_ms REAL,
+    overhead_us INTEGER NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cached_tokens INTEGER NOT NULL,
+    reasoning_tokens INTEGER NOT NULL,
+    cost_usd REAL,
+    finish_reason TEXT,
+    error TEXT,
+    request_body TEXT,
+    response_body TEXT
+);
+CREATE INDEX traces_created ON traces (created_ms);
+"];
+
+/// One model call as keel saw it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Trace {
+    pub id: String,
+    pub created_ms: i64,
+    /// `chat.completions`, `messages` or `embeddings`.
+    pub endpoint: String,
+    pub alias: String,
+    pub provider: String,
+    pub model: String,
+    pub status: u16,
+    pub stream: bool,
+    pub attempts: u32,
+    pub latency_ms: f64,
+    pub ttft_ms: Option<f64>,
+    pub overhead_us: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cached_tokens: u64,
+    pub reasoning_tokens: u64,
+    pub cost_usd: Option<f64>,
+    pub finish_reason: Option<String>,
+    pub error: Option<String>,
+    pub request_body: Option<String>,
+    pub response_body: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Store {
+    path: PathBuf,
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Store> {
+        let err = |source| Error::Sqlite { path: path.to_path_buf(), source };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|source| Error::Folder { path: path.to_path_buf(), source })?;
+        }
+        let conn = Connection::open(path).map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(err)?;
+        if version > SCHEMA_VERSION {
+            return Err(Error::NewerSchema { path: path.to_path_buf(), found: version, known: SCHEMA_VERSION });
+        }
+        for (idx, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            let tx = conn.unchecked_transaction().map_err(err)?;
+            tx.execute_batch(migration).map_err(err)?;
+            tx.pragma_update(None, "user_version", idx as i64 + 1).map_err(err)?;
+            tx.commit().map_err(err)?;
+        }
+        Ok(Store { path: path.to_path_buf(), conn: Mutex::new(conn) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, source: rusqlite::Error) -> Error {
+        Error::Sqlite { path: self.path.clone(), source }
+    }
+
+    /// Writes traces in one transaction.
+    pub fn insert_traces(&self, traces: &[Trace]) -> Result<()> {
+        let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO traces (id, created_ms, endpoint, alias, provider, model, status, stream, attempts,
+                     latency_ms, ttft_ms, overhead_us, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_usd,
+                     finish_reason, error, request_body, response_body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+                )
+                .map_err(|e| self.err(e))?;
+            for t in traces {
+                stmt.execute(params![
+                    t.id,
+                    t.created_ms,
+                    t.endpoint,
+                    t.alias,
+                    t.provider,
+                    t.model,
+                    t.status,
+                    t.stream,
+                    t.attempts,
+                    t.latency_ms,
+                    t.ttft_ms,
+                    t.overhead_us as i64,
+                    t.input_tokens as i64,
+                    t.output_tokens as i64,
+                    t.cached_tokens as i64,
+                    t.reasoning_tokens as i64,
+                    t.cost_usd,
+                    t.finish_reason,
+                    t.error,
+                    t.request_body,
+                    t.response_body,
+                ])
+                .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// The most recent traces, newest first.
+    pub fn recent_traces(&self, limit: usize) -> Result<Vec<Trace>> {
+        self.query_traces("ORDER BY created_ms DESC, rowid DESC LIMIT ?1", limit.min(i64::MAX as usize) as i64)
+    }
+
+    pub fn trace(&self, id: &str) -> Result<Option<Trace>> {
+        Ok(self.query_traces("WHERE id = ?1", id)?.into_iter().next())
+    }
+
+    fn query_traces(&self, tail: &str, param: impl rusqlite::ToSql) -> Result<Vec<Trace>> {
+        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let sql = format!(
+            "SELECT id, created_ms, endpoint, alias, provider, model, status, stream, attempts, latency_ms, ttft_ms,
+             overhead_us, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_usd, finish_reason, error,
+             request_body, response_body FROM traces {tail}"
+        );
+        let mut stmt = conn.prepare(&sql).map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map([param], |row| {
+                Ok(Trace {
+                    id: row.get(0)?,
+                    created_ms: row.get(1)?,
+                    endpoint: row.get(2)?,
+                    alias: row.get(3)?,
+                    provider: row.get(4)?,
+                    model: row.get(5)?,
+                    status: row.get(6)?,
+                    stream: row.get(7)?,
+                    attempts: row.get(8)?,
+                    latency_ms: row.get(9)?,
+                    ttft_ms: row.get(10)?,
+                    overhead_us: row.get::<_, i64>(11)? as u64,
+                    input_tokens: row.get::<_, i64>(12)? as u64,
+                    output_tokens: row.get::<_, i64>(13)? as u64,
+                    cached_tokens: row.get::<_, i64>(14)? as u64,
+                    reasoning_tokens: row.get::<_, i64>(15)? as u64,
+                    cost_usd: row.get(16)?,
+                    finish_reason: row.get(17)?,
+                    error: row.get(18)?,
+                    request_body: row.get(19)?,
+                    response_body: row.get(20)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    pub fn count_traces(&self) -> Result<u64> {
+        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let n: i64 = conn.query_row("SELECT count(*) FROM traces", [], |row| row.get(0)).map_err(|e| self.err(e))?;
+        Ok(n as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Store, Trace};
+
+    #[test]
+    fn round_trips_and_refuses_newer_schema() {
+        let dir = std::env::temp_dir().join(format!("keel-store-test-{}", std::process::id()));
+        let path = dir.join("t.db");
+        let _ = std::fs::remove_file(&path);
+        let store = Store::open(&path).unwrap();
+        let trace = Trace { id: "a".into(), created_ms: 1, alias: "fast".into(), status: 200, cost_usd: Some(0.5), ..Trace::default() };
+        store.insert_traces(std::slice::from_ref(&trace)).unwrap();
+        assert_eq!(store.recent_traces(10).unwrap(), vec![trace.clone()]);
+        assert_eq!(store.trace("a").unwrap(), Some(trace));
+        drop(store);
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        let err = Store::open(&path).unwrap_err().to_string();
+        assert!(err.contains("newer keel (schema 99"), "{err}");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -1,0 +1,149 @@
+//! The batching trace writer: a bounded queue in front of one thread that writes traces in
+//! transactions. A full queue makes senders wait (back-pressure); nothing is dropped, and
+//! `shutdown` returns only after every queued trace is on disk.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Error, Result, Store, Trace};
+
+/// Most traces written in one transaction.
+const MAX_BATCH: usize = 2048;
+
+enum Message {
+    Trace(Box<Trace>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// The sending side, cloned into every request handler.
+#[derive(Clone)]
+pub struct TraceSink {
+    tx: mpsc::Sender<Message>,
+}
+
+impl std::fmt::Debug for TraceSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TraceSink").field("capacity", &self.tx.capacity()).finish()
+    }
+}
+
+impl TraceSink {
+    /// Queues a trace, waiting while the queue is full.
+    pub async fn send(&self, trace: Trace) -> Result<()> {
+        self.tx.send(Message::Trace(Box::new(trace))).await.map_err(|_| Error::WriterStopped)
+    }
+
+    /// Queues a trace from synchronous code (a dropped stream): never waits, and when the
+    /// queue is full hands the trace to a task that waits for room.
+    pub fn send_now(&self, trace: Trace) {
+        match self.tx.try_send(Message::Trace(Box::new(trace))) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(message)) => {
+                let tx = self.tx.clone();
+                match tokio::runtime::Handle::try_current() {
+                    Ok(handle) => {
+                        handle.spawn(async move {
+                            if tx.send(message).await.is_err() {
+                                tracing::error!("trace writer stopped; a trace was not written");
+                            }
+                        });
+                    }
+                    Err(_) => tracing::error!("trace queue full outside the runtime; a trace was not written"),
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => tracing::error!("trace writer stopped; a trace was not written"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct TraceWriter {
+    sink: TraceSink,
+    thread: Option<JoinHandle<u64>>,
+}
+
+impl TraceWriter {
+    pub fn spawn(store: Arc<Store>, capacity: usize) -> TraceWriter {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let thread = std::thread::Builder::new()
+            .name("keel-trace-writer".into())
+            .spawn(move || write_loop(&store, rx))
+            .expect("spawn the trace writer thread");
+        TraceWriter { sink: TraceSink { tx }, thread: Some(thread) }
+    }
+
+    pub fn sink(&self) -> TraceSink {
+        self.sink.clone()
+    }
+
+    /// Writes every trace queued so far, stops the thread, and returns how many it wrote.
+    pub async fn shutdown(mut self) -> u64 {
+        let (done_tx, done_rx) = oneshot::channel();
+        if self.sink.tx.send(Message::Shutdown(done_tx)).await.is_ok() {
+            let _ = done_rx.await;
+        }
+        let thread = self.thread.take().expect("shutdown runs once");
+        tokio::task::spawn_blocking(move || thread.join().unwrap_or(0)).await.unwrap_or(0)
+    }
+}
+
+fn write_loop(store: &Store, mut rx: mpsc::Receiver<Message>) -> u64 {
+    let mut written = 0u64;
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut done: Option<oneshot::Sender<()>> = None;
+    while done.is_none() {
+        let Some(first) = rx.blocking_recv() else { break };
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                Message::Trace(trace) => batch.push(*trace),
+                Message::Shutdown(ack) => {
+                    // Stop taking new traces, then take what is already queued.
+                    rx.close();
+                    done = Some(ack);
+                }
+            }
+            if batch.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        flush(store, &mut batch, &mut written);
+    }
+    while let Ok(message) = rx.try_recv() {
+        if let Message::Trace(trace) = message {
+            batch.push(*trace);
+            if batch.len() >= MAX_BATCH {
+                flush(store, &mut batch, &mut written);
+            }
+        }
+    }
+    flush(store, &mut batch, &mut written);
+    if let Some(ack) = done {
+        let _ = ack.send(());
+    }
+    written
+}
+
+fn flush(store: &Store, batch: &mut Vec<Trace>, written: &mut u64) {
+    if batch.is_empty() {
+        return;
+    }
+    // A failed write is retried a few times (the file may be busy) before it is reported.
+    for attempt in 0..5 {
+        match store.insert_traces(batch) {
+            Ok(()) => {
+                *written += batch.len() as u64;
+                batch.clear();
+                return;
+            }
+            Err(err) if attempt < 4 => {
+                tracing::warn!(error = %err, "trace write failed; retrying");
+                std::thread::sleep(std::time::Duration::from_millis(100 << attempt));
+            }
+            Err(err) => tracing::error!(error = %err, n_traces = batch.len(), "trace write failed; traces lost"),
+        }
+    }
+    batch.clear();
+}
