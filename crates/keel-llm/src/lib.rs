@@ -11,6 +11,7 @@ pub mod openai;
 pub mod provider;
 pub mod router;
 pub mod sse;
+pub mod timing;
 
 pub use error::{Error, Result, scrub_secrets};
 pub use provider::{EventStream, Provider};

@@ -113,7 +113,7 @@ impl Provider {
     }
 
     async fn send(&self, builder: reqwest::RequestBuilder) -> Result<reqwest::Response> {
-        let response = builder.send().await.map_err(|err| self.transport_error(&err, "the response headers"))?;
+        let response = crate::timing::waiting(builder.send()).await.map_err(|err| self.transport_error(&err, "the response headers"))?;
         if response.status().is_success() {
             return Ok(response);
         }
@@ -145,7 +145,7 @@ impl Provider {
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse> {
         let (url, body, json_tool) = self.chat_call(request, false)?;
         let response = self.send(self.post(&url, &body)?).await?;
-        let bytes = response.bytes().await.map_err(|err| self.transport_error(&err, "the response body"))?;
+        let bytes = crate::timing::waiting(response.bytes()).await.map_err(|err| self.transport_error(&err, "the response body"))?;
         let parsed = match self.kind {
             ProviderKind::OpenAi => openai::chat_response_from_wire(&bytes),
             ProviderKind::Anthropic => anthropic::messages_response_from_wire(&bytes, json_tool.as_deref()),
@@ -209,7 +209,7 @@ impl Provider {
             }
         };
         let response = self.send(self.post(&url, &body)?).await?;
-        let bytes = response.bytes().await.map_err(|err| self.transport_error(&err, "the response body"))?;
+        let bytes = crate::timing::waiting(response.bytes()).await.map_err(|err| self.transport_error(&err, "the response body"))?;
         let parsed = match self.kind {
             ProviderKind::Gemini => gemini::embed_response_from_wire(&bytes, &request.model),
             _ => openai::embed_response_from_wire(&bytes),
@@ -314,7 +314,7 @@ impl StreamState {
                 return Some((Err(err), self));
             }
             let mut sse_events = Vec::new();
-            match self.bytes.next().await {
+            match crate::timing::waiting(self.bytes.next()).await {
                 Some(Ok(chunk)) => self.sse.push(&chunk, &mut sse_events),
                 Some(Err(err)) => {
                     let err = self.cut(&error_chain(&err));

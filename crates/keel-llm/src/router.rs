@@ -315,7 +315,7 @@ impl Alias {
                 };
                 last = Some(err);
                 match wait {
-                    Some(wait) if transient && attempt < self.retries => tokio::time::sleep(wait).await,
+                    Some(wait) if transient && attempt < self.retries => crate::timing::waiting(tokio::time::sleep(wait)).await,
                     _ => break,
                 }
             }

@@ -1,1 +1,126 @@
-//! placeholder
+//! keel's HTTP surface: the axum router with the OpenAI- and Anthropic-compatible endpoints,
+//! auth, the body limit, `x-keel-overhead-us`, health and metrics. Handlers parse, call the
+//! router in keel-llm, and map the result; traces go to the store's batching writer.
+
+pub mod error;
+pub mod fake;
+mod handlers;
+pub mod metrics;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use keel_llm::Router;
+use keel_store::TraceSink;
+use secrecy::{ExposeSecret, SecretString};
+
+pub use error::{ApiError, Format};
+use metrics::Metrics;
+
+pub const OVERHEAD_HEADER: &str = "x-keel-overhead-us";
+
+pub struct AppState {
+    pub router: Arc<Router>,
+    pub traces: TraceSink,
+    pub metrics: Metrics,
+    pub master_key: Option<SecretString>,
+    /// Keep request and response bodies in traces.
+    pub log_bodies: bool,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").field("log_bodies", &self.log_bodies).finish_non_exhaustive()
+    }
+}
+
+pub type App = Arc<AppState>;
+
+/// The whole HTTP API.
+pub fn router(app: App, max_body_bytes: usize) -> axum::Router {
+    axum::Router::new()
+        .route("/v1/chat/completions", post(handlers::chat_completions))
+        .route("/v1/messages", post(handlers::messages))
+        .route("/v1/embeddings", post(handlers::embeddings))
+        .route("/v1/models", get(handlers::models))
+        .route("/v1/models/{id}", get(handlers::model))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(middleware::from_fn_with_state(app.clone(), auth))
+        .layer(middleware::from_fn(overhead))
+        .with_state(app)
+}
+
+fn format_of(path: &str) -> Format {
+    if path.starts_with("/v1/messages") { Format::Anthropic } else { Format::OpenAi }
+}
+
+/// Stamps every response with keel's own time: the whole request minus upstream waits.
+async fn overhead(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let (mut response, upstream) = keel_llm::timing::scope(next.run(request)).await;
+    let own = started.elapsed().saturating_sub(upstream);
+    if let Ok(value) = HeaderValue::from_str(&own.as_micros().to_string()) {
+        response.headers_mut().insert(OVERHEAD_HEADER, value);
+    }
+    response
+}
+
+/// With a master key configured, every endpoint but `/health` needs it, as a Bearer token
+/// (OpenAI SDKs) or in `x-api-key` (Anthropic SDKs).
+async fn auth(State(app): State<App>, request: Request, next: Next) -> Response {
+    let Some(key) = &app.master_key else { return next.run(request).await };
+    if request.uri().path() == "/health" {
+        return next.run(request).await;
+    }
+    let headers = request.headers();
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+    let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
+    let given = bearer.or(api_key);
+    if given.is_some_and(|given| constant_time_eq(given.trim().as_bytes(), key.expose_secret().as_bytes())) {
+        return next.run(request).await;
+    }
+    let message = if given.is_some() {
+        "the API key is not valid for this keel server"
+    } else {
+        "this keel server needs an API key: send it as `Authorization: Bearer KEY` or `x-api-key: KEY`"
+    };
+    ApiError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", message, format_of(request.uri().path())).into_response()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn health() -> impl IntoResponse {
+    axum::Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn metrics_text(State(app): State<App>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], app.metrics.render(&app.router))
+}
+
+async fn not_found(request: Request) -> ApiError {
+    let path = request.uri().path().to_string();
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {path}"), format_of(&path))
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    let path = request.uri().path().to_string();
+    let message = format!("{} is not allowed on {path}", request.method());
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message, format_of(&path))
+}

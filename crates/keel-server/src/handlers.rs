@@ -1,0 +1,519 @@
+//! The model endpoints: Chat Completions, Messages, Embeddings and Models. Each parses its
+//! wire format into the canonical model, calls the router, and writes the answer back in
+//! the same wire format, streaming included, leaving a trace of the call.
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use keel_core::chat::StreamCollector;
+use keel_core::{ChatRequest, ChatResponse, StreamEvent, Usage};
+use keel_llm::{EventStream, RouteInfo, anthropic, openai};
+use keel_store::Trace;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::metrics::CallMetrics;
+use crate::{ApiError, App, Format};
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn new_id() -> String {
+    keel_core::random_id(|| fastrand::u128(..))
+}
+
+/// Reads a body into a wire type; every failure is a 400 (or 413) naming what is wrong.
+fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, format: Format) -> Result<(T, Bytes), ApiError> {
+    let bytes = body.map_err(|rejection| {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(status, "request_too_large", "the request body is larger than this server accepts (server.max_body_bytes)", format)
+        } else {
+            ApiError::new(status, "invalid_body", format!("could not read the request body: {rejection}"), format)
+        }
+    })?;
+    if bytes.is_empty() {
+        return Err(ApiError::bad_request("invalid_json", "the request body is empty; send a JSON object", format));
+    }
+    let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::bad_request("invalid_json", format!("the request body is not valid JSON: {inner}"), format)
+        } else if path == "." {
+            ApiError::bad_request("invalid_request", format!("invalid request: {inner}"), format)
+        } else {
+            ApiError::bad_request("invalid_request", format!("{path}: {inner}"), format)
+        }
+    })?;
+    Ok((value, bytes))
+}
+
+/// One model call in progress, for its trace and metrics.
+struct Call {
+    app: App,
+    id: String,
+    endpoint: &'static str,
+    alias: String,
+    stream: bool,
+    started: Instant,
+    created_ms: i64,
+    request_body: Option<String>,
+    overhead: Duration,
+}
+
+#[derive(Default)]
+struct Outcome {
+    info: RouteInfo,
+    status: u16,
+    usage: Usage,
+    finish_reason: Option<String>,
+    error: Option<(&'static str, String)>,
+    response_body: Option<String>,
+    ttft: Option<Duration>,
+}
+
+impl Call {
+    fn new(app: &App, endpoint: &'static str, alias: &str, stream: bool, body: &Bytes) -> Call {
+        Call {
+            app: app.clone(),
+            id: new_id(),
+            endpoint,
+            alias: alias.to_string(),
+            stream,
+            started: Instant::now(),
+            created_ms: now_ms(),
+            request_body: app.log_bodies.then(|| String::from_utf8_lossy(body).into_owned()),
+            overhead: Duration::ZERO,
+        }
+    }
+
+    fn mark_overhead(&mut self) {
+        self.overhead = self.started.elapsed().saturating_sub(keel_llm::timing::upstream_so_far());
+    }
+
+    fn trace(&mut self, outcome: Outcome) -> Trace {
+        let cost = if outcome.info.model.is_empty() {
+            None
+        } else {
+            self.app.router.prices.cost(&outcome.info.model, &outcome.usage)
+        };
+        let latency = self.started.elapsed();
+        self.app.metrics.record(&CallMetrics {
+            endpoint: self.endpoint,
+            alias: &self.alias,
+            provider: &outcome.info.provider,
+            model: &outcome.info.model,
+            status: outcome.status,
+            error_code: outcome.error.as_ref().map(|(code, _)| *code),
+            latency,
+            ttft: outcome.ttft,
+            overhead: self.overhead,
+            input_tokens: outcome.usage.input_tokens,
+            output_tokens: outcome.usage.output_tokens,
+            cached_tokens: outcome.usage.cached_input_tokens,
+            cost_usd: cost,
+        });
+        Trace {
+            id: std::mem::take(&mut self.id),
+            created_ms: self.created_ms,
+            endpoint: self.endpoint.to_string(),
+            alias: std::mem::take(&mut self.alias),
+            provider: outcome.info.provider,
+            model: outcome.info.model,
+            status: outcome.status,
+            stream: self.stream,
+            attempts: outcome.info.attempts,
+            latency_ms: latency.as_secs_f64() * 1000.0,
+            ttft_ms: outcome.ttft.map(|d| d.as_secs_f64() * 1000.0),
+            overhead_us: self.overhead.as_micros() as u64,
+            input_tokens: outcome.usage.input_tokens,
+            output_tokens: outcome.usage.output_tokens,
+            cached_tokens: outcome.usage.cached_input_tokens,
+            reasoning_tokens: outcome.usage.reasoning_tokens,
+            cost_usd: cost,
+            finish_reason: outcome.finish_reason,
+            error: outcome.error.map(|(_, message)| message),
+            request_body: self.request_body.take(),
+            response_body: outcome.response_body,
+        }
+    }
+
+    async fn finish(mut self, outcome: Outcome) {
+        let trace = self.trace(outcome);
+        if self.app.traces.send(trace).await.is_err() {
+            tracing::error!("the trace writer has stopped; a trace was not written");
+        }
+    }
+
+    fn failed(info: RouteInfo, error: &ApiError) -> Outcome {
+        Outcome {
+            info,
+            status: error.status.as_u16(),
+            error: Some((error.code, error.message.clone())),
+            response_body: Some(error.body().to_string()),
+            ..Outcome::default()
+        }
+    }
+}
+
+fn finish_label(response: &ChatResponse) -> String {
+    openai::finish_reason_str(&response.finish_reason).to_string()
+}
+
+fn route_headers(response: &mut Response, id: &str, info: &RouteInfo) {
+    let headers = response.headers_mut();
+    for (name, value) in [("x-keel-trace-id", id), ("x-keel-provider", &info.provider), ("x-keel-model", &info.model)] {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(name, value);
+        }
+    }
+    headers.insert("x-keel-attempts", HeaderValue::from(info.attempts));
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+pub async fn chat_completions(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
+    let format = Format::OpenAi;
+    let (wire, bytes) = match parse_body::<openai::WireChatRequest>(body, format) {
+        Ok(parsed) => parsed,
+        Err(err) => return err.into_response(),
+    };
+    let request = match openai::chat_request_from_wire(wire) {
+        Ok(request) => request,
+        Err(err) => return ApiError::from_llm(&err, format).into_response(),
+    };
+    chat(app, request, bytes, format, "chat.completions").await
+}
+
+pub async fn messages(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
+    let format = Format::Anthropic;
+    let (wire, bytes) = match parse_body::<anthropic::WireMessagesRequest>(body, format) {
+        Ok(parsed) => parsed,
+        Err(err) => return err.into_response(),
+    };
+    let request = match anthropic::messages_request_from_wire(wire) {
+        Ok(request) => request,
+        Err(err) => return ApiError::from_llm(&err, format).into_response(),
+    };
+    chat(app, request, bytes, format, "messages").await
+}
+
+fn response_to_wire(response: &ChatResponse, call_id: &str, alias: &str, format: Format) -> Value {
+    let mut response = response.clone();
+    match format {
+        Format::OpenAi => {
+            response.id = format!("chatcmpl-{call_id}");
+            openai::chat_response_to_wire(&response, alias, unix_secs())
+        }
+        Format::Anthropic => {
+            response.id = format!("msg_{call_id}");
+            anthropic::messages_response_to_wire(&response, alias)
+        }
+    }
+}
+
+async fn chat(app: App, request: ChatRequest, bytes: Bytes, format: Format, endpoint: &'static str) -> Response {
+    let mut call = Call::new(&app, endpoint, &request.model, request.stream, &bytes);
+    if request.stream {
+        let (opened, info) = app.router.chat_stream(&request).await;
+        call.mark_overhead();
+        return match opened {
+            Ok(stream) => stream_response(call, info, stream, format, request.include_usage),
+            Err(err) => {
+                let error = ApiError::from_llm(&err, format);
+                let outcome = Call::failed(info.clone(), &error);
+                let id = call.id.clone();
+                call.finish(outcome).await;
+                let mut response = error.into_response();
+                route_headers(&mut response, &id, &info);
+                response
+            }
+        };
+    }
+    let (result, info) = app.router.chat(&request).await;
+    call.mark_overhead();
+    let id = call.id.clone();
+    match result {
+        Ok(response) => {
+            let body = response_to_wire(&response, &call.id, &call.alias, format);
+            let text = body.to_string();
+            let outcome = Outcome {
+                info: info.clone(),
+                status: 200,
+                usage: response.usage,
+                finish_reason: Some(finish_label(&response)),
+                error: None,
+                response_body: app.log_bodies.then(|| text.clone()),
+                ttft: None,
+            };
+            call.finish(outcome).await;
+            let mut response = ([(header::CONTENT_TYPE, "application/json")], text).into_response();
+            route_headers(&mut response, &id, &info);
+            response
+        }
+        Err(err) => {
+            let error = ApiError::from_llm(&err, format);
+            call.finish(Call::failed(info.clone(), &error)).await;
+            let mut response = error.into_response();
+            route_headers(&mut response, &id, &info);
+            response
+        }
+    }
+}
+
+enum Encoder {
+    OpenAi(openai::ChunkEncoder),
+    Anthropic(anthropic::EventEncoder),
+}
+
+impl Encoder {
+    fn encode(&mut self, event: &StreamEvent, out: &mut String) {
+        match self {
+            Encoder::OpenAi(encoder) => {
+                if let Some(chunk) = encoder.encode(event) {
+                    push_data(out, &chunk);
+                }
+            }
+            Encoder::Anthropic(encoder) => {
+                let mut events = Vec::new();
+                encoder.encode(event, &mut events);
+                push_events(out, events);
+            }
+        }
+    }
+
+    fn finish(&mut self, out: &mut String) {
+        match self {
+            Encoder::OpenAi(encoder) => {
+                if let Some(chunk) = encoder.finish() {
+                    push_data(out, &chunk);
+                }
+                out.push_str("data: [DONE]\n\n");
+            }
+            Encoder::Anthropic(encoder) => {
+                let mut events = Vec::new();
+                encoder.finish(&mut events);
+                push_events(out, events);
+            }
+        }
+    }
+
+    /// An error after the stream started: the API's own in-stream error shape.
+    fn error(&self, error: &ApiError, out: &mut String) {
+        match self {
+            Encoder::OpenAi(_) => push_data(out, &error.body()),
+            Encoder::Anthropic(_) => push_events(out, vec![("error", error.body())]),
+        }
+    }
+}
+
+fn push_data(out: &mut String, value: &Value) {
+    out.push_str("data: ");
+    out.push_str(&value.to_string());
+    out.push_str("\n\n");
+}
+
+fn push_events(out: &mut String, events: Vec<(&'static str, Value)>) {
+    for (name, data) in events {
+        out.push_str("event: ");
+        out.push_str(name);
+        out.push_str("\ndata: ");
+        out.push_str(&data.to_string());
+        out.push_str("\n\n");
+    }
+}
+
+/// Drives one upstream stream to the client; leaves the trace when the stream ends, fails,
+/// or is dropped because the client went away.
+struct StreamDriver {
+    upstream: EventStream,
+    encoder: Encoder,
+    collector: StreamCollector,
+    call: Option<Call>,
+    info: RouteInfo,
+    ttft: Duration,
+    format: Format,
+    done: bool,
+}
+
+impl StreamDriver {
+    fn outcome(&mut self, status: u16, error: Option<&ApiError>) -> Outcome {
+        let collector = std::mem::take(&mut self.collector);
+        let usage = collector.usage;
+        let response = collector.into_response();
+        let log_bodies = self.call.as_ref().is_some_and(|call| call.app.log_bodies);
+        let response_body = log_bodies.then(|| {
+            let (id, alias) = self.call.as_ref().map(|c| (c.id.clone(), c.alias.clone())).unwrap_or_default();
+            response_to_wire(&response, &id, &alias, self.format).to_string()
+        });
+        Outcome {
+            info: self.info.clone(),
+            status,
+            usage,
+            finish_reason: Some(finish_label(&response)),
+            error: error.map(|e| (e.code, e.message.clone())),
+            response_body,
+            ttft: Some(self.ttft),
+        }
+    }
+
+    async fn next_frame(&mut self) -> Option<String> {
+        let mut out = String::new();
+        while out.is_empty() {
+            if self.done {
+                return None;
+            }
+            match self.upstream.next().await {
+                Some(Ok(event)) => {
+                    self.collector.push(&event);
+                    self.encoder.encode(&event, &mut out);
+                }
+                Some(Err(err)) => {
+                    let error = ApiError::from_llm(&err, self.format);
+                    self.encoder.error(&error, &mut out);
+                    self.done = true;
+                    let outcome = self.outcome(error.status.as_u16(), Some(&error));
+                    if let Some(call) = self.call.take() {
+                        call.finish(outcome).await;
+                    }
+                }
+                None => {
+                    self.encoder.finish(&mut out);
+                    self.done = true;
+                    let outcome = self.outcome(200, None);
+                    if let Some(call) = self.call.take() {
+                        call.finish(outcome).await;
+                    }
+                }
+            }
+        }
+        Some(out)
+    }
+}
+
+impl Drop for StreamDriver {
+    fn drop(&mut self) {
+        if self.call.is_some() {
+            let error = ApiError::new(
+                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+                "client_closed",
+                "the client closed the stream before it ended",
+                self.format,
+            );
+            let outcome = self.outcome(499, Some(&error));
+            if let Some(mut call) = self.call.take() {
+                let trace = call.trace(outcome);
+                call.app.traces.send_now(trace);
+            }
+        }
+    }
+}
+
+fn stream_response(call: Call, info: RouteInfo, upstream: EventStream, format: Format, include_usage: bool) -> Response {
+    let id = call.id.clone();
+    let encoder = match format {
+        Format::OpenAi => Encoder::OpenAi(openai::ChunkEncoder::new(
+            format!("chatcmpl-{id}"),
+            call.alias.clone(),
+            unix_secs(),
+            include_usage,
+        )),
+        Format::Anthropic => Encoder::Anthropic(anthropic::EventEncoder::new(format!("msg_{id}"), call.alias.clone())),
+    };
+    let driver = StreamDriver {
+        upstream,
+        encoder,
+        collector: StreamCollector::default(),
+        ttft: call.started.elapsed(),
+        call: Some(call),
+        info: info.clone(),
+        format,
+        done: false,
+    };
+    let frames = futures_util::stream::unfold(driver, |mut driver| async move {
+        let frame = driver.next_frame().await?;
+        Some((Ok::<_, std::convert::Infallible>(Bytes::from(frame)), driver))
+    });
+    let mut response = Response::new(Body::from_stream(frames));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    route_headers(&mut response, &id, &info);
+    response
+}
+
+pub async fn embeddings(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
+    let format = Format::OpenAi;
+    let (wire, bytes) = match parse_body::<openai::WireEmbedRequest>(body, format) {
+        Ok(parsed) => parsed,
+        Err(err) => return err.into_response(),
+    };
+    let (request, base64) = match openai::embed_request_from_wire(wire) {
+        Ok(parsed) => parsed,
+        Err(err) => return ApiError::from_llm(&err, format).into_response(),
+    };
+    let mut call = Call::new(&app, "embeddings", &request.model, false, &bytes);
+    let (result, info) = app.router.embed(&request).await;
+    call.mark_overhead();
+    let id = call.id.clone();
+    let mut response = match result {
+        Ok(response) => {
+            let body = openai::embed_response_to_wire(&response, &request.model, base64);
+            let text = body.to_string();
+            let outcome = Outcome {
+                info: info.clone(),
+                status: 200,
+                usage: response.usage,
+                // Vectors are large and say little; the trace keeps their count and size.
+                response_body: app.log_bodies.then(|| {
+                    json!({"n_vectors": response.vectors.len(), "dimensions": response.vectors.first().map_or(0, Vec::len)}).to_string()
+                }),
+                ..Outcome::default()
+            };
+            call.finish(outcome).await;
+            ([(header::CONTENT_TYPE, "application/json")], text).into_response()
+        }
+        Err(err) => {
+            let error = ApiError::from_llm(&err, format);
+            call.finish(Call::failed(info.clone(), &error)).await;
+            error.into_response()
+        }
+    };
+    route_headers(&mut response, &id, &info);
+    response
+}
+
+/// Lists the configured aliases, in OpenAI's shape, or Anthropic's when the client sent
+/// `anthropic-version`.
+pub async fn models(State(app): State<App>, headers: HeaderMap) -> Response {
+    let names: Vec<&str> = app.router.aliases().map(|alias| alias.name.as_str()).collect();
+    if headers.contains_key("anthropic-version") {
+        let data: Vec<Value> = names
+            .iter()
+            .map(|name| json!({"id": name, "type": "model", "display_name": name, "created_at": "1970-01-01T00:00:00Z"}))
+            .collect();
+        return axum::Json(json!({
+            "data": data, "has_more": false, "first_id": names.first(), "last_id": names.last(),
+        }))
+        .into_response();
+    }
+    let data: Vec<Value> = names.iter().map(|name| json!({"id": name, "object": "model", "created": 0, "owned_by": "keel"})).collect();
+    axum::Json(json!({"object": "list", "data": data})).into_response()
+}
+
+pub async fn model(State(app): State<App>, Path(id): Path<String>) -> Response {
+    match app.router.alias(&id) {
+        Ok(alias) => axum::Json(json!({"id": alias.name, "object": "model", "created": 0, "owned_by": "keel"})).into_response(),
+        Err(err) => ApiError::from_llm(&err, Format::OpenAi).into_response(),
+    }
+}
