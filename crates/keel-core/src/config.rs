@@ -37,16 +37,28 @@ pub struct ServerConfig {
     /// Largest request body accepted, in bytes.
     #[serde(default = "default_max_body_bytes")]
     pub max_body_bytes: usize,
+    /// On SIGTERM, how long in-flight requests may take to finish before keel stops anyway.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout_s: f64,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        ServerConfig { listen: default_listen(), master_key_env: None, max_body_bytes: default_max_body_bytes() }
+        ServerConfig {
+            listen: default_listen(),
+            master_key_env: None,
+            max_body_bytes: default_max_body_bytes(),
+            drain_timeout_s: default_drain_timeout(),
+        }
     }
 }
 
 fn default_listen() -> Spanned<String> {
     Spanned::new(0..0, DEFAULT_LISTEN.to_string())
+}
+
+fn default_drain_timeout() -> f64 {
+    60.0
 }
 
 fn default_max_body_bytes() -> usize {

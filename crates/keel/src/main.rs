@@ -1,1 +1,142 @@
-fn main() {}
+//! The keel binary: command-line parsing and dispatch to the commands.
+#![expect(clippy::print_stdout, clippy::print_stderr, reason = "the CLI talks to the terminal")]
+
+mod bench;
+mod commands;
+mod serve;
+mod settings;
+mod table;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// keel: the AI engineering stack in one binary.
+///
+/// Point any OpenAI or Anthropic SDK at `keel serve` and reach every configured model
+/// through one endpoint, with routing, fallbacks, retries, cost and a trace of every call.
+#[derive(Debug, Parser)]
+#[command(name = "keel", version, propagate_version = true)]
+struct Cli {
+    /// Config file (TOML). Default: $KEEL_CONFIG, else ./keel.toml when present, else none.
+    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the OpenAI- and Anthropic-compatible API.
+    Serve {
+        /// Address to listen on (overrides server.listen; default 127.0.0.1:4000).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+    },
+    /// Send one prompt to a model and stream the answer to the terminal.
+    Chat {
+        /// Model alias from the config (default: the first one).
+        #[arg(long, short = 'm')]
+        model: Option<String>,
+        /// A system prompt.
+        #[arg(long, short = 's')]
+        system: Option<String>,
+        /// Upper bound on the answer's tokens.
+        #[arg(long)]
+        max_tokens: Option<u32>,
+        /// The prompt; `-` reads it from standard input.
+        prompt: String,
+    },
+    /// List the configured model aliases and their routes.
+    Models {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show recent traces: tokens, cost, latency and errors of each call.
+    Traces {
+        /// Print JSON (one array) instead of a table; bodies included.
+        #[arg(long)]
+        json: bool,
+        /// How many traces, newest first.
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: usize,
+    },
+    /// Work with the config file.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Benchmarks that print figures and ratios against a peer measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
+    /// Serve a deterministic fake upstream (OpenAI, Anthropic, Gemini wire formats) for tests.
+    #[command(hide = true)]
+    FakeUpstream {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+        /// Require this API key on every request.
+        #[arg(long)]
+        key: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate the config: points at the exact line of any error and warns about unset
+    /// environment variables.
+    Check {
+        /// The file to check (default: the global --config).
+        file: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// keel's added latency and throughput against a fake upstream called directly.
+    Gateway(bench::GatewayArgs),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing(matches!(cli.command, Command::Serve { .. }));
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: could not start the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Serve { listen } => serve::run(cli.config.as_deref(), listen).await,
+            Command::Chat { model, system, max_tokens, prompt } => {
+                commands::chat(cli.config.as_deref(), model, system, max_tokens, prompt).await
+            }
+            Command::Models { json } => commands::models(cli.config.as_deref(), json),
+            Command::Traces { json, limit } => commands::traces(cli.config.as_deref(), json, limit),
+            Command::Config { command: ConfigCommand::Check { file } } => {
+                commands::config_check(file.as_deref().or(cli.config.as_deref()))
+            }
+            Command::Bench { command: BenchCommand::Gateway(args) } => bench::gateway(args).await,
+            Command::FakeUpstream { listen, key } => commands::fake_upstream(listen, key).await,
+        }
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("{} {err:#}", table::paint("error:", table::RED));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(serving: bool) {
+    let default = if serving { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}

@@ -1,0 +1,105 @@
+//! `keel serve`: builds the app from the config, serves it, and on SIGTERM or Ctrl-C stops
+//! accepting, drains in-flight requests, and flushes every trace before exiting.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use keel_llm::Router;
+use keel_server::{AppState, metrics::Metrics};
+use keel_store::{Store, TraceWriter};
+use secrecy::SecretString;
+use tokio_util::sync::CancellationToken;
+
+use crate::settings::{self, Settings};
+
+pub async fn run(config: Option<&Path>, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    let settings = settings::load(config)?;
+    let config = &settings.config;
+    let router = Router::from_config(config, &Settings::env).context("could not set up the providers")?;
+    let master_key = match &config.server.master_key_env {
+        None => None,
+        Some(env) => match Settings::env(env).filter(|key| !key.is_empty()) {
+            Some(key) => Some(SecretString::from(key)),
+            None => bail!("server.master_key_env names {env}, which is not set; export it or remove the setting"),
+        },
+    };
+    let store_path = settings.store_path();
+    let store = Arc::new(Store::open(&store_path)?);
+    let writer = TraceWriter::spawn(store, config.store.trace_buffer);
+    let app = Arc::new(AppState {
+        router: Arc::new(router),
+        traces: writer.sink(),
+        metrics: Metrics::default(),
+        master_key,
+        log_bodies: config.store.log_bodies,
+    });
+    let addr: SocketAddr = match listen {
+        Some(addr) => addr,
+        None => config.server.listen.get_ref().parse().context("server.listen is not a socket address")?,
+    };
+    raise_fd_limit();
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("could not listen on {addr}"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(
+        listen = %local,
+        store = %store_path.display(),
+        models = app.router.aliases().count(),
+        "keel listening on http://{local}"
+    );
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signalled(shutdown.clone()));
+    let server = axum::serve(listener, keel_server::router(app, config.server.max_body_bytes))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let drain = Duration::from_secs_f64(config.server.drain_timeout_s);
+    let drained = tokio::select! {
+        result = server => { result.context("the server failed")?; true }
+        () = async { shutdown.cancelled().await; tokio::time::sleep(drain).await } => false,
+    };
+    if !drained {
+        tracing::warn!(timeout_s = drain.as_secs_f64(), "in-flight requests did not finish in time; stopping anyway");
+    }
+    let written = writer.shutdown().await;
+    tracing::info!(traces_written = written, "keel stopped; every queued trace is on disk");
+    Ok(())
+}
+
+async fn signalled(shutdown: CancellationToken) {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(err) => {
+                tracing::error!(error = %err, "could not listen for SIGTERM");
+                let _ = ctrl_c.await;
+                shutdown.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+    tracing::info!("shutting down: no new connections; draining in-flight requests");
+    shutdown.cancel();
+}
+
+/// Raises the open-file limit to its hard maximum: every proxied request holds two sockets.
+#[expect(unsafe_code, reason = "getrlimit/setrlimit are plain libc calls on a stack struct")]
+fn raise_fd_limit() {
+    #[cfg(unix)]
+    // SAFETY: `limit` is a valid, initialised rlimit for both calls.
+    unsafe {
+        let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
+            limit.rlim_cur = limit.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
