@@ -329,14 +329,17 @@ fn parse(api: Api, body: &Bytes) -> Result<Value, Response> {
     }
 }
 
-/// A stream body from SSE frames; `cut` ends it with a transport error after two frames.
+/// A stream body from SSE frames; `cut` sends two frames, lets them reach the client, then
+/// ends the body with a transport error.
 fn sse(frames: Vec<String>, cut: bool) -> Response {
+    use futures_util::StreamExt;
     let n = if cut { frames.len().min(2) } else { frames.len() };
-    let mut items: Vec<Result<Bytes, std::io::Error>> = frames.into_iter().take(n).map(|f| Ok(Bytes::from(f))).collect();
-    if cut {
-        items.push(Err(std::io::Error::other("cut on purpose")));
-    }
-    let stream = futures_util::stream::iter(items);
+    let items: Vec<Result<Bytes, std::io::Error>> = frames.into_iter().take(n).map(|f| Ok(Bytes::from(f))).collect();
+    let tail = futures_util::stream::iter(cut.then_some(())).then(|()| async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        Err::<Bytes, _>(std::io::Error::other("cut on purpose"))
+    });
+    let stream = futures_util::stream::iter(items).chain(tail);
     let mut response = Response::new(Body::from_stream(stream));
     response.headers_mut().insert(header::CONTENT_TYPE, "text/event-stream".parse().expect("header value"));
     response

@@ -43,7 +43,7 @@ pub async fn start(extra: &str) -> Harness {
 
 pub async fn start_with(options: Options) -> Harness {
     let (fake_addr, fake) = fake::spawn(Some(UPSTREAM_KEY.to_string())).await.unwrap();
-    let config_src = config_for(fake_addr, &options.extra);
+    let config_src = config_for(fake_addr, &options.extra.replace("FAKE_ADDR", &fake_addr.to_string()));
     let config = Config::from_toml_str(&config_src).unwrap_or_else(|err| panic!("{err}\n{config_src}"));
     let key = options.key_given_to_keel.to_string();
     let router = Router::from_config(&config, &|name| (name == "FAKE_KEY").then(|| key.clone())).unwrap();
