@@ -41,6 +41,9 @@ fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, format: 
     if bytes.is_empty() {
         return Err(ApiError::bad_request("invalid_json", "the request body is empty; send a JSON object", format));
     }
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::bad_request("invalid_json", "the request body must be a JSON object", format));
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();

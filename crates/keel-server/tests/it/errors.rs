@@ -36,6 +36,7 @@ async fn malformed_requests_get_specific_openai_errors() {
     let chat = "/v1/chat/completions";
     check(&h, chat, "{\"model\": ", expect![[r#"400 invalid_json: the request body is not valid JSON: EOF while parsing a value at line 1 column 10"#]]).await;
     check(&h, chat, "", expect![[r#"400 invalid_json: the request body is empty; send a JSON object"#]]).await;
+    check(&h, chat, "  \"text\"", expect![[r#"400 invalid_json: the request body must be a JSON object"#]]).await;
     check(&h, chat, r#"{"model": "oa"}"#, expect![[r#"400 invalid_request: invalid request: missing field `messages` at line 1 column 15"#]]).await;
     check(
         &h,
@@ -108,7 +109,7 @@ async fn malformed_requests_get_specific_openai_errors() {
 async fn malformed_requests_get_specific_anthropic_errors() {
     let h = harness::start(GARBAGE).await;
     let messages = "/v1/messages";
-    check(&h, messages, "[1, 2", expect!["400 invalid_request_error: [0]: invalid type: integer `1`, expected a string at line 1 column 2"]).await;
+    check(&h, messages, "[1, 2", expect![[r#"400 invalid_request_error: the request body must be a JSON object"#]]).await;
     check(
         &h,
         messages,
