@@ -136,6 +136,8 @@ pub struct ProviderConfig {
     pub first_token_timeout_s: f64,
     #[serde(default = "default_total_timeout")]
     pub timeout_s: f64,
+    /// Most calls in flight to this provider at once; more wait their turn inside keel.
+    pub max_concurrency: Option<usize>,
 }
 
 impl ProviderConfig {
@@ -385,7 +387,7 @@ mod tests {
         );
         check_err(
             "[providers.a]\nkind = \"openai\"\napi_kye_env = \"X\"\n",
-            expect![[r#"line 3, column 1: unknown field `api_kye_env`, expected one of `kind`, `base_url`, `api_key_env`, `headers`, `connect_timeout_s`, `first_token_timeout_s`, `timeout_s`"#]],
+            expect![[r#"line 3, column 1: unknown field `api_kye_env`, expected one of `kind`, `base_url`, `api_key_env`, `headers`, `connect_timeout_s`, `first_token_timeout_s`, `timeout_s`, `max_concurrency`"#]],
         );
         check_err(
             "[providers.a]\nkind = \"openai\"\n[[models]]\nname = \"x\"\nroutes = []\n",

@@ -4,6 +4,7 @@
 
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -13,6 +14,7 @@ use keel_core::{ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, StreamEv
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::sse::{SseDecoder, SseEvent};
 use crate::{Error, Result, anthropic, gemini, openai, scrub_secrets};
@@ -32,6 +34,8 @@ pub struct Provider {
     http: reqwest::Client,
     pub first_token_timeout: Duration,
     pub total_timeout: Duration,
+    /// Caps calls in flight (`max_concurrency`); waiting for a permit counts as upstream time.
+    limit: Option<Arc<Semaphore>>,
 }
 
 impl std::fmt::Debug for Provider {
@@ -67,7 +71,13 @@ impl Provider {
             http,
             first_token_timeout: Duration::from_secs_f64(config.first_token_timeout_s),
             total_timeout: Duration::from_secs_f64(config.timeout_s),
+            limit: config.max_concurrency.map(|n| Arc::new(Semaphore::new(n.max(1)))),
         })
+    }
+
+    async fn permit(&self) -> Option<OwnedSemaphorePermit> {
+        let limit = self.limit.clone()?;
+        crate::timing::waiting(limit.acquire_owned()).await.ok()
     }
 
     fn key(&self) -> Result<Option<&str>> {
@@ -144,6 +154,7 @@ impl Provider {
     /// One non-streaming chat call; `request.model` is the upstream model name.
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse> {
         let (url, body, json_tool) = self.chat_call(request, false)?;
+        let _permit = self.permit().await;
         let response = self.send(self.post(&url, &body)?).await?;
         let bytes = crate::timing::waiting(response.bytes()).await.map_err(|err| self.transport_error(&err, "the response body"))?;
         let parsed = match self.kind {
@@ -178,6 +189,7 @@ impl Provider {
     /// request (status and headers); events follow on the stream.
     pub async fn chat_stream(&self, request: &ChatRequest) -> Result<EventStream> {
         let (url, body, json_tool) = self.chat_call(request, true)?;
+        let permit = self.permit().await;
         let response = self.send(self.post(&url, &body)?).await?;
         let decoder = match self.kind {
             ProviderKind::OpenAi => Decoder::OpenAi(openai::ChunkDecoder::default()),
@@ -193,6 +205,7 @@ impl Provider {
             closed: false,
             saw_finish: false,
             provider: self.name.clone(),
+            _permit: permit,
         };
         Ok(Box::pin(futures_util::stream::unfold(state, StreamState::next)))
     }
@@ -208,6 +221,7 @@ impl Provider {
                 return Err(Error::Unsupported { provider: self.name.clone(), what: "embeddings" });
             }
         };
+        let _permit = self.permit().await;
         let response = self.send(self.post(&url, &body)?).await?;
         let bytes = crate::timing::waiting(response.bytes()).await.map_err(|err| self.transport_error(&err, "the response body"))?;
         let parsed = match self.kind {
@@ -287,6 +301,7 @@ struct StreamState {
     closed: bool,
     saw_finish: bool,
     provider: String,
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl StreamState {

@@ -97,9 +97,13 @@ fn raise_fd_limit() {
     // SAFETY: `limit` is a valid, initialised rlimit for both calls.
     unsafe {
         let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max;
-            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            // Root may raise the hard limit too; anyone may raise the soft one to the hard.
+            let wanted = libc::rlimit { rlim_cur: 262_144, rlim_max: limit.rlim_max.max(262_144) };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 && limit.rlim_cur < limit.rlim_max {
+                limit.rlim_cur = limit.rlim_max;
+                let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+            }
         }
     }
 }

@@ -1,0 +1,86 @@
+//! `keel config check`, `keel chat`, `keel models` and `keel traces`.
+
+use crate::{config, run, temp_dir};
+
+fn stdout(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn config_check_accepts_the_example_and_points_at_errors() {
+    let dir = temp_dir("config");
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/keel.toml");
+    let output = run(&["config", "check", example], &dir);
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).contains("ok"), "{}", stdout(&output));
+    assert!(stdout(&output).contains("3 providers, 2 models"));
+
+    std::fs::write(dir.join("bad.toml"), "[providers.a]\nkind = \"openia\"\n").unwrap();
+    let output = run(&["--config", "bad.toml", "config", "check"], &dir);
+    assert_eq!(output.status.code(), Some(1));
+    let err = stderr(&output);
+    assert!(err.contains("bad.toml: line 2, column 8: unknown variant `openia`"), "{err}");
+    assert!(err.contains("   2 | kind = \"openia\"\n       |        ^"), "{err}");
+
+    // Every command reads the same config, and refuses a bad one the same way.
+    let output = run(&["--config", "bad.toml", "models"], &dir);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("line 2, column 8"));
+    let output = run(&["--config", "missing.toml", "serve"], &dir);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("could not read config missing.toml"), "{}", stderr(&output));
+}
+
+#[test]
+fn serve_refuses_a_master_key_variable_that_is_not_set() {
+    let dir = temp_dir("masterkey");
+    std::fs::write(dir.join("keel.toml"), "[server]\nmaster_key_env = \"KEEL_TEST_UNSET_MASTER\"\n").unwrap();
+    let output = run(&["serve"], &dir);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("KEEL_TEST_UNSET_MASTER, which is not set"), "{}", stderr(&output));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_streams_an_answer_and_leaves_a_trace() {
+    let dir = temp_dir("chat");
+    let (upstream, _fake) = keel_server::fake::spawn(Some("k-123".into())).await.unwrap();
+    std::fs::write(dir.join("keel.toml"), config(&upstream.to_string(), "127.0.0.1:0", &[("fast", "gpt-4o-mini"), ("broken", "fail-500")])).unwrap();
+    let dir2 = dir.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        crate::keel().args(["chat", "-m", "fast", "hello there"]).current_dir(&dir2).env("FAKE_KEY", "k-123").output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "echo: hello there\n");
+    assert!(stderr(&output).contains("fast → fake/gpt-4o-mini · 5 in / 3 out tokens"), "{}", stderr(&output));
+
+    let dir2 = dir.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        crate::keel().args(["chat", "-m", "broken", "hi"]).current_dir(&dir2).env("FAKE_KEY", "k-123").output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("upstream fake answered 500"), "{}", stderr(&output));
+
+    let output = run(&["traces", "--json"], &dir);
+    let traces: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let traces = traces.as_array().unwrap();
+    assert_eq!(traces.len(), 2);
+    assert_eq!(traces[1]["alias"], "fast");
+    assert_eq!(traces[1]["output_tokens"], 3);
+    assert_eq!(traces[0]["status"], 502);
+
+    let table = stdout(&run(&["traces", "-n", "5"], &dir));
+    assert!(table.starts_with("TIME (UTC)"), "{table}");
+    assert!(table.contains("fake/gpt-4o-mini"), "{table}");
+    let models = stdout(&run(&["models", "--json"], &dir));
+    let models: serde_json::Value = serde_json::from_str(&models).unwrap();
+    assert_eq!(models[0]["name"], "broken");
+    assert_eq!(models[1]["routes"][0]["price"]["input"], 0.15);
+}
