@@ -333,15 +333,14 @@ impl Config {
                     });
                 }
             }
-            if let Some(url) = &provider.base_url {
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
+            if let Some(url) = &provider.base_url
+                && !(url.starts_with("http://") || url.starts_with("https://")) {
                     return Err(ConfigError {
                         message: format!("providers.{name}.base_url: `{url}` must start with http:// or https://"),
                         line: None,
                         column: None,
                     });
                 }
-            }
         }
         Ok(())
     }

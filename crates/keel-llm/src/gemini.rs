@@ -30,11 +30,10 @@ fn convert_schema(schema: &Value, defs: &Value, depth: usize) -> Value {
     let Value::Object(map) = schema else { return schema.clone() };
     if let Some(reference) = map.get("$ref").and_then(Value::as_str) {
         let name = reference.rsplit('/').next().unwrap_or_default();
-        if let Some(target) = defs.get(name) {
-            if depth < 16 {
+        if let Some(target) = defs.get(name)
+            && depth < 16 {
                 return convert_schema(target, defs, depth + 1);
             }
-        }
         return json!({"type": "OBJECT"});
     }
     let mut out = Map::new();
@@ -320,11 +319,10 @@ pub fn generate_response_from_wire(body: &[u8]) -> Result<ChatResponse, String> 
         if let Some(call) = part.function_call {
             let id = call_id(&call, message.tool_calls.len());
             message.tool_calls.push(ToolCall { id, name: call.name, arguments: call.args.to_string() });
-        } else if let Some(part_text) = part.text {
-            if !part.thought {
+        } else if let Some(part_text) = part.text
+            && !part.thought {
                 text.push_str(&part_text);
             }
-        }
     }
     if !text.is_empty() {
         message.content.push(ContentPart::Text { text });
@@ -368,11 +366,10 @@ impl ChunkDecoder {
                     self.n_calls += 1;
                     out.push(StreamEvent::ToolCallStart { index, id: call_id(&call, index), name: call.name });
                     out.push(StreamEvent::ToolCallDelta { index, arguments: call.args.to_string() });
-                } else if let Some(text) = part.text {
-                    if !part.thought && !text.is_empty() {
+                } else if let Some(text) = part.text
+                    && !part.thought && !text.is_empty() {
                         out.push(StreamEvent::TextDelta(text));
                     }
-                }
             }
             if let Some(reason) = candidate.finish_reason {
                 let mut reason = finish_reason_from_str(&reason);

@@ -35,16 +35,14 @@ pub fn validate_tool(tool: &ToolDef) -> Result<(), String> {
     let Value::Object(schema) = &tool.parameters else {
         return Err(format!("the parameters of `{}` must be a JSON Schema object", tool.name));
     };
-    if let Some(kind) = schema.get("type") {
-        if kind != "object" {
+    if let Some(kind) = schema.get("type")
+        && kind != "object" {
             return Err(format!("the parameters of `{}` must have \"type\": \"object\", not {kind}", tool.name));
         }
-    }
-    if let Some(properties) = schema.get("properties") {
-        if !properties.is_object() {
+    if let Some(properties) = schema.get("properties")
+        && !properties.is_object() {
             return Err(format!("the `properties` of `{}` must be an object", tool.name));
         }
-    }
     if let Some(required) = schema.get("required") {
         let ok = required.as_array().is_some_and(|items| items.iter().all(Value::is_string));
         if !ok {

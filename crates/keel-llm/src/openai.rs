@@ -468,11 +468,10 @@ fn message_to_wire(message: &Message) -> Value {
     if let Some(id) = &message.tool_call_id {
         wire["tool_call_id"] = json!(id);
     }
-    if let Some(name) = &message.name {
-        if message.role != Role::Tool {
+    if let Some(name) = &message.name
+        && message.role != Role::Tool {
             wire["name"] = json!(name);
         }
-    }
     wire
 }
 
@@ -509,11 +508,10 @@ pub fn chat_request_to_wire(request: &ChatRequest, stream: bool) -> Value {
             },
         );
     }
-    if let Some(parallel) = request.parallel_tool_calls {
-        if !request.tools.is_empty() {
+    if let Some(parallel) = request.parallel_tool_calls
+        && !request.tools.is_empty() {
             body.insert("parallel_tool_calls".into(), json!(parallel));
         }
-    }
     match &request.response_format {
         None => {}
         Some(ResponseFormat::Text) => {
@@ -619,11 +617,10 @@ pub fn chat_response_from_wire(body: &[u8]) -> Result<ChatResponse, String> {
         return Err("the response has no choices".into());
     };
     let mut message = Message::new(Role::Assistant, Vec::new());
-    if let Some(text) = choice.message.content.or(choice.message.refusal) {
-        if !text.is_empty() {
+    if let Some(text) = choice.message.content.or(choice.message.refusal)
+        && !text.is_empty() {
             message.content.push(ContentPart::Text { text });
         }
-    }
     message.tool_calls = choice
         .message
         .tool_calls
@@ -710,11 +707,10 @@ impl ChunkDecoder {
         }
         for choice in chunk.choices {
             if let Some(delta) = choice.delta {
-                if let Some(text) = delta.content.or(delta.refusal) {
-                    if !text.is_empty() {
+                if let Some(text) = delta.content.or(delta.refusal)
+                    && !text.is_empty() {
                         out.push(StreamEvent::TextDelta(text));
                     }
-                }
                 for call in delta.tool_calls {
                     let index = call.index;
                     while self.started_calls.len() <= index {
@@ -729,11 +725,10 @@ impl ChunkDecoder {
                             name: function.name.unwrap_or_default(),
                         });
                     }
-                    if let Some(arguments) = function.arguments {
-                        if !arguments.is_empty() {
+                    if let Some(arguments) = function.arguments
+                        && !arguments.is_empty() {
                             out.push(StreamEvent::ToolCallDelta { index, arguments });
                         }
-                    }
                 }
             }
             if let Some(reason) = choice.finish_reason {

@@ -222,12 +222,11 @@ fn answer(ask: &Ask) -> Answer {
                     finish = "stop_sequence";
                 }
             }
-            if let Some(max) = ask.max_tokens {
-                if words(&text) > max {
+            if let Some(max) = ask.max_tokens
+                && words(&text) > max {
                     text = text.split_whitespace().take(max as usize).collect::<Vec<_>>().join(" ");
                     finish = "length";
                 }
-            }
             Reply::Text(text)
         }
         calls => calls,
@@ -246,6 +245,7 @@ fn answer(ask: &Ask) -> Answer {
     }
 }
 
+#[expect(clippy::result_large_err, reason = "the error is the response to send; fakes favour plainness")]
 fn check_key(fake: &FakeState, headers: &HeaderMap, api: Api) -> Result<(), Response> {
     let Some(key) = &fake.key else { return Ok(()) };
     let given = match api {
@@ -279,11 +279,10 @@ async fn prelude(fake: &Fake, api: Api, path: &str, headers: &HeaderMap, body: &
         let mut release = fake.release.subscribe();
         let _ = release.wait_for(|released| *released).await;
     }
-    if let Some(ms) = model.split("slow-").nth(1).and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()) {
-        if let Ok(ms) = ms.parse::<u64>() {
+    if let Some(ms) = model.split("slow-").nth(1).and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        && let Ok(ms) = ms.parse::<u64>() {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }
-    }
     if model.contains("fail-500") {
         return Err(error(api, 500, "the fake upstream failed on purpose"));
     }
@@ -322,6 +321,7 @@ impl Drop for InFlight {
     }
 }
 
+#[expect(clippy::result_large_err, reason = "the error is the response to send; fakes favour plainness")]
 fn parse(api: Api, body: &Bytes) -> Result<Value, Response> {
     match serde_json::from_slice::<Value>(body) {
         Ok(value @ Value::Object(_)) => Ok(value),

@@ -50,7 +50,7 @@ pub async fn chat(
     let created_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let (opened, info) = router.chat_stream(&request).await;
     let mut trace = Trace {
-        id: keel_core::random_id(|| fastrand_u128()),
+        id: keel_core::random_id(fastrand_u128),
         created_ms,
         endpoint: "cli.chat".into(),
         alias: alias.clone(),
@@ -250,17 +250,15 @@ pub fn config_check(file: Option<&Path>) -> anyhow::Result<()> {
     let config = Config::from_toml_str(&src).map_err(|err| anyhow!(settings::describe_error(&path, &src, &err)))?;
     let mut warnings = Vec::new();
     for (name, provider) in &config.providers {
-        if let Some(env) = &provider.api_key_env {
-            if Settings::env(env).is_none_or(|v| v.is_empty()) {
+        if let Some(env) = &provider.api_key_env
+            && Settings::env(env).is_none_or(|v| v.is_empty()) {
                 warnings.push(format!("providers.{name}.api_key_env: {env} is not set; calls to {name} will fail until it is"));
             }
-        }
     }
-    if let Some(env) = &config.server.master_key_env {
-        if Settings::env(env).is_none_or(|v| v.is_empty()) {
+    if let Some(env) = &config.server.master_key_env
+        && Settings::env(env).is_none_or(|v| v.is_empty()) {
             warnings.push(format!("server.master_key_env: {env} is not set; `keel serve` will refuse to start"));
         }
-    }
     let used: std::collections::BTreeSet<&str> =
         config.models.iter().flat_map(|m| m.routes.get_ref().iter().map(|r| r.provider.get_ref().as_str())).collect();
     for name in config.providers.keys() {

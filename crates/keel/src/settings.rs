@@ -26,11 +26,10 @@ pub fn config_path(flag: Option<&Path>) -> Option<PathBuf> {
 /// Renders a config error with the offending line and a caret under the column.
 pub fn describe_error(path: &Path, src: &str, err: &ConfigError) -> String {
     let mut out = format!("{}: {err}", path.display());
-    if let (Some(line), Some(column)) = (err.line, err.column) {
-        if let Some(text) = src.lines().nth(line - 1) {
+    if let (Some(line), Some(column)) = (err.line, err.column)
+        && let Some(text) = src.lines().nth(line - 1) {
             out.push_str(&format!("\n  {line:>4} | {text}\n       | {}^", " ".repeat(column.saturating_sub(1))));
         }
-    }
     out
 }
 

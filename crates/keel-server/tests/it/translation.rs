@@ -67,7 +67,7 @@ fn openai_finish(reply: &Reply, stream: bool) -> String {
     if !stream {
         return reply.json["choices"][0]["finish_reason"].as_str().unwrap().to_string();
     }
-    reply.data().iter().filter_map(|c| c.pointer("/choices/0/finish_reason").and_then(Value::as_str)).last().unwrap().to_string()
+    reply.data().iter().filter_map(|c| c.pointer("/choices/0/finish_reason").and_then(Value::as_str)).next_back().unwrap().to_string()
 }
 
 /// Rebuilds an Anthropic message from a response or its stream of events.
