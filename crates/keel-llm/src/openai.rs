@@ -533,7 +533,6 @@ pub fn chat_request_to_wire(request: &ChatRequest, stream: bool) -> Value {
         ("top_p", request.top_p.map(|v| json!(v))),
         ("seed", request.seed.map(|v| json!(v))),
         ("user", request.user.as_ref().map(|v| json!(v))),
-        ("metadata", request.metadata.clone()),
     ];
     for (key, value) in optional {
         if let Some(value) = value {

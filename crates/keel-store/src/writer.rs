@@ -147,3 +147,43 @@ fn flush(store: &Store, batch: &mut Vec<Trace>, written: &mut u64) {
     }
     batch.clear();
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::TraceWriter;
+    use crate::{Store, Trace};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_queue_makes_senders_wait_and_loses_nothing() {
+        let dir = std::env::temp_dir().join(format!("keel-writer-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Arc::new(Store::open(&dir.join("t.db")).unwrap());
+        // A queue of 4 for 5,000 traces from 50 concurrent senders.
+        let writer = TraceWriter::spawn(store.clone(), 4);
+        let mut tasks = Vec::new();
+        for sender in 0..50 {
+            let sink = writer.sink();
+            tasks.push(tokio::spawn(async move {
+                for idx in 0..100 {
+                    let trace = Trace { id: format!("{sender}-{idx}"), created_ms: idx, ..Trace::default() };
+                    sink.send(trace).await.unwrap();
+                }
+            }));
+        }
+        // Traces sent from synchronous code (dropped streams) take the non-waiting path.
+        for idx in 0..100 {
+            writer.sink().send_now(Trace { id: format!("now-{idx}"), ..Trace::default() });
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        tokio::task::yield_now().await;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let written = writer.shutdown().await;
+        assert_eq!(written, 5_100);
+        assert_eq!(store.count_traces().unwrap(), 5_100);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
