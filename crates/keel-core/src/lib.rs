@@ -9,7 +9,8 @@ pub use chat::{
     ImageSource, Message, ResponseFormat, Role, StreamEvent, ToolCall, ToolChoice, ToolDef, Usage,
 };
 
-/// A random 128-bit id rendered as 32 hex digits, for traces and response ids.
-pub fn random_id(rng: impl FnOnce() -> u128) -> String {
-    format!("{:032x}", rng())
+/// A 128-bit id as 32 hex digits: 48 bits of Unix milliseconds, then 80 random bits.
+/// Ids sort by time, so stores index them append-mostly (like UUIDv7).
+pub fn time_ordered_id(unix_ms: u64, random: u128) -> String {
+    format!("{:012x}{:020x}", unix_ms & 0xffff_ffff_ffff, random & ((1u128 << 80) - 1))
 }

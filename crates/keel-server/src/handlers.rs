@@ -25,7 +25,7 @@ fn now_ms() -> i64 {
 }
 
 fn new_id() -> String {
-    keel_core::random_id(|| fastrand::u128(..))
+    keel_core::time_ordered_id(now_ms() as u64, fastrand::u128(..))
 }
 
 /// Reads a body into a wire type; every failure is a 400 (or 413) naming what is wrong.

@@ -99,6 +99,8 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
+        // Fewer, larger checkpoints: the trace writer commits often.
+        conn.pragma_update(None, "wal_autocheckpoint", 8192).map_err(err)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(err)?;
         if version > SCHEMA_VERSION {
             return Err(Error::NewerSchema { path: path.to_path_buf(), found: version, known: SCHEMA_VERSION });
@@ -127,7 +129,7 @@ impl Store {
         {
             let mut stmt = tx
                 .prepare_cached(
-                    "INSERT OR REPLACE INTO traces (id, created_ms, endpoint, alias, provider, model, status, stream, attempts,
+                    "INSERT INTO traces (id, created_ms, endpoint, alias, provider, model, status, stream, attempts,
                      latency_ms, ttft_ms, overhead_us, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_usd,
                      finish_reason, error, request_body, response_body)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",

@@ -11,6 +11,10 @@ use crate::{Error, Result, Store, Trace};
 
 /// Most traces written in one transaction.
 const MAX_BATCH: usize = 2048;
+/// After a small batch the writer rests this long before looking again, so that under load
+/// it wakes once per batch rather than once per trace (each wake is a context switch taken
+/// from the request path's CPU).
+const REST: std::time::Duration = std::time::Duration::from_millis(20);
 
 enum Message {
     Trace(Box<Trace>),
@@ -109,7 +113,11 @@ fn write_loop(store: &Store, mut rx: mpsc::Receiver<Message>) -> u64 {
                 next = rx.try_recv().ok();
             }
         }
+        let small = batch.len() < MAX_BATCH;
         flush(store, &mut batch, &mut written);
+        if small && done.is_none() {
+            std::thread::sleep(REST);
+        }
     }
     while let Ok(message) = rx.try_recv() {
         if let Message::Trace(trace) = message {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use axum::serve::ListenerExt;
 use keel_llm::Router;
 use keel_server::{AppState, metrics::Metrics};
 use keel_store::{Store, TraceWriter};
@@ -51,6 +52,10 @@ pub async fn run(config: Option<&Path>, listen: Option<SocketAddr>) -> anyhow::R
     );
     let shutdown = CancellationToken::new();
     tokio::spawn(signalled(shutdown.clone()));
+    // Small JSON answers go out at once rather than waiting on Nagle's algorithm.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(listener, keel_server::router(app, config.server.max_body_bytes))
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let drain = Duration::from_secs_f64(config.server.drain_timeout_s);
