@@ -70,10 +70,11 @@ pub struct TraceWriter {
 
 impl TraceWriter {
     pub fn spawn(store: Arc<Store>, capacity: usize) -> TraceWriter {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let capacity = capacity.max(1);
+        let (tx, rx) = mpsc::channel(capacity);
         let thread = std::thread::Builder::new()
             .name("keel-trace-writer".into())
-            .spawn(move || write_loop(&store, rx))
+            .spawn(move || write_loop(&store, rx, capacity))
             .expect("spawn the trace writer thread");
         TraceWriter { sink: TraceSink { tx }, thread: Some(thread) }
     }
@@ -93,7 +94,7 @@ impl TraceWriter {
     }
 }
 
-fn write_loop(store: &Store, mut rx: mpsc::Receiver<Message>) -> u64 {
+fn write_loop(store: &Store, mut rx: mpsc::Receiver<Message>, capacity: usize) -> u64 {
     let mut written = 0u64;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut done: Option<oneshot::Sender<()>> = None;
@@ -113,9 +114,10 @@ fn write_loop(store: &Store, mut rx: mpsc::Receiver<Message>) -> u64 {
                 next = rx.try_recv().ok();
             }
         }
-        let small = batch.len() < MAX_BATCH;
+        // Rest only when the queue is far from full; under pressure, keep draining.
+        let light = batch.len() < (capacity / 2).min(MAX_BATCH);
         flush(store, &mut batch, &mut written);
-        if small && done.is_none() {
+        if light && done.is_none() {
             std::thread::sleep(REST);
         }
     }
