@@ -86,3 +86,9 @@ def test_error_shapes(client, keel_server):
     bad = anthropic.Anthropic(base_url=keel_server["base"], api_key="wrong", max_retries=0)
     with pytest.raises(anthropic.AuthenticationError):
         bad.messages.create(model="an", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+
+
+@pytest.mark.parametrize("model", PROVIDERS)
+def test_count_tokens(client, model):
+    count = client.messages.count_tokens(model=model, system="short", messages=[{"role": "user", "content": "one two three four"}])
+    assert count.input_tokens == (8 if model == "an" else 12)

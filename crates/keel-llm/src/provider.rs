@@ -210,6 +210,26 @@ impl Provider {
         Ok(Box::pin(futures_util::stream::unfold(state, StreamState::next)))
     }
 
+    /// Counts a request's input tokens with the provider's own counter, where it has one
+    /// (Anthropic's `count_tokens`); `None` where it has none.
+    pub async fn count_tokens(&self, request: &ChatRequest) -> Result<Option<u64>> {
+        if self.kind != ProviderKind::Anthropic {
+            return Ok(None);
+        }
+        let (mut body, _) = anthropic::messages_request_to_wire(request, false)?;
+        if let Some(map) = body.as_object_mut() {
+            map.remove("max_tokens");
+        }
+        let url = format!("{}/v1/messages/count_tokens", self.base_url);
+        let response = self.send(self.post(&url, &body)?).await?;
+        let bytes = crate::timing::waiting(response.bytes()).await.map_err(|err| self.transport_error(&err, "the response body"))?;
+        let value: Value = serde_json::from_slice(&bytes).map_err(|err| self.bad_response(err.to_string()))?;
+        match value.get("input_tokens").and_then(Value::as_u64) {
+            Some(n) => Ok(Some(n)),
+            None => Err(self.bad_response("count_tokens answered without input_tokens".into())),
+        }
+    }
+
     pub async fn embed(&self, request: &EmbedRequest) -> Result<EmbedResponse> {
         let (url, body) = match self.kind {
             ProviderKind::OpenAi => (format!("{}/embeddings", self.base_url), openai::embed_request_to_wire(request)),

@@ -220,6 +220,19 @@ impl Router {
             .await
     }
 
+    /// Input tokens of a request on the alias's first route: `(count, exact)`. Exact where
+    /// the provider counts (Anthropic); otherwise estimated at four characters a token.
+    pub async fn count_tokens(&self, request: &ChatRequest) -> Result<(u64, bool)> {
+        let alias = self.alias(&request.model)?;
+        let route = &alias.routes[alias.order()[0]];
+        let mut upstream = request.clone();
+        upstream.model.clone_from(&route.model);
+        match route.provider.count_tokens(&upstream).await? {
+            Some(n) => Ok((n, true)),
+            None => Ok((estimate_tokens(request), false)),
+        }
+    }
+
     pub async fn embed(&self, request: &EmbedRequest) -> (Result<EmbedResponse>, RouteInfo) {
         let alias = match self.alias(&request.model) {
             Ok(alias) => alias,
@@ -326,6 +339,31 @@ impl Alias {
         }
         (Err(Error::AllRoutesFailed { alias: self.name.clone(), last: Box::new(last) }), info)
     }
+}
+
+/// A rough token count: about four characters a token for English text and JSON, plus a
+/// few tokens of framing per message. Used only where the provider has no counter.
+pub fn estimate_tokens(request: &ChatRequest) -> u64 {
+    let mut chars = 0usize;
+    let mut n_messages = 0u64;
+    for message in &request.messages {
+        n_messages += 1;
+        for part in &message.content {
+            chars += match part {
+                keel_core::ContentPart::Text { text } => text.len(),
+                // Providers bill images by size; a fixed allowance keeps estimates honest-ish.
+                keel_core::ContentPart::Image { .. } => 1_600 * 4,
+                _ => 256 * 4,
+            };
+        }
+        for call in &message.tool_calls {
+            chars += call.name.len() + call.arguments.len();
+        }
+    }
+    for tool in &request.tools {
+        chars += tool.name.len() + tool.description.as_deref().map_or(0, str::len) + tool.parameters.to_string().len();
+    }
+    (chars as u64).div_ceil(4) + 3 * n_messages
 }
 
 /// Events of a stream, for tests and callers that want them all.

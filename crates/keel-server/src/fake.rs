@@ -64,6 +64,7 @@ pub fn router(state: Fake) -> axum::Router {
         .route("/v1/chat/completions", post(openai_chat))
         .route("/v1/embeddings", post(openai_embeddings))
         .route("/v1/messages", post(anthropic_messages))
+        .route("/v1/messages/count_tokens", post(anthropic_count_tokens))
         .route("/v1beta/models/{*rest}", post(gemini))
         .route("/fake/stats", get(stats))
         .route("/fake/release", post(release))
@@ -264,16 +265,18 @@ fn check_key(fake: &FakeState, headers: &HeaderMap, api: Api) -> Result<(), Resp
     Err(error(api, 401, &format!("Incorrect API key provided: {shown}")))
 }
 
+fn record(fake: &FakeState, path: &str, body: &Value) {
+    fake.requests.fetch_add(1, Ordering::SeqCst);
+    let mut log = fake.log.lock().unwrap_or_else(|p| p.into_inner());
+    if log.len() >= 64 {
+        log.remove(0);
+    }
+    log.push((path.to_string(), body.clone()));
+}
+
 /// Everything before the answer: bookkeeping, key check, fault injection by model name.
 async fn prelude(fake: &Fake, api: Api, path: &str, headers: &HeaderMap, body: &Value, model: &str) -> Result<(), Response> {
-    fake.requests.fetch_add(1, Ordering::SeqCst);
-    {
-        let mut log = fake.log.lock().unwrap_or_else(|p| p.into_inner());
-        if log.len() >= 64 {
-            log.remove(0);
-        }
-        log.push((path.to_string(), body.clone()));
-    }
+    record(fake, path, body);
     check_key(fake, headers, api)?;
     if model.contains("hold") {
         let mut release = fake.release.subscribe();
@@ -656,6 +659,24 @@ fn anthropic_ask(body: &Value) -> Result<Ask, String> {
     ask.stream = body["stream"].as_bool().unwrap_or(false);
     ask.stop = body["stop_sequences"].as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_string).collect();
     Ok(ask)
+}
+
+async fn anthropic_count_tokens(State(fake): State<Fake>, headers: HeaderMap, body: Bytes) -> Response {
+    let api = Api::Anthropic;
+    let value = match parse(api, &body) {
+        Ok(value) => value,
+        Err(response) => return response,
+    };
+    record(&fake, "/v1/messages/count_tokens", &value);
+    if let Err(response) = check_key(&fake, &headers, api) {
+        return response;
+    }
+    let mut with_max = value.clone();
+    with_max["max_tokens"] = json!(1);
+    match anthropic_ask(&with_max) {
+        Ok(ask) => axum::Json(json!({"input_tokens": ask.input_words + 3})).into_response(),
+        Err(message) => error(api, 400, &message),
+    }
 }
 
 fn anthropic_stop(finish: &str) -> &'static str {

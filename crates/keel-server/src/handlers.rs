@@ -211,6 +211,30 @@ pub async fn messages(State(app): State<App>, body: Result<Bytes, BytesRejection
     chat(app, request, bytes, format, "messages").await
 }
 
+/// Anthropic's `count_tokens`: exact when the alias's first route is an Anthropic model,
+/// estimated otherwise (`x-keel-token-count` says which).
+pub async fn count_tokens(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
+    let format = Format::Anthropic;
+    let (mut wire, _) = match parse_body::<anthropic::WireMessagesRequest>(body, format) {
+        Ok(parsed) => parsed,
+        Err(err) => return err.into_response(),
+    };
+    wire.stream = None;
+    let request = match anthropic::messages_request_from_wire(wire) {
+        Ok(request) => request,
+        Err(err) => return ApiError::from_llm(&err, format).into_response(),
+    };
+    match app.router.count_tokens(&request).await {
+        Ok((input_tokens, exact)) => {
+            let mut response = axum::Json(json!({"input_tokens": input_tokens})).into_response();
+            let how = if exact { "exact" } else { "estimated" };
+            response.headers_mut().insert("x-keel-token-count", HeaderValue::from_static(how));
+            response
+        }
+        Err(err) => ApiError::from_llm(&err, format).into_response(),
+    }
+}
+
 fn response_to_wire(response: &ChatResponse, call_id: &str, alias: &str, format: Format) -> Value {
     let mut response = response.clone();
     match format {

@@ -461,3 +461,20 @@ async fn models_lists_aliases_in_both_shapes() {
     assert_eq!(h.get("/v1/models/oa").await.json["id"], "oa");
     assert_eq!(h.get("/v1/models/nope").await.status, 404);
 }
+
+#[tokio::test]
+async fn count_tokens_is_exact_on_anthropic_and_estimated_elsewhere() {
+    let h = harness::start("").await;
+    let body = json!({"model": "an", "system": "short", "messages": [{"role": "user", "content": "one two three four"}]});
+    let reply = h.post("/v1/messages/count_tokens", &body).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.json, json!({"input_tokens": 8}), "the upstream's own count: 5 words + 3");
+    assert_eq!(reply.header("x-keel-token-count"), "exact");
+    assert_eq!(h.last_upstream().1.get("max_tokens"), None);
+    let mut body = body;
+    body["model"] = json!("oa");
+    let reply = h.post("/v1/messages/count_tokens", &body).await;
+    assert_eq!(reply.header("x-keel-token-count"), "estimated");
+    // "short" (5) + "one two three four" (18) = 23 characters → 6 tokens, + 3 per message.
+    assert_eq!(reply.json, json!({"input_tokens": 12}));
+}
