@@ -7,7 +7,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("unknown model `{alias}`; configured models: [{known}]")]
+    #[error("unknown model `{alias}`; {}", if known.is_empty() { "no models are configured: add [[models]] to keel.toml".to_string() } else { format!("configured models: [{known}]") })]
     UnknownModel { alias: String, known: String },
     /// The request cannot be served as asked; the client must change it.
     #[error("{0}")]

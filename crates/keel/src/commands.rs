@@ -194,7 +194,7 @@ fn format_time(ms: i64) -> String {
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-pub fn traces(config: Option<&Path>, as_json: bool, limit: usize) -> anyhow::Result<()> {
+pub fn traces(config: Option<&Path>, as_json: bool, limit: usize, id: Option<&str>) -> anyhow::Result<()> {
     let settings = settings::load(config)?;
     let path = settings.store_path();
     if !path.exists() {
@@ -206,6 +206,11 @@ pub fn traces(config: Option<&Path>, as_json: bool, limit: usize) -> anyhow::Res
         return Ok(());
     }
     let store = Store::open(&path)?;
+    if let Some(id) = id {
+        let trace = store.trace(id)?.ok_or_else(|| anyhow!("no trace with id {id} in {}", path.display()))?;
+        println!("{}", serde_json::to_string_pretty(&trace)?);
+        return Ok(());
+    }
     let traces = store.recent_traces(limit)?;
     if as_json {
         println!("{}", serde_json::to_string_pretty(&traces)?);

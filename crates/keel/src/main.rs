@@ -66,6 +66,9 @@ enum Command {
         /// How many traces, newest first.
         #[arg(long, short = 'n', default_value_t = 20)]
         limit: usize,
+        /// Show one trace in full (JSON, bodies included).
+        #[arg(long, value_name = "TRACE_ID")]
+        id: Option<String>,
     },
     /// Work with the config file.
     Config {
@@ -125,7 +128,7 @@ fn main() -> std::process::ExitCode {
                 commands::chat(cli.config.as_deref(), model, system, max_tokens, prompt).await
             }
             Command::Models { json } => commands::models(cli.config.as_deref(), json),
-            Command::Traces { json, limit } => commands::traces(cli.config.as_deref(), json, limit),
+            Command::Traces { json, limit, id } => commands::traces(cli.config.as_deref(), json, limit, id.as_deref()),
             Command::Config { command: ConfigCommand::Check { file } } => {
                 commands::config_check(file.as_deref().or(cli.config.as_deref()))
             }

@@ -76,6 +76,13 @@ async fn chat_streams_an_answer_and_leaves_a_trace() {
     assert_eq!(traces[1]["output_tokens"], 3);
     assert_eq!(traces[0]["status"], 502);
 
+    let id = traces[1]["id"].as_str().unwrap();
+    let one: serde_json::Value = serde_json::from_slice(&run(&["traces", "--id", id], &dir).stdout).unwrap();
+    assert_eq!(one["alias"], "fast");
+    assert!(one["request_body"].as_str().unwrap().contains("hello there"));
+    let missing = run(&["traces", "--id", "nope"], &dir);
+    assert!(stderr(&missing).contains("no trace with id nope"));
+
     let table = stdout(&run(&["traces", "-n", "5"], &dir));
     assert!(table.starts_with("TIME (UTC)"), "{table}");
     assert!(table.contains("fake/gpt-4o-mini"), "{table}");
