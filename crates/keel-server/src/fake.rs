@@ -332,18 +332,24 @@ fn parse(api: Api, body: &Bytes) -> Result<Value, Response> {
     }
 }
 
-/// A stream body from SSE frames; `cut` sends two frames, lets them reach the client, then
-/// ends the body with a transport error.
-fn sse(frames: Vec<String>, cut: bool) -> Response {
+/// A stream body from SSE frames. `cut` sends two frames, lets them reach the client, then
+/// ends the body with a transport error; `drip` spaces frames 50 ms apart.
+fn sse(frames: Vec<String>, model: &str) -> Response {
     use futures_util::StreamExt;
+    let cut = model.contains("cut");
+    let gap = if model.contains("drip") { Duration::from_millis(50) } else { Duration::ZERO };
     let n = if cut { frames.len().min(2) } else { frames.len() };
-    let items: Vec<Result<Bytes, std::io::Error>> = frames.into_iter().take(n).map(|f| Ok(Bytes::from(f))).collect();
+    let items = futures_util::stream::iter(frames.into_iter().take(n)).then(move |frame| async move {
+        if !gap.is_zero() {
+            tokio::time::sleep(gap).await;
+        }
+        Ok::<_, std::io::Error>(Bytes::from(frame))
+    });
     let tail = futures_util::stream::iter(cut.then_some(())).then(|()| async {
         tokio::time::sleep(Duration::from_millis(100)).await;
         Err::<Bytes, _>(std::io::Error::other("cut on purpose"))
     });
-    let stream = futures_util::stream::iter(items).chain(tail);
-    let mut response = Response::new(Body::from_stream(stream));
+    let mut response = Response::new(Body::from_stream(items.chain(tail)));
     response.headers_mut().insert(header::CONTENT_TYPE, "text/event-stream".parse().expect("header value"));
     response
 }
@@ -486,7 +492,7 @@ async fn openai_chat(State(fake): State<Fake>, headers: HeaderMap, body: Bytes) 
         Err(message) => return error(api, 400, &message),
     };
     if model.contains("garbage") {
-        return if ask.stream { sse(vec!["data: {not json\n\n".into()], false) } else { garbage() };
+        return if ask.stream { sse(vec!["data: {not json\n\n".into()], "") } else { garbage() };
     }
     let answer = answer(&ask);
     let id = "chatcmpl-fake";
@@ -538,7 +544,7 @@ async fn openai_chat(State(fake): State<Fake>, headers: HeaderMap, body: Bytes) 
         ));
     }
     frames.push("data: [DONE]\n\n".into());
-    sse(frames, model.contains("cut"))
+    sse(frames, &model)
 }
 
 fn fake_vector(text: &str, dims: usize) -> Vec<f32> {
@@ -707,7 +713,7 @@ async fn anthropic_messages(State(fake): State<Fake>, headers: HeaderMap, body: 
         Err(message) => return error(api, 400, &message),
     };
     if model.contains("garbage") {
-        return if ask.stream { sse(vec!["event: message_start\ndata: {not json\n\n".into()], false) } else { garbage() };
+        return if ask.stream { sse(vec!["event: message_start\ndata: {not json\n\n".into()], "") } else { garbage() };
     }
     let answer = answer(&ask);
     let stop_sequence = if answer.finish == "stop_sequence" { json!(ask.stop.first()) } else { Value::Null };
@@ -764,7 +770,7 @@ async fn anthropic_messages(State(fake): State<Fake>, headers: HeaderMap, body: 
         json!({"type": "message_delta", "delta": {"stop_reason": anthropic_stop(answer.finish), "stop_sequence": stop_sequence}, "usage": {"output_tokens": answer.output_tokens}}),
     ));
     frames.push(event("message_stop", json!({"type": "message_stop"})));
-    sse(frames, model.contains("cut"))
+    sse(frames, &model)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -891,7 +897,7 @@ async fn gemini(State(fake): State<Fake>, Path(rest): Path<String>, headers: Hea
         Err(message) => return error(api, 400, &message),
     };
     if model.contains("garbage") {
-        return if stream { sse(vec!["data: {not json\n\n".into()], false) } else { garbage() };
+        return if stream { sse(vec!["data: {not json\n\n".into()], "") } else { garbage() };
     }
     let answer = answer(&ask);
     let usage = json!({
@@ -928,6 +934,6 @@ async fn gemini(State(fake): State<Fake>, Path(rest): Path<String>, headers: Hea
             frames.push(frame(json!({"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}], "usageMetadata": usage, "modelVersion": model, "responseId": "fake-response"})));
         }
     }
-    sse(frames, model.contains("cut"))
+    sse(frames, &model)
 }
 

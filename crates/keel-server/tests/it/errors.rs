@@ -259,3 +259,19 @@ async fn metrics_count_requests_tokens_cost_and_latency() {
     }
     assert!(metrics.contains(r#"keel_cost_usd_total{alias="oa",provider="oa",model="gpt-4o-mini"} 0.0000025"#), "{metrics}");
 }
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_stream_still_leaves_a_trace() {
+    let mut h = harness::start("[[models]]\nname = \"drip\"\nroutes = [{ provider = \"oa\", model = \"drip\" }]\n").await;
+    let body = json!({"model": "drip", "stream": true, "messages": [{"role": "user", "content": "a b c d e f g h"}]});
+    let mut response = h.client.post(format!("{}/v1/chat/completions", h.base)).json(&body).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let first = response.chunk().await.unwrap().unwrap();
+    assert!(first.starts_with(b"data: "));
+    drop(response);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let traces = h.traces().await;
+    assert_eq!(traces.len(), 1);
+    assert_eq!(traces[0].status, 499);
+    assert_eq!(traces[0].error.as_deref(), Some("the client closed the stream before it ended"));
+}
