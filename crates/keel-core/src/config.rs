@@ -98,6 +98,9 @@ pub enum ProviderKind {
     OpenAi,
     Anthropic,
     Gemini,
+    /// A model running inside keel (GGUF through llama.cpp); routes name a catalog model
+    /// (`smollm2-135m`) or a file path.
+    Local,
 }
 
 impl ProviderKind {
@@ -106,6 +109,7 @@ impl ProviderKind {
             ProviderKind::OpenAi => "openai",
             ProviderKind::Anthropic => "anthropic",
             ProviderKind::Gemini => "gemini",
+            ProviderKind::Local => "local",
         }
     }
 
@@ -114,6 +118,7 @@ impl ProviderKind {
             ProviderKind::OpenAi => "https://api.openai.com/v1",
             ProviderKind::Anthropic => "https://api.anthropic.com",
             ProviderKind::Gemini => "https://generativelanguage.googleapis.com",
+            ProviderKind::Local => "",
         }
     }
 }
@@ -138,6 +143,14 @@ pub struct ProviderConfig {
     pub timeout_s: f64,
     /// Most calls in flight to this provider at once; more wait their turn inside keel.
     pub max_concurrency: Option<usize>,
+    /// `local` only: CPU threads for llama.cpp (default: all cores).
+    pub threads: Option<usize>,
+    /// `local` only: sequences decoded together (default 8).
+    pub slots: Option<usize>,
+    /// `local` only: context window per sequence, in tokens (default 2048).
+    pub context_tokens: Option<u32>,
+    /// `local` only: requests that may wait for a free sequence (default 64); more get a 503.
+    pub max_queue: Option<usize>,
 }
 
 impl ProviderConfig {
@@ -382,11 +395,11 @@ mod tests {
         );
         check_err(
             "[providers.a]\nkind = \"openia\"\n",
-            expect![[r#"line 2, column 8: unknown variant `openia`, expected one of `openai`, `anthropic`, `gemini`"#]],
+            expect![[r#"line 2, column 8: unknown variant `openia`, expected one of `openai`, `anthropic`, `gemini`, `local`"#]],
         );
         check_err(
             "[providers.a]\nkind = \"openai\"\napi_kye_env = \"X\"\n",
-            expect![[r#"line 3, column 1: unknown field `api_kye_env`, expected one of `kind`, `base_url`, `api_key_env`, `headers`, `connect_timeout_s`, `first_token_timeout_s`, `timeout_s`, `max_concurrency`"#]],
+            expect![[r#"line 3, column 1: unknown field `api_kye_env`, expected one of `kind`, `base_url`, `api_key_env`, `headers`, `connect_timeout_s`, `first_token_timeout_s`, `timeout_s`, `max_concurrency`, `threads`, `slots`, `context_tokens`, `max_queue`"#]],
         );
         check_err(
             "[providers.a]\nkind = \"openai\"\n[[models]]\nname = \"x\"\nroutes = []\n",

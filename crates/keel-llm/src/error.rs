@@ -26,6 +26,12 @@ pub enum Error {
     MissingKey { provider: String, env: String },
     #[error("provider {provider} does not support {what}")]
     Unsupported { provider: String, what: &'static str },
+    /// A local model could not be loaded or failed while running.
+    #[error("local model on {provider}: {message}")]
+    LocalModel { provider: String, message: String },
+    /// A local model's queue is full.
+    #[error("{message}")]
+    Overloaded { provider: String, message: String },
     #[error("every route of `{alias}` failed; last error: {last}")]
     AllRoutesFailed { alias: String, last: Box<Error> },
 }
@@ -35,7 +41,7 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Upstream { status, .. } => matches!(status, 408 | 409 | 429) || *status >= 500,
-            Error::Timeout { .. } | Error::Connect { .. } | Error::StreamCut { .. } => true,
+            Error::Timeout { .. } | Error::Connect { .. } | Error::StreamCut { .. } | Error::Overloaded { .. } => true,
             _ => false,
         }
     }
@@ -65,6 +71,8 @@ impl Error {
             Error::Timeout { .. } => 504,
             Error::Connect { .. } | Error::BadResponse { .. } | Error::StreamCut { .. } => 502,
             Error::MissingKey { .. } => 500,
+            Error::Overloaded { .. } => 503,
+            Error::LocalModel { .. } => 500,
             Error::AllRoutesFailed { last, .. } => last.status(),
         }
     }
@@ -91,6 +99,8 @@ impl Error {
             Error::StreamCut { .. } => "upstream_stream_cut",
             Error::MissingKey { .. } => "provider_key_missing",
             Error::Unsupported { .. } => "unsupported",
+            Error::Overloaded { .. } => "overloaded",
+            Error::LocalModel { .. } => "local_model_error",
             Error::AllRoutesFailed { last, .. } => last.code(),
         }
     }

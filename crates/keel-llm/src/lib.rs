@@ -14,7 +14,7 @@ pub mod sse;
 pub mod timing;
 
 pub use error::{Error, Result, scrub_secrets};
-pub use provider::{EventStream, Provider};
+pub use provider::{EventStream, LocalBackend, LocalFactory, Provider};
 pub use router::{RouteInfo, Router};
 
 use keel_core::ToolDef;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use futures_util::{Stream, StreamExt};
 use keel_core::config::{ProviderConfig, ProviderKind};
 use keel_core::{ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, StreamEvent};
@@ -20,6 +21,17 @@ use crate::sse::{SseDecoder, SseEvent};
 use crate::{Error, Result, anthropic, gemini, openai, scrub_secrets};
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent>> + Send>>;
+
+/// A model engine inside the keel process (`kind = "local"`). keel-llm knows only this
+/// interface; the binary plugs in the implementation (keel-local, llama.cpp).
+pub trait LocalBackend: Send + Sync + std::fmt::Debug {
+    /// Streams a chat answer from `model` (a catalog name or a path).
+    fn chat_stream(&self, model: &str, request: &ChatRequest) -> BoxFuture<'static, Result<EventStream>>;
+    fn embed(&self, model: &str, request: &EmbedRequest) -> BoxFuture<'static, Result<EmbedResponse>>;
+}
+
+/// Builds the local backend of a `kind = "local"` provider from its name and config.
+pub type LocalFactory<'a> = &'a dyn Fn(&str, &ProviderConfig) -> Result<Arc<dyn LocalBackend>>;
 
 /// Largest upstream error body keel reads.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -36,6 +48,7 @@ pub struct Provider {
     pub total_timeout: Duration,
     /// Caps calls in flight (`max_concurrency`); waiting for a permit counts as upstream time.
     limit: Option<Arc<Semaphore>>,
+    local: Option<Arc<dyn LocalBackend>>,
 }
 
 impl std::fmt::Debug for Provider {
@@ -46,7 +59,19 @@ impl std::fmt::Debug for Provider {
 
 impl Provider {
     /// Builds a provider from its config; `env` looks up environment variables.
-    pub fn from_config(name: &str, config: &ProviderConfig, env: &dyn Fn(&str) -> Option<String>) -> Result<Provider> {
+    pub fn from_config(
+        name: &str,
+        config: &ProviderConfig,
+        env: &dyn Fn(&str) -> Option<String>,
+        local: Option<LocalFactory<'_>>,
+    ) -> Result<Provider> {
+        let local = match (config.kind, local) {
+            (ProviderKind::Local, Some(factory)) => Some(factory(name, config)?),
+            (ProviderKind::Local, None) => {
+                return Err(Error::Unsupported { provider: name.to_string(), what: "local models in this build" });
+            }
+            _ => None,
+        };
         let mut headers = HeaderMap::new();
         for (key, value) in &config.headers {
             let key = HeaderName::from_bytes(key.as_bytes())
@@ -72,6 +97,7 @@ impl Provider {
             first_token_timeout: Duration::from_secs_f64(config.first_token_timeout_s),
             total_timeout: Duration::from_secs_f64(config.timeout_s),
             limit: config.max_concurrency.map(|n| Arc::new(Semaphore::new(n.max(1)))),
+            local,
         })
     }
 
@@ -108,6 +134,7 @@ impl Provider {
                     builder = builder.header("x-goog-api-key", key);
                 }
             }
+            ProviderKind::Local => {}
         }
         Ok(builder)
     }
@@ -140,7 +167,7 @@ impl Provider {
         let message = match self.kind {
             ProviderKind::OpenAi => openai::error_message(&body),
             ProviderKind::Anthropic => anthropic::error_message(&body),
-            ProviderKind::Gemini => gemini::error_message(&body),
+            ProviderKind::Gemini | ProviderKind::Local => gemini::error_message(&body),
         };
         let key = self.api_key.as_ref().map(|key| key.expose_secret());
         Err(Error::Upstream { provider: self.name.clone(), status, message: scrub_secrets(&message, key), retry_after })
@@ -153,6 +180,15 @@ impl Provider {
 
     /// One non-streaming chat call; `request.model` is the upstream model name.
     pub async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse> {
+        if let Some(local) = &self.local {
+            let _permit = self.permit().await;
+            let mut stream = local.chat_stream(&request.model, request).await?;
+            let mut collector = keel_core::chat::StreamCollector::default();
+            while let Some(event) = stream.next().await {
+                collector.push(&event?);
+            }
+            return Ok(collector.into_response());
+        }
         let (url, body, json_tool) = self.chat_call(request, false)?;
         let _permit = self.permit().await;
         let response = self.send(self.post(&url, &body)?).await?;
@@ -160,7 +196,7 @@ impl Provider {
         let parsed = match self.kind {
             ProviderKind::OpenAi => openai::chat_response_from_wire(&bytes),
             ProviderKind::Anthropic => anthropic::messages_response_from_wire(&bytes, json_tool.as_deref()),
-            ProviderKind::Gemini => gemini::generate_response_from_wire(&bytes),
+            ProviderKind::Gemini | ProviderKind::Local => gemini::generate_response_from_wire(&bytes),
         };
         parsed.map_err(|message| self.bad_response(message))
     }
@@ -174,6 +210,7 @@ impl Provider {
                 let (body, json_tool) = anthropic::messages_request_to_wire(request, stream)?;
                 (format!("{}/v1/messages", self.base_url), body, json_tool)
             }
+            ProviderKind::Local => return Err(Error::Unsupported { provider: self.name.clone(), what: "HTTP calls" }),
             ProviderKind::Gemini => {
                 let url = if stream {
                     format!("{}/v1beta/models/{}:streamGenerateContent?alt=sse", self.base_url, request.model)
@@ -188,13 +225,16 @@ impl Provider {
     /// Opens a streaming chat call. The future resolves once the upstream accepted the
     /// request (status and headers); events follow on the stream.
     pub async fn chat_stream(&self, request: &ChatRequest) -> Result<EventStream> {
+        if let Some(local) = &self.local {
+            return local.chat_stream(&request.model, request).await;
+        }
         let (url, body, json_tool) = self.chat_call(request, true)?;
         let permit = self.permit().await;
         let response = self.send(self.post(&url, &body)?).await?;
         let decoder = match self.kind {
             ProviderKind::OpenAi => Decoder::OpenAi(openai::ChunkDecoder::default()),
             ProviderKind::Anthropic => Decoder::Anthropic(anthropic::EventDecoder::new(json_tool)),
-            ProviderKind::Gemini => Decoder::Gemini(gemini::ChunkDecoder::default()),
+            ProviderKind::Gemini | ProviderKind::Local => Decoder::Gemini(gemini::ChunkDecoder::default()),
         };
         let state = StreamState {
             bytes: Box::pin(response.bytes_stream()),
@@ -231,13 +271,16 @@ impl Provider {
     }
 
     pub async fn embed(&self, request: &EmbedRequest) -> Result<EmbedResponse> {
+        if let Some(local) = &self.local {
+            return local.embed(&request.model, request).await;
+        }
         let (url, body) = match self.kind {
             ProviderKind::OpenAi => (format!("{}/embeddings", self.base_url), openai::embed_request_to_wire(request)),
             ProviderKind::Gemini => (
                 format!("{}/v1beta/models/{}:batchEmbedContents", self.base_url, request.model),
                 gemini::embed_request_to_wire(request)?,
             ),
-            ProviderKind::Anthropic => {
+            ProviderKind::Anthropic | ProviderKind::Local => {
                 return Err(Error::Unsupported { provider: self.name.clone(), what: "embeddings" });
             }
         };

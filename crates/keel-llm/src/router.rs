@@ -92,9 +92,18 @@ pub struct Router {
 impl Router {
     /// Builds the router for a validated config; `env` looks up environment variables.
     pub fn from_config(config: &Config, env: &dyn Fn(&str) -> Option<String>) -> Result<Router> {
+        Router::with_local(config, env, None)
+    }
+
+    /// Like `from_config`, with a factory for `kind = "local"` providers.
+    pub fn with_local(
+        config: &Config,
+        env: &dyn Fn(&str) -> Option<String>,
+        local: Option<crate::LocalFactory<'_>>,
+    ) -> Result<Router> {
         let mut providers = HashMap::new();
         for (name, provider) in &config.providers {
-            providers.insert(name.clone(), Arc::new(Provider::from_config(name, provider, env)?));
+            providers.insert(name.clone(), Arc::new(Provider::from_config(name, provider, env, local)?));
         }
         let mut aliases = BTreeMap::new();
         for model in &config.models {

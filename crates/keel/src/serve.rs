@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use axum::serve::ListenerExt;
-use keel_llm::Router;
 use keel_server::{AppState, metrics::Metrics};
 use keel_store::{Store, TraceWriter};
 use secrecy::SecretString;
@@ -16,10 +15,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::settings::{self, Settings};
 
-pub async fn run(config: Option<&Path>, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+pub async fn run(config: Option<&Path>, listen: Option<SocketAddr>, pull: bool) -> anyhow::Result<()> {
     let settings = settings::load(config)?;
     let config = &settings.config;
-    let router = Router::from_config(config, &Settings::env).context("could not set up the providers")?;
+    crate::local::ensure_models(config, pull).await?;
+    let router = crate::local::router(config).context("could not set up the providers")?;
     let master_key = match &config.server.master_key_env {
         None => None,
         Some(env) => match Settings::env(env).filter(|key| !key.is_empty()) {

@@ -35,7 +35,7 @@ pub fn describe_error(path: &Path, src: &str, err: &ConfigError) -> String {
 
 pub fn load(flag: Option<&Path>) -> anyhow::Result<Settings> {
     let Some(path) = config_path(flag) else {
-        return Ok(Settings { config: Config::default(), path: None });
+        return Ok(Settings { config: crate::local::default_config(), path: None });
     };
     let src = std::fs::read_to_string(&path).with_context(|| format!("could not read config {}", path.display()))?;
     match Config::from_toml_str(&src) {
