@@ -68,6 +68,15 @@ name = "broken"
 retries = 0
 routes = [{{ provider = "oa", model = "fail-500" }}]
 
+[providers.local]
+kind = "local"
+slots = 4
+context_tokens = 1024
+
+[[models]]
+name = "local"
+routes = [{{ provider = "local", model = "smollm2-135m" }}]
+
 [[models]]
 name = "embed"
 routes = [{{ provider = "oa", model = "text-embedding-3-small" }}]

@@ -92,3 +92,9 @@ def test_error_shapes(client, keel_server):
 def test_count_tokens(client, model):
     count = client.messages.count_tokens(model=model, system="short", messages=[{"role": "user", "content": "one two three four"}])
     assert count.input_tokens == (8 if model == "an" else 12)
+
+
+def test_local_model_through_messages(client):
+    message = client.messages.create(model="local", max_tokens=24, extra_body={"temperature": 0}, messages=[{"role": "user", "content": "What is the capital of France?"}])
+    assert "Paris" in message.content[0].text
+    assert message.usage.output_tokens <= 24

@@ -131,7 +131,7 @@ def test_embeddings(client):
 
 def test_models(client):
     ids = [model.id for model in client.models.list()]
-    assert ids == ["an", "broken", "embed", "fallback", "ge", "oa"]
+    assert ids == ["an", "broken", "embed", "fallback", "ge", "local", "oa"]
 
 
 def test_fallback_is_invisible_to_the_client(client):
@@ -159,3 +159,29 @@ def test_error_shapes(client, keel_server):
     bad = openai.OpenAI(base_url=keel_server["base"] + "/v1", api_key="wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError):
         bad.models.list()
+
+
+def test_local_model_chat_and_stream(client):
+    completion = client.chat.completions.create(
+        model="local", messages=[{"role": "user", "content": "What is the capital of France?"}], temperature=0, max_tokens=24
+    )
+    assert "Paris" in completion.choices[0].message.content
+    assert completion.usage.completion_tokens <= 24
+    stream = client.chat.completions.create(
+        model="local", messages=[{"role": "user", "content": "What is the capital of France?"}], temperature=0,
+        max_tokens=24, stream=True, stream_options={"include_usage": True},
+    )
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
+    assert text == completion.choices[0].message.content
+
+
+def test_local_model_json_schema_always_parses(client):
+    schema = {"type": "object", "properties": {"city": {"type": "string"}, "rank": {"type": "integer", "minimum": 1, "maximum": 10}},
+              "required": ["city", "rank"], "additionalProperties": False}
+    for temperature in (0, 1):
+        completion = client.chat.completions.create(
+            model="local", messages=[{"role": "user", "content": "Pick a city."}], temperature=temperature, seed=3,
+            response_format={"type": "json_schema", "json_schema": {"name": "pick", "schema": schema}}, max_tokens=100,
+        )
+        value = json.loads(completion.choices[0].message.content)
+        assert set(value) == {"city", "rank"} and isinstance(value["city"], str) and 1 <= value["rank"] <= 10
