@@ -98,3 +98,13 @@ def test_local_model_through_messages(client):
     message = client.messages.create(model="local", max_tokens=24, extra_body={"temperature": 0}, messages=[{"role": "user", "content": "What is the capital of France?"}])
     assert "Paris" in message.content[0].text
     assert message.usage.output_tokens <= 24
+
+
+def test_local_model_tool_use(client):
+    message = client.messages.create(
+        model="local", max_tokens=200, tools=[WEATHER], tool_choice={"type": "any"},
+        messages=[{"role": "user", "content": "Weather in Paris?"}],
+    )
+    assert message.stop_reason == "tool_use"
+    tool_use = next(block for block in message.content if block.type == "tool_use")
+    assert tool_use.name == "get_weather" and isinstance(tool_use.input["city"], str)

@@ -185,3 +185,36 @@ def test_local_model_json_schema_always_parses(client):
         )
         value = json.loads(completion.choices[0].message.content)
         assert set(value) == {"city", "rank"} and isinstance(value["city"], str) and 1 <= value["rank"] <= 10
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("choice", ["required", "named", "auto"])
+def test_local_model_tool_calls_validate(client, stream, choice):
+    tool_choice = {"type": "function", "function": {"name": "get_weather"}} if choice == "named" else choice
+    response = client.chat.completions.create(
+        model="local", messages=[{"role": "user", "content": "What is the weather in Paris in celsius?"}],
+        tools=[WEATHER], tool_choice=tool_choice, temperature=0, stream=stream, max_tokens=200,
+    )
+    if stream:
+        calls, text = {}, ""
+        for chunk in response:
+            for c in chunk.choices:
+                text += c.delta.content or ""
+                for delta in c.delta.tool_calls or []:
+                    call = calls.setdefault(delta.index, {"name": "", "arguments": ""})
+                    if delta.function.name:
+                        call["name"] = delta.function.name
+                    call["arguments"] += delta.function.arguments or ""
+        calls = list(calls.values())
+    else:
+        message = response.choices[0].message
+        text = message.content or ""
+        calls = [{"name": c.function.name, "arguments": c.function.arguments} for c in message.tool_calls or []]
+    if choice == "auto" and not calls:
+        assert text  # the model chose to answer in words
+        return
+    assert calls, text
+    for call in calls:
+        assert call["name"] == "get_weather"
+        args = json.loads(call["arguments"])
+        assert set(args) == {"city", "unit"} and isinstance(args["city"], str) and args["unit"] in ("c", "f")

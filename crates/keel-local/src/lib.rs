@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
 use keel_core::config::ProviderConfig;
-use keel_core::{ChatRequest, ContentPart, EmbedRequest, EmbedResponse, ResponseFormat, Role, StreamEvent, Usage};
+use keel_core::{
+    ChatRequest, ContentPart, EmbedRequest, EmbedResponse, FinishReason, ResponseFormat, Role, StreamEvent, ToolChoice, Usage,
+};
 use keel_llm::{Error, EventStream, LocalBackend, Result};
 
 pub use engine::{ChatEngine, EngineError, EngineOptions, GenEvent, Sampling};
@@ -74,11 +76,11 @@ impl LocalProvider {
         Ok(engine)
     }
 
-    fn prompt(&self, engine: &ChatEngine, request: &ChatRequest) -> Result<String> {
-        if !request.tools.is_empty() {
-            return Err(Error::Unsupported { provider: self.name.clone(), what: "tool calling on local models (not yet)" });
+    fn prompt(&self, engine: &ChatEngine, request: &ChatRequest, tools: Option<&ToolMode>) -> Result<String> {
+        let mut messages = Vec::with_capacity(request.messages.len() + 1);
+        if let Some(mode) = tools {
+            messages.push(("system".to_string(), mode.instructions.clone()));
         }
-        let mut messages = Vec::with_capacity(request.messages.len());
         for message in &request.messages {
             if message.content.iter().any(|part| !matches!(part, ContentPart::Text { .. })) {
                 return Err(Error::Unsupported { provider: self.name.clone(), what: "image, audio or file input on local models" });
@@ -90,19 +92,29 @@ impl LocalProvider {
                 Role::Tool => "tool",
             };
             let mut content = message.text_content();
-            for call in &message.tool_calls {
-                content.push_str(&format!("\n{{\"name\": {:?}, \"arguments\": {}}}", call.name, call.arguments));
+            if !message.tool_calls.is_empty() {
+                // Past calls go back in the same JSON shape the model is asked to write.
+                let calls: Vec<serde_json::Value> = message
+                    .tool_calls
+                    .iter()
+                    .map(|call| {
+                        let arguments = serde_json::from_str(&call.arguments).unwrap_or(serde_json::Value::Null);
+                        serde_json::json!({"name": call.name, "arguments": arguments})
+                    })
+                    .collect();
+                content = serde_json::json!({"tool_calls": calls}).to_string();
             }
             messages.push((role.to_string(), content));
         }
         engine.render(&messages).map_err(|err| self.error(err))
     }
 
-    fn sampling(&self, request: &ChatRequest) -> Result<Sampling> {
-        let grammar = match &request.response_format {
-            None | Some(ResponseFormat::Text) => None,
-            Some(ResponseFormat::JsonObject) => Some(schema_grammar(&serde_json::json!({"type": "object"}))?),
-            Some(ResponseFormat::JsonSchema { schema, .. }) => Some(schema_grammar(schema)?),
+    fn sampling(&self, request: &ChatRequest, tools: Option<&ToolMode>) -> Result<Sampling> {
+        let grammar = match (tools, &request.response_format) {
+            (Some(mode), _) => Some(schema_grammar(&mode.schema)?),
+            (None, None | Some(ResponseFormat::Text)) => None,
+            (None, Some(ResponseFormat::JsonObject)) => Some(schema_grammar(&serde_json::json!({"type": "object"}))?),
+            (None, Some(ResponseFormat::JsonSchema { schema, .. })) => Some(schema_grammar(schema)?),
         };
         Ok(Sampling {
             temperature: request.temperature.map(|t| t as f32),
@@ -112,6 +124,123 @@ impl LocalProvider {
             grammar,
         })
     }
+}
+
+/// How a request with tools runs on a model that has no tool format of its own: the model
+/// is told the tools and must answer with one JSON document, `{"tool_calls": [...]}` or
+/// `{"response": "..."}`, which a grammar enforces, so every call parses and its arguments
+/// match the tool's schema.
+#[derive(Debug)]
+struct ToolMode {
+    schema: serde_json::Value,
+    instructions: String,
+}
+
+impl ToolMode {
+    fn for_request(request: &ChatRequest) -> Result<Option<ToolMode>> {
+        if request.tools.is_empty() || request.tool_choice == Some(ToolChoice::None) {
+            return Ok(None);
+        }
+        let chosen: Vec<&keel_core::ToolDef> = match &request.tool_choice {
+            Some(ToolChoice::Function(name)) => {
+                let tool = request.tools.iter().find(|tool| &tool.name == name).ok_or_else(|| {
+                    Error::InvalidRequest(format!("tool_choice names `{name}`, which is not in tools"))
+                })?;
+                vec![tool]
+            }
+            _ => request.tools.iter().collect(),
+        };
+        let call_schemas: Vec<serde_json::Value> = chosen
+            .iter()
+            .map(|tool| {
+                serde_json::json!({
+                    "type": "object",
+                    "properties": {"name": {"type": "string", "enum": [tool.name]}, "arguments": tool.parameters},
+                    "required": ["name", "arguments"],
+                    "additionalProperties": false,
+                })
+            })
+            .collect();
+        let max_calls = if request.parallel_tool_calls == Some(false) { 1 } else { 4 };
+        let calls = serde_json::json!({
+            "type": "object",
+            "properties": {"tool_calls": {"type": "array", "items": {"anyOf": call_schemas}, "minItems": 1, "maxItems": max_calls}},
+            "required": ["tool_calls"],
+            "additionalProperties": false,
+        });
+        let may_answer = matches!(request.tool_choice, None | Some(ToolChoice::Auto));
+        let schema = if may_answer {
+            let text = serde_json::json!({
+                "type": "object",
+                "properties": {"response": {"type": "string"}},
+                "required": ["response"],
+                "additionalProperties": false,
+            });
+            serde_json::json!({"anyOf": [calls, text]})
+        } else {
+            calls
+        };
+        let mut instructions = String::from("You can call these tools:\n");
+        for tool in &chosen {
+            instructions.push_str(&format!(
+                "- {}: {} Arguments (JSON Schema): {}\n",
+                tool.name,
+                tool.description.as_deref().unwrap_or(""),
+                tool.parameters
+            ));
+        }
+        instructions.push_str("To call tools, answer with {\"tool_calls\": [{\"name\": ..., \"arguments\": {...}}]}.");
+        if may_answer {
+            instructions.push_str(" To answer the user directly, answer with {\"response\": \"...\"}.");
+        }
+        Ok(Some(ToolMode { schema, instructions }))
+    }
+}
+
+/// Collects a tool-mode generation and turns its JSON into tool calls or text events.
+async fn tool_answer(
+    mut events: tokio::sync::mpsc::UnboundedReceiver<GenEvent>,
+    model: String,
+    provider: String,
+) -> Result<EventStream> {
+    let mut text = String::new();
+    let (finish, usage) = loop {
+        match events.recv().await {
+            Some(GenEvent::Text(piece)) => text.push_str(&piece),
+            Some(GenEvent::Done { finish, prompt_tokens, completion_tokens }) => {
+                break (finish, Usage { input_tokens: prompt_tokens, output_tokens: completion_tokens, ..Usage::default() });
+            }
+            Some(GenEvent::Failed(message)) => return Err(Error::LocalModel { provider, message }),
+            None => return Err(Error::LocalModel { provider, message: "the decode thread stopped".into() }),
+        }
+    };
+    let id = format!("local-{:016x}", fastrand_u64());
+    let mut out = vec![StreamEvent::Start { id: id.clone(), model }];
+    let parsed: Option<serde_json::Value> = serde_json::from_str(&text).ok();
+    match parsed.as_ref().and_then(|v| v.get("tool_calls")).and_then(serde_json::Value::as_array) {
+        Some(calls) => {
+            for (index, call) in calls.iter().enumerate() {
+                let name = call["name"].as_str().unwrap_or_default().to_string();
+                out.push(StreamEvent::ToolCallStart { index, id: format!("call_{}_{index}", &id[6..14]), name });
+                out.push(StreamEvent::ToolCallDelta { index, arguments: call["arguments"].to_string() });
+            }
+            out.push(StreamEvent::Finish(FinishReason::ToolCalls));
+        }
+        None => {
+            // A direct answer, or a document the token budget cut short.
+            let answer = parsed.as_ref().and_then(|v| v.get("response")).and_then(serde_json::Value::as_str);
+            let complete = answer.is_some();
+            out.push(StreamEvent::TextDelta(answer.map_or(text.clone(), str::to_string)));
+            out.push(StreamEvent::Finish(if complete { finish } else { FinishReason::Length }));
+        }
+    }
+    out.push(StreamEvent::Usage(usage));
+    let stream: EventStream = Box::pin(futures_util::stream::iter(out.into_iter().map(Ok)));
+    Ok(stream)
+}
+
+fn fastrand_u64() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
 /// GBNF for a JSON Schema, through llama.cpp's own converter.
@@ -124,15 +253,23 @@ impl LocalBackend for LocalProvider {
     fn chat_stream(&self, model: &str, request: &ChatRequest) -> BoxFuture<'static, Result<EventStream>> {
         let opened = (|| {
             let engine = self.engine(model)?;
-            let prompt = self.prompt(&engine, request)?;
-            let sampling = self.sampling(request)?;
-            let events = engine
-                .generate(&prompt, sampling, request.max_tokens, request.stop.clone())
-                .map_err(|err| self.error(err))?;
-            Ok((events, model.to_string(), self.name.clone()))
+            let tools = ToolMode::for_request(request)?;
+            let prompt = self.prompt(&engine, request, tools.as_ref())?;
+            let sampling = self.sampling(request, tools.as_ref())?;
+            // Tool answers are one JSON document: stop sequences would cut it, and a token
+            // budget too small to finish it is raised to what the grammar needs.
+            let (stop, max_tokens) = match &tools {
+                Some(_) => (Vec::new(), request.max_tokens.map(|n| n.max(256))),
+                None => (request.stop.clone(), request.max_tokens),
+            };
+            let events = engine.generate(&prompt, sampling, max_tokens, stop).map_err(|err| self.error(err))?;
+            Ok((events, model.to_string(), self.name.clone(), tools))
         })();
         Box::pin(async move {
-            let (events, model, provider) = opened?;
+            let (events, model, provider, tools) = opened?;
+            if tools.is_some() {
+                return tool_answer(events, model, provider).await;
+            }
             let id = format!("local-{:016x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
             let start = futures_util::stream::once(async move { Ok(StreamEvent::Start { id, model }) });
             let rest = futures_util::stream::unfold(Some(events), move |events| {
