@@ -72,6 +72,8 @@ pub struct Sampling {
     pub seed: Option<u32>,
     /// A GBNF grammar every output must match.
     pub grammar: Option<String>,
+    /// Keep generating past end-of-generation tokens (benchmarks want fixed lengths).
+    pub ignore_eos: bool,
 }
 
 #[derive(Debug)]
@@ -180,7 +182,17 @@ impl ChatEngine {
         max_tokens: Option<u32>,
         stop: Vec<String>,
     ) -> Result<UnboundedReceiver<GenEvent>, EngineError> {
-        let tokens = self.tokenize(prompt);
+        self.generate_tokens(self.tokenize(prompt), sampling, max_tokens, stop)
+    }
+
+    /// Like `generate`, from prompt tokens.
+    pub fn generate_tokens(
+        &self,
+        tokens: Vec<LlamaToken>,
+        sampling: Sampling,
+        max_tokens: Option<u32>,
+        stop: Vec<String>,
+    ) -> Result<UnboundedReceiver<GenEvent>, EngineError> {
         let window = self.context_per_slot as usize;
         if tokens.len() + 1 >= window {
             return Err(EngineError::BadRequest(format!(
@@ -437,7 +449,7 @@ fn run(
             let Some(slot) = entry.as_mut() else { continue };
             let Some(idx) = slot.logits_at else { continue };
             let token = slot.sampler.sample(&ctx, idx);
-            let finish = if vocab.is_eog(token) {
+            let finish = if vocab.is_eog(token) && !slot.job.sampling.ignore_eos {
                 Some(FinishReason::Stop)
             } else {
                 slot.generated += 1;

@@ -122,6 +122,7 @@ impl LocalProvider {
             top_k: request.top_k.map(|k| k.min(i32::MAX as u32) as i32),
             seed: request.seed.map(|s| s as u32),
             grammar,
+            ignore_eos: false,
         })
     }
 }

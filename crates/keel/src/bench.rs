@@ -246,3 +246,196 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     println!("{}", table::paint("direct = the same fake upstream called without keel, in the same run; traces on", table::DIM));
     Ok(())
 }
+
+#[derive(Debug, clap::Args)]
+pub struct LocalArgs {
+    /// Catalog name or GGUF path.
+    #[arg(long, default_value = "smollm2-135m")]
+    model: String,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    threads: Option<i32>,
+    #[arg(long, default_value_t = 512)]
+    prompt_tokens: usize,
+    #[arg(long, default_value_t = 128)]
+    gen_tokens: u32,
+    /// Concurrent streams for the batching figure.
+    #[arg(long, default_value_t = 8)]
+    streams: usize,
+    /// Runs of each single-stream measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+struct Timed {
+    ttft: Duration,
+    total: Duration,
+    generated: u64,
+}
+
+async fn timed_run(
+    engine: &keel_local::ChatEngine,
+    tokens: Vec<llama_cpp_2::token::LlamaToken>,
+    n_gen: u32,
+) -> anyhow::Result<Timed> {
+    let sampling = keel_local::Sampling { temperature: Some(0.0), ignore_eos: true, ..keel_local::Sampling::default() };
+    let started = Instant::now();
+    let mut events = engine.generate_tokens(tokens, sampling, Some(n_gen), Vec::new())?;
+    let mut ttft = None;
+    while let Some(event) = events.recv().await {
+        match event {
+            keel_local::GenEvent::Text(_) => {
+                ttft.get_or_insert_with(|| started.elapsed());
+            }
+            keel_local::GenEvent::Done { completion_tokens, .. } => {
+                let total = started.elapsed();
+                return Ok(Timed { ttft: ttft.unwrap_or(total), total, generated: completion_tokens });
+            }
+            keel_local::GenEvent::Failed(message) => bail!("generation failed: {message}"),
+        }
+    }
+    bail!("the engine stopped")
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
+    Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
+}
+
+pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
+    let process_started = Instant::now();
+    let store = crate::local::store();
+    let path = store.resolve(&args.model)?;
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()) as i32);
+    let options = keel_local::EngineOptions {
+        threads,
+        slots: args.streams.max(1),
+        context_per_slot: (args.prompt_tokens as u32 + args.gen_tokens + 64).max(256),
+        batch: 512,
+        max_queue: 64,
+    };
+    let engine = keel_local::ChatEngine::load(&args.model, &path, options)?;
+    let loaded = process_started.elapsed();
+    let first = timed_run(&engine, engine.tokenize("Hello"), 1).await?;
+    let start_to_first_token = loaded + first.ttft;
+
+    let text = ["the quick brown fox jumps over the lazy dog"; 200].join(" ");
+    let mut tokens = engine.tokenize(&text);
+    tokens.truncate(args.prompt_tokens);
+    let n_prompt = tokens.len();
+    eprintln!("single stream: {n_prompt}-token prompt, {} greedy tokens, {threads} threads, {} runs…", args.gen_tokens, args.repeat);
+    let mut prefill = Vec::new();
+    let mut decode = Vec::new();
+    for _ in 0..args.repeat.max(1) {
+        let run = timed_run(&engine, tokens.clone(), args.gen_tokens).await?;
+        prefill.push(n_prompt as f64 / run.ttft.as_secs_f64());
+        decode.push((run.generated.saturating_sub(1)) as f64 / (run.total - run.ttft).as_secs_f64());
+    }
+    let (prefill_tps, decode_tps) = (median(prefill), median(decode));
+
+    eprintln!("batching: 1 stream, then {} concurrent streams of {} tokens…", args.streams, args.gen_tokens);
+    let short: Vec<_> = tokens.iter().take(32).copied().collect();
+    let one = timed_run(&engine, short.clone(), args.gen_tokens).await?;
+    let one_tps = one.generated as f64 / one.total.as_secs_f64();
+    let started = Instant::now();
+    let runs = futures_util::future::join_all((0..args.streams).map(|_| timed_run(&engine, short.clone(), args.gen_tokens))).await;
+    let wall = started.elapsed();
+    let mut generated = 0;
+    for run in runs {
+        generated += run?.generated;
+    }
+    let many_tps = generated as f64 / wall.as_secs_f64();
+    let rss = peak_rss_mb();
+
+    let peer = peer_figures(&path, threads, n_prompt, args.gen_tokens);
+    if args.json {
+        let report = json!({
+            "model": args.model, "threads": threads, "prompt_tokens": n_prompt, "gen_tokens": args.gen_tokens,
+            "keel": {"prefill_tps": prefill_tps, "decode_tps": decode_tps, "streams": args.streams,
+                     "single_stream_tps": one_tps, "aggregate_tps": many_tps, "batching_ratio": many_tps / one_tps,
+                     "start_to_first_token_ms": start_to_first_token.as_secs_f64() * 1000.0, "peak_rss_mb": rss},
+            "llama_cpp_python": peer.as_ref().ok(),
+            "peer_error": peer.as_ref().err(),
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let verdict = |ok: bool| if ok { Cell::new("yes").color(table::GREEN) } else { Cell::new("no").color(table::RED) };
+    let (peer_prefill, peer_decode) = match &peer {
+        Ok(value) => (value["prefill_tps"].as_f64(), value["decode_tps"].as_f64()),
+        Err(_) => (None, None),
+    };
+    let ratio_row = |label: &str, ours: f64, theirs: Option<f64>| {
+        vec![
+            Cell::new(label),
+            Cell::num(theirs.map_or("-".into(), |t| format!("{t:.0}"))),
+            Cell::num(format!("{ours:.0}")),
+            Cell::num(theirs.map_or("-".into(), |t| format!("{:.2}x", ours / t))),
+            Cell::new("≥ 0.95x"),
+            theirs.map_or(Cell::new("-"), |t| verdict(ours / t >= 0.95)),
+        ]
+    };
+    let rows = vec![
+        ratio_row(&format!("prefill tokens/s ({n_prompt}-token prompt)"), prefill_tps, peer_prefill),
+        ratio_row(&format!("decode tokens/s ({} greedy)", args.gen_tokens), decode_tps, peer_decode),
+        vec![
+            Cell::new(format!("aggregate decode tokens/s, {} streams", args.streams)),
+            Cell::num(format!("1 stream: {one_tps:.0}")),
+            Cell::num(format!("{many_tps:.0}")),
+            Cell::num(format!("{:.2}x", many_tps / one_tps)),
+            Cell::new("≥ 3x one stream"),
+            verdict(many_tps / one_tps >= 3.0),
+        ],
+        vec![
+            Cell::new("start to first token (ms)"),
+            Cell::num("-"),
+            Cell::num(format!("{:.0}", start_to_first_token.as_secs_f64() * 1000.0)),
+            Cell::num(""),
+            Cell::new(""),
+            Cell::new(""),
+        ],
+        vec![
+            Cell::new("peak resident memory (MB)"),
+            Cell::num("-"),
+            Cell::num(rss.map_or("-".into(), |mb| format!("{mb:.0}"))),
+            Cell::num(""),
+            Cell::new(""),
+            Cell::new(""),
+        ],
+    ];
+    print!("{}", table::render(&["METRIC", "LLAMA-CPP-PYTHON", "KEEL", "RATIO", "TARGET", "MET"], &rows));
+    if let Err(err) = peer {
+        println!("{}", table::paint(&format!("peer not measured: {err}"), table::YELLOW));
+    }
+    Ok(())
+}
+
+/// Runs benches/llama_cpp_python.py on the same model and settings.
+fn peer_figures(path: &std::path::Path, threads: i32, n_prompt: usize, n_gen: u32) -> Result<serde_json::Value, String> {
+    let script = std::env::var("KEEL_PEER_SCRIPT").unwrap_or_else(|_| "benches/llama_cpp_python.py".into());
+    if !std::path::Path::new(&script).exists() {
+        return Err(format!("{script} not found; run from the repository root"));
+    }
+    let output = std::process::Command::new("python3")
+        .arg(&script)
+        .arg(path)
+        .arg(threads.to_string())
+        .arg(n_prompt.to_string())
+        .arg(n_gen.to_string())
+        .output()
+        .map_err(|e| format!("could not run python3: {e}"))?;
+    if !output.status.success() {
+        let err = String::from_utf8_lossy(&output.stderr);
+        let last = err.lines().last().unwrap_or("failed");
+        return Err(format!("{last} (install the peer with: CMAKE_ARGS=-DGGML_NATIVE=ON pip install --no-binary llama-cpp-python llama-cpp-python)"));
+    }
+    serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())
+}

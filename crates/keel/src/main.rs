@@ -131,6 +131,9 @@ enum ConfigCommand {
 enum BenchCommand {
     /// keel's added latency and throughput against a fake upstream called directly.
     Gateway(bench::GatewayArgs),
+    /// The local model: prefill and decode tokens/s against llama-cpp-python, batching gain,
+    /// start-to-first-token and peak memory.
+    Local(bench::LocalArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -161,6 +164,7 @@ fn main() -> std::process::ExitCode {
                 commands::config_check(file.as_deref().or(cli.config.as_deref()))
             }
             Command::Bench { command: BenchCommand::Gateway(args) } => bench::gateway(args).await,
+            Command::Bench { command: BenchCommand::Local(args) } => bench::local(args).await,
             Command::FakeUpstream { listen, key } => commands::fake_upstream(listen, key).await,
         }
     });
