@@ -218,6 +218,9 @@ struct Slot {
     seq: i32,
     job: Job,
     sampler: LlamaSampler,
+    /// Kept apart from `sampler`: checking one sampled token against the grammar is far
+    /// cheaper than masking the whole vocabulary, which is needed only when it fails.
+    grammar: Option<LlamaSampler>,
     /// Prompt tokens already in the KV cache.
     fed: usize,
     n_past: i32,
@@ -228,11 +231,17 @@ struct Slot {
     held: String,
 }
 
-fn build_sampler(model: &LlamaModel, sampling: &Sampling) -> Result<LlamaSampler, String> {
-    let mut chain = Vec::new();
-    if let Some(grammar) = &sampling.grammar {
-        chain.push(LlamaSampler::grammar(model, grammar, "root").map_err(|e| format!("the grammar is not valid: {e}"))?);
+fn build_grammar(model: &LlamaModel, sampling: &Sampling) -> Result<Option<LlamaSampler>, String> {
+    match &sampling.grammar {
+        None => Ok(None),
+        Some(grammar) => LlamaSampler::grammar(model, grammar, "root")
+            .map(Some)
+            .map_err(|e| format!("the grammar is not valid: {e}")),
     }
+}
+
+fn build_sampler(sampling: &Sampling) -> LlamaSampler {
+    let mut chain = Vec::new();
     let temperature = sampling.temperature.unwrap_or(0.8);
     if temperature <= 0.0 {
         chain.push(LlamaSampler::greedy());
@@ -243,7 +252,40 @@ fn build_sampler(model: &LlamaModel, sampling: &Sampling) -> Result<LlamaSampler
         chain.push(LlamaSampler::temp(temperature));
         chain.push(LlamaSampler::dist(sampling.seed.unwrap_or_else(rand_seed)));
     }
-    Ok(LlamaSampler::chain_simple(chain))
+    LlamaSampler::chain_simple(chain)
+}
+
+/// Samples the next token of a slot, honouring its grammar the way llama.cpp's own server
+/// does: sample freely, keep the token if the grammar allows it, else resample from the
+/// grammar-masked distribution.
+fn sample(slot: &mut Slot, ctx: &llama_cpp_2::context::LlamaContext<'_>, idx: i32) -> LlamaToken {
+    use llama_cpp_2::token::data::LlamaTokenData;
+    use llama_cpp_2::token::data_array::LlamaTokenDataArray;
+    let Some(grammar) = slot.grammar.as_mut() else {
+        return slot.sampler.sample(ctx, idx);
+    };
+    let mut candidates = ctx.token_data_array_ith(idx);
+    candidates.apply_sampler(&mut slot.sampler);
+    let mut token = candidates.selected_token();
+    if let Some(free) = token {
+        let mut single = LlamaTokenDataArray::new(vec![LlamaTokenData::new(free, 1.0, 0.0)], false);
+        grammar.apply(&mut single);
+        if single.data[0].logit() == f32::NEG_INFINITY {
+            token = None;
+        }
+    }
+    let token = match token {
+        Some(token) => token,
+        None => {
+            let mut candidates = ctx.token_data_array_ith(idx);
+            grammar.apply(&mut candidates);
+            candidates.apply_sampler(&mut slot.sampler);
+            candidates.selected_token().unwrap_or_else(|| candidates.sample_token_greedy())
+        }
+    };
+    grammar.accept(token);
+    slot.sampler.accept(token);
+    token
 }
 
 fn rand_seed() -> u32 {
@@ -368,14 +410,16 @@ fn run(
             if job.events.is_closed() {
                 continue;
             }
-            match build_sampler(model, &job.sampling) {
-                Ok(sampler) => {
+            match build_grammar(model, &job.sampling) {
+                Ok(grammar) => {
+                    let sampler = build_sampler(&job.sampling);
                     let seq = free as i32;
                     let _ = ctx.clear_kv_cache_seq(Some(seq as u32), None, None);
                     slots[free] = Some(Slot {
                         seq,
                         job,
                         sampler,
+                        grammar,
                         fed: 0,
                         n_past: 0,
                         last: None,
@@ -448,7 +492,7 @@ fn run(
         for entry in &mut slots {
             let Some(slot) = entry.as_mut() else { continue };
             let Some(idx) = slot.logits_at else { continue };
-            let token = slot.sampler.sample(&ctx, idx);
+            let token = sample(slot, &ctx, idx);
             let finish = if vocab.is_eog(token) && !slot.job.sampling.ignore_eos {
                 Some(FinishReason::Stop)
             } else {
