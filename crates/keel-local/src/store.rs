@@ -300,12 +300,11 @@ async fn download(
     out.flush().await.map_err(|e| e.to_string())?;
     drop(out);
     let got = format!("{:x}", hasher.finalize());
-    if let Some(expected) = expected {
-        if got != expected {
+    if let Some(expected) = expected
+        && got != expected {
             let _ = tokio::fs::remove_file(&part).await;
             return Err(format!("{label}: checksum mismatch (expected {expected}, got {got}); the partial file was removed"));
         }
-    }
     tokio::fs::rename(&part, dest).await.map_err(|e| e.to_string())
 }
 

@@ -934,6 +934,6 @@ async fn gemini(State(fake): State<Fake>, Path(rest): Path<String>, headers: Hea
             frames.push(frame(json!({"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}], "usageMetadata": usage, "modelVersion": model, "responseId": "fake-response"})));
         }
     }
-    sse(frames, &model)
+    sse(frames, model)
 }
 

@@ -56,11 +56,10 @@ pub fn missing_models(config: &Config) -> Vec<&'static str> {
     for model in &config.models {
         for route in model.routes.get_ref() {
             let is_local = config.providers.get(route.provider.get_ref()).is_some_and(|p| p.kind == ProviderKind::Local);
-            if let Some(entry) = keel_local::store::catalog(&route.model) {
-                if is_local && !store.is_present(entry) && !missing.contains(&entry.name) {
+            if let Some(entry) = keel_local::store::catalog(&route.model)
+                && is_local && !store.is_present(entry) && !missing.contains(&entry.name) {
                     missing.push(entry.name);
                 }
-            }
         }
     }
     missing

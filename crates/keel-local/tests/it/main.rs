@@ -99,11 +99,10 @@ async fn max_tokens_and_stop_sequences_end_the_answer() {
 }
 
 fn validate(value: &Value, schema: &Value) -> Result<(), String> {
-    if let Some(options) = schema.get("enum").and_then(Value::as_array) {
-        if !options.contains(value) {
+    if let Some(options) = schema.get("enum").and_then(Value::as_array)
+        && !options.contains(value) {
             return Err(format!("{value} not in {options:?}"));
         }
-    }
     let kinds: Vec<&str> = match &schema["type"] {
         Value::String(kind) => vec![kind.as_str()],
         Value::Array(kinds) => kinds.iter().filter_map(Value::as_str).collect(),

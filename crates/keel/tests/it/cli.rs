@@ -91,3 +91,47 @@ async fn chat_streams_an_answer_and_leaves_a_trace() {
     assert_eq!(models[0]["name"], "broken");
     assert_eq!(models[1]["routes"][0]["price"]["input"], 0.15);
 }
+
+fn real_models_dir() -> std::path::PathBuf {
+    if let Some(dir) = std::env::var_os("KEEL_MODELS_DIR") {
+        return dir.into();
+    }
+    let home = std::env::var_os("KEEL_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(std::env::var_os("HOME").unwrap()).join(".local/share/keel"));
+    home.join("models")
+}
+
+#[test]
+fn zero_config_chat_runs_the_local_model() {
+    let dir = temp_dir("zeroconfig");
+    let output = crate::keel()
+        .args(["chat", "--max-tokens", "12", "What is the capital of France?"])
+        .current_dir(&dir)
+        .env("KEEL_HOME", dir.join("home"))
+        .env("KEEL_MODELS_DIR", real_models_dir())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{} (the test set-up pulls smollm2-135m)", stderr(&output));
+    assert!(!stdout(&output).trim().is_empty());
+    assert!(stderr(&output).contains("local → local/smollm2-135m"), "{}", stderr(&output));
+    let traces = run(&["traces", "--json"], &dir);
+    let traces: serde_json::Value = serde_json::from_slice(&traces.stdout).unwrap();
+    assert_eq!(traces[0]["alias"], "local");
+    assert_eq!(traces[0]["cost_usd"], 0.0);
+
+    // Without the files, keel says what to run.
+    let output = crate::keel()
+        .args(["chat", "hi"])
+        .current_dir(&dir)
+        .env("KEEL_HOME", dir.join("home"))
+        .env("KEEL_MODELS_DIR", dir.join("empty"))
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("run `keel models pull smollm2-135m` (or add --pull)"), "{}", stderr(&output));
+
+    let listed = crate::keel().args(["models", "list", "--json"]).env("KEEL_MODELS_DIR", real_models_dir()).output().unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert!(listed.as_array().unwrap().iter().any(|m| m["name"] == "smollm2-135m" && m["kind"] == "chat"));
+}
