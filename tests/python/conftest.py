@@ -78,6 +78,10 @@ name = "local"
 routes = [{{ provider = "local", model = "smollm2-135m" }}]
 
 [[models]]
+name = "local-embed"
+routes = [{{ provider = "local", model = "all-minilm-l6-v2" }}]
+
+[[models]]
 name = "embed"
 routes = [{{ provider = "oa", model = "text-embedding-3-small" }}]
 """

@@ -131,7 +131,7 @@ def test_embeddings(client):
 
 def test_models(client):
     ids = [model.id for model in client.models.list()]
-    assert ids == ["an", "broken", "embed", "fallback", "ge", "local", "oa"]
+    assert ids == ["an", "broken", "embed", "fallback", "ge", "local", "local-embed", "oa"]
 
 
 def test_fallback_is_invisible_to_the_client(client):
@@ -218,3 +218,15 @@ def test_local_model_tool_calls_validate(client, stream, choice):
         assert call["name"] == "get_weather"
         args = json.loads(call["arguments"])
         assert set(args) == {"city", "unit"} and isinstance(args["city"], str) and args["unit"] in ("c", "f")
+
+
+def test_local_embeddings(client):
+    texts = ["The cat sits on the mat.", "A cat is sitting on a mat.", "Quarterly revenue grew by ten percent."]
+    result = client.embeddings.create(model="local-embed", input=texts)
+    vectors = [item.embedding for item in result.data]
+    assert [len(v) for v in vectors] == [384, 384, 384]
+    cosine = lambda a, b: sum(x * y for x, y in zip(a, b))
+    assert cosine(vectors[0], vectors[1]) > 0.8 > cosine(vectors[0], vectors[2])
+    assert result.usage.prompt_tokens > 0
+    with pytest.raises(openai.BadRequestError):
+        client.embeddings.create(model="local-embed", input="x", dimensions=12)

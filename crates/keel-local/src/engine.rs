@@ -402,8 +402,7 @@ fn run(
     let mut slots: Vec<Option<Slot>> = (0..n_slots).map(|_| None).collect();
     loop {
         // Admit waiting jobs into free slots; block only when nothing is running.
-        loop {
-            let Some(free) = slots.iter().position(Option::is_none) else { break };
+        while let Some(free) = slots.iter().position(Option::is_none) {
             let idle = slots.iter().all(Option::is_none);
             let job = if idle {
                 match jobs.recv() {

@@ -2,6 +2,7 @@
 //! files; `engine` runs a GGUF chat model through llama.cpp with continuous batching; this
 //! file plugs them into keel-llm's routing as the `local` provider kind.
 
+pub mod embed;
 pub mod engine;
 pub mod store;
 
@@ -15,8 +16,12 @@ use keel_core::{
 };
 use keel_llm::{Error, EventStream, LocalBackend, Result};
 
+pub use embed::EmbedEngine;
 pub use engine::{ChatEngine, EngineError, EngineOptions, GenEvent, Sampling};
 pub use store::{CATALOG, ModelKind, ModelStore, Progress, Source, StoreError};
+
+/// Texts embedded per forward pass.
+const EMBED_BATCH: usize = 32;
 
 /// A `kind = "local"` provider: loads each model its routes name on first use and keeps
 /// it loaded.
@@ -25,6 +30,7 @@ pub struct LocalProvider {
     store: ModelStore,
     options: EngineOptions,
     engines: Mutex<HashMap<String, Arc<ChatEngine>>>,
+    embedders: Mutex<HashMap<String, Arc<EmbedEngine>>>,
 }
 
 impl std::fmt::Debug for LocalProvider {
@@ -48,7 +54,13 @@ impl LocalProvider {
         if let Some(max_queue) = config.max_queue {
             options.max_queue = max_queue;
         }
-        LocalProvider { name: name.to_string(), store, options, engines: Mutex::new(HashMap::new()) }
+        LocalProvider {
+            name: name.to_string(),
+            store,
+            options,
+            engines: Mutex::new(HashMap::new()),
+            embedders: Mutex::new(HashMap::new()),
+        }
     }
 
     fn error(&self, err: EngineError) -> Error {
@@ -73,6 +85,21 @@ impl LocalProvider {
             .map_err(|err| Error::LocalModel { provider: self.name.clone(), message: err.to_string() })?;
         let engine = ChatEngine::load(model, &path, self.options.clone()).map_err(|err| self.error(err))?;
         engines.insert(model.to_string(), engine.clone());
+        Ok(engine)
+    }
+
+    /// The embedding engine for `model`, loading it on first use.
+    pub fn embedder(&self, model: &str) -> Result<Arc<EmbedEngine>> {
+        let mut embedders = self.embedders.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(engine) = embedders.get(model) {
+            return Ok(engine.clone());
+        }
+        let path = self
+            .store
+            .resolve(model)
+            .map_err(|err| Error::LocalModel { provider: self.name.clone(), message: err.to_string() })?;
+        let engine = Arc::new(EmbedEngine::load(model, &path).map_err(|err| self.error(err))?);
+        embedders.insert(model.to_string(), engine.clone());
         Ok(engine)
     }
 
@@ -297,9 +324,43 @@ impl LocalBackend for LocalProvider {
         })
     }
 
-    fn embed(&self, _model: &str, _request: &EmbedRequest) -> BoxFuture<'static, Result<EmbedResponse>> {
+    fn embed(&self, model: &str, request: &EmbedRequest) -> BoxFuture<'static, Result<EmbedResponse>> {
         let provider = self.name.clone();
-        Box::pin(async move { Err(Error::Unsupported { provider, what: "local embeddings (not yet)" }) })
+        let prepared = (|| {
+            let keel_core::EmbedInput::Texts(texts) = &request.input else {
+                return Err(Error::Unsupported { provider: provider.clone(), what: "token-id embedding inputs" });
+            };
+            let engine = self.embedder(model)?;
+            if let Some(dimensions) = request.dimensions
+                && dimensions as usize != engine.dimensions {
+                    return Err(Error::InvalidRequest(format!(
+                        "dimensions: {model} makes {}-dimensional vectors; it cannot make {dimensions}",
+                        engine.dimensions
+                    )));
+                }
+            Ok((engine, texts.clone()))
+        })();
+        let model = model.to_string();
+        Box::pin(async move {
+            let (engine, texts) = prepared?;
+            let (vectors, n_tokens) = tokio::task::spawn_blocking(move || {
+                let mut vectors = Vec::with_capacity(texts.len());
+                let mut n_tokens = 0;
+                for batch in texts.chunks(EMBED_BATCH) {
+                    let (batch_vectors, batch_tokens) = engine.embed(batch)?;
+                    vectors.extend(batch_vectors);
+                    n_tokens += batch_tokens;
+                }
+                Ok::<_, EngineError>((vectors, n_tokens))
+            })
+            .await
+            .map_err(|e| Error::LocalModel { provider: provider.clone(), message: e.to_string() })?
+            .map_err(|e| match e {
+                EngineError::BadRequest(message) => Error::InvalidRequest(message),
+                other => Error::LocalModel { provider: provider.clone(), message: other.to_string() },
+            })?;
+            Ok(EmbedResponse { model, vectors, usage: Usage { input_tokens: n_tokens, ..Usage::default() } })
+        })
     }
 }
 

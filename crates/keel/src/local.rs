@@ -14,7 +14,8 @@ use keel_local::{LocalProvider, ModelStore, Progress, Source};
 use crate::settings::{Settings, data_dir};
 use crate::table::{self, Cell};
 
-/// The config keel runs on when there is no config file: the local chat model.
+/// The config keel runs on when there is no config file: the local chat and embedding
+/// models.
 pub const DEFAULT_CONFIG: &str = r#"
 [providers.local]
 kind = "local"
@@ -22,6 +23,10 @@ kind = "local"
 [[models]]
 name = "local"
 routes = [{ provider = "local", model = "smollm2-135m" }]
+
+[[models]]
+name = "local-embed"
+routes = [{ provider = "local", model = "all-minilm-l6-v2" }]
 "#;
 
 /// `$KEEL_MODELS_DIR`, else the data folder's `models/`.
@@ -73,8 +78,7 @@ pub async fn ensure_models(config: &Config, pull: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     if !pull {
-        let commands: Vec<String> = missing.iter().map(|name| format!("keel models pull {name}")).collect();
-        bail!("the local model files are not on disk yet; run `{}` (or add --pull)", commands.join(" && "));
+        bail!("the local model files are not on disk yet; run `keel models pull {}` (or add --pull)", missing.join(" "));
     }
     for name in missing {
         pull_one(name).await?;

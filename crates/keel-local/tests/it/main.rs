@@ -245,3 +245,55 @@ async fn bad_files_and_prompts_get_clear_errors() {
     let err = engine.generate(&prompt, greedy(), None, vec![]).unwrap_err().to_string();
     assert!(err.contains("the local model's context window is 1024 tokens per request"), "{err}");
 }
+
+fn embed_engine() -> keel_local::EmbedEngine {
+    let folder = ModelStore::new(models_dir())
+        .resolve("all-minilm-l6-v2")
+        .unwrap_or_else(|err| panic!("{err} (the test set-up pulls it: scripts/test)"));
+    keel_local::EmbedEngine::load("all-minilm-l6-v2", &folder).unwrap()
+}
+
+#[test]
+fn embeddings_agree_with_sentence_transformers() {
+    let reference: Value =
+        serde_json::from_str(include_str!("../../../../tests/data/minilm_reference.json")).unwrap();
+    let items = reference["items"].as_array().unwrap();
+    assert!(items.len() >= 100);
+    let texts: Vec<String> = items.iter().map(|item| item["text"].as_str().unwrap().to_string()).collect();
+    let engine = embed_engine();
+    assert_eq!(engine.dimensions, 384);
+    let mut vectors = Vec::new();
+    // Batches of mixed lengths exercise padding and the attention mask.
+    for batch in texts.chunks(17) {
+        vectors.extend(engine.embed(batch).unwrap().0);
+    }
+    let mut worst = (1.0f64, String::new());
+    for (item, ours) in items.iter().zip(&vectors) {
+        let theirs: Vec<f64> = item["vector"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        let dot: f64 = ours.iter().zip(&theirs).map(|(a, b)| f64::from(*a) * b).sum();
+        let norm_ours: f64 = ours.iter().map(|a| f64::from(*a) * f64::from(*a)).sum::<f64>().sqrt();
+        let norm_theirs: f64 = theirs.iter().map(|b| b * b).sum::<f64>().sqrt();
+        let cosine = dot / (norm_ours * norm_theirs);
+        assert!((norm_ours - 1.0).abs() < 1e-4, "vectors are unit length");
+        if cosine < worst.0 {
+            worst = (cosine, item["text"].as_str().unwrap().chars().take(60).collect());
+        }
+    }
+    assert!(worst.0 >= 0.999, "lowest cosine {:.6} on {:?}", worst.0, worst.1);
+}
+
+#[test]
+fn a_broken_embedding_model_folder_gets_a_clear_error() {
+    let dir = std::env::temp_dir().join(format!("keel-embed-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let err = keel_local::EmbedEngine::load("x", &dir).unwrap_err().to_string();
+    assert!(err.contains("could not read") && err.contains("config.json"), "{err}");
+    let folder = ModelStore::new(models_dir()).resolve("all-minilm-l6-v2").unwrap();
+    for file in ["config.json", "tokenizer.json"] {
+        std::fs::copy(folder.join(file), dir.join(file)).unwrap();
+    }
+    std::fs::write(dir.join("model.safetensors"), b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage").unwrap();
+    let err = keel_local::EmbedEngine::load("x", &dir).unwrap_err().to_string();
+    assert!(err.contains("not a readable safetensors file") || err.contains("model.safetensors"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

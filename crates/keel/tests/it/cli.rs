@@ -129,7 +129,11 @@ fn zero_config_chat_runs_the_local_model() {
         .output()
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("run `keel models pull smollm2-135m` (or add --pull)"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("run `keel models pull smollm2-135m all-minilm-l6-v2` (or add --pull)"),
+        "{}",
+        stderr(&output)
+    );
 
     let listed = crate::keel().args(["models", "list", "--json"]).env("KEEL_MODELS_DIR", real_models_dir()).output().unwrap();
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
