@@ -230,3 +230,13 @@ def test_local_embeddings(client):
     assert result.usage.prompt_tokens > 0
     with pytest.raises(openai.BadRequestError):
         client.embeddings.create(model="local-embed", input="x", dimensions=12)
+
+
+def test_local_model_names_an_unsupported_schema_keyword(client):
+    schema = {"type": "object", "properties": {"tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": True}}}
+    with pytest.raises(openai.BadRequestError) as err:
+        client.chat.completions.create(
+            model="local", messages=[{"role": "user", "content": "x"}],
+            response_format={"type": "json_schema", "json_schema": {"name": "t", "schema": schema}},
+        )
+    assert "`uniqueItems` (at /properties/tags)" in err.value.message

@@ -271,8 +271,53 @@ fn fastrand_u64() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
 }
 
+/// JSON Schema keywords llama.cpp's grammar converter cannot enforce. A schema using one
+/// is refused with its name and place, rather than silently loosened.
+const UNSUPPORTED_KEYWORDS: &[&str] = &[
+    "not", "if", "then", "else", "dependentRequired", "dependentSchemas", "patternProperties", "uniqueItems",
+    "multipleOf", "contains", "minContains", "maxContains", "propertyNames", "unevaluatedProperties",
+    "unevaluatedItems", "minProperties", "maxProperties",
+];
+
+/// The first unsupported keyword in `schema` and the JSON pointer of where it is.
+pub fn unsupported_keyword(schema: &serde_json::Value, at: &str) -> Option<(String, String)> {
+    match schema {
+        serde_json::Value::Object(map) => {
+            for (key, value) in map {
+                if UNSUPPORTED_KEYWORDS.contains(&key.as_str()) {
+                    return Some((key.clone(), if at.is_empty() { "/".to_string() } else { at.to_string() }));
+                }
+                // Property names and enum values are data, not keywords.
+                let inner = match key.as_str() {
+                    "properties" | "$defs" | "definitions" => match value {
+                        serde_json::Value::Object(props) => props
+                            .iter()
+                            .find_map(|(name, prop)| unsupported_keyword(prop, &format!("{at}/{key}/{name}"))),
+                        _ => None,
+                    },
+                    "enum" | "const" | "default" | "examples" => None,
+                    _ => unsupported_keyword(value, &format!("{at}/{key}")),
+                };
+                if inner.is_some() {
+                    return inner;
+                }
+            }
+            None
+        }
+        serde_json::Value::Array(items) => {
+            items.iter().enumerate().find_map(|(idx, item)| unsupported_keyword(item, &format!("{at}/{idx}")))
+        }
+        _ => None,
+    }
+}
+
 /// GBNF for a JSON Schema, through llama.cpp's own converter.
 fn schema_grammar(schema: &serde_json::Value) -> Result<String> {
+    if let Some((keyword, at)) = unsupported_keyword(schema, "") {
+        return Err(Error::InvalidRequest(format!(
+            "JSON schema keyword `{keyword}` (at {at}) cannot be enforced on local models; remove it or route to a hosted model"
+        )));
+    }
     llama_cpp_2::json_schema_to_grammar(&schema.to_string())
         .map_err(|err| Error::InvalidRequest(format!("response_format: the JSON schema cannot be enforced: {err}")))
 }

@@ -10,8 +10,12 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
-/// Where models are fetched from by name.
+/// Where models are fetched from by name; `KEEL_HUB_URL` points keel at a mirror.
 pub const HUB: &str = "https://huggingface.co";
+
+fn hub() -> String {
+    std::env::var("KEEL_HUB_URL").ok().filter(|url| !url.is_empty()).unwrap_or_else(|| HUB.to_string())
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ModelKind {
@@ -205,7 +209,7 @@ impl ModelStore {
         }
         let folder = self.folder(model);
         tokio::fs::create_dir_all(&folder).await.map_err(|e| io(&format!("could not create {}", folder.display()), e))?;
-        progress(Progress::Source(format!("{HUB}/{}", model.hub_repo)));
+        progress(Progress::Source(format!("{}/{}", hub(), model.hub_repo)));
         let hub_error = match self.pull_from_hub(model, &folder, progress).await {
             Ok(()) => return self.mark_complete(&folder, Source::Hub),
             Err(err) => err,
@@ -238,7 +242,7 @@ impl ModelStore {
             if dest.exists() {
                 continue;
             }
-            let url = format!("{HUB}/{}/resolve/main/{}", model.hub_repo, file.hub_path);
+            let url = format!("{}/{}/resolve/main/{}", hub(), model.hub_repo, file.hub_path);
             download(&client, &url, &dest, file.local, progress).await?;
         }
         Ok(())

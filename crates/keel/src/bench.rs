@@ -439,3 +439,92 @@ fn peer_figures(path: &std::path::Path, threads: i32, n_prompt: usize, n_gen: u3
     }
     serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())
 }
+
+#[derive(Debug, clap::Args)]
+pub struct EmbedArgs {
+    #[arg(long, default_value = "all-minilm-l6-v2")]
+    model: String,
+    /// Sentences per forward pass, the same for keel and the peer.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// How many sentences to embed.
+    #[arg(long, default_value_t = 1024)]
+    sentences: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Sentences of mixed length for the embedding benchmark: keel's own reference sentences,
+/// repeated with a counter so no two are identical.
+fn bench_sentences(n: usize) -> Vec<String> {
+    let reference: serde_json::Value =
+        serde_json::from_str(include_str!("../../../tests/data/minilm_reference.json")).unwrap_or_default();
+    let base: Vec<String> = reference["items"]
+        .as_array()
+        .map(|items| items.iter().filter_map(|i| i["text"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    (0..n).map(|i| format!("{} ({i})", base[i % base.len().max(1)])).collect()
+}
+
+pub async fn embed(args: EmbedArgs) -> anyhow::Result<()> {
+    let folder = crate::local::store().resolve(&args.model)?;
+    let engine = keel_local::EmbedEngine::load(&args.model, &folder)?;
+    let texts = bench_sentences(args.sentences);
+    engine.embed(&texts[..args.batch.min(texts.len())])?;
+    eprintln!("embedding {} sentences in batches of {}…", texts.len(), args.batch);
+    let started = Instant::now();
+    for chunk in texts.chunks(args.batch.max(1)) {
+        engine.embed(chunk)?;
+    }
+    let ours = texts.len() as f64 / started.elapsed().as_secs_f64();
+    let peer = (|| -> Result<f64, String> {
+        let script = "benches/sentence_transformers.py";
+        if !std::path::Path::new(script).exists() {
+            return Err(format!("{script} not found; run from the repository root"));
+        }
+        let input = std::env::temp_dir().join(format!("keel-embed-bench-{}.json", std::process::id()));
+        std::fs::write(&input, serde_json::to_vec(&texts).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        let output = std::process::Command::new("python3")
+            .arg(script)
+            .arg(&folder)
+            .arg(args.batch.to_string())
+            .arg(&input)
+            .output()
+            .map_err(|e| format!("could not run python3: {e}"))?;
+        let _ = std::fs::remove_file(&input);
+        if !output.status.success() {
+            let err = String::from_utf8_lossy(&output.stderr);
+            return Err(format!("{} (install the peer with: pip install sentence-transformers)", err.lines().last().unwrap_or("failed")));
+        }
+        let value: serde_json::Value = serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())?;
+        value["sentences_per_s"].as_f64().ok_or_else(|| "the peer printed no figure".to_string())
+    })();
+    if args.json {
+        let report = json!({"model": args.model, "batch": args.batch, "sentences": texts.len(),
+            "keel_sentences_per_s": ours, "sentence_transformers_sentences_per_s": peer.as_ref().ok(),
+            "ratio": peer.as_ref().ok().map(|p| ours / p), "peer_error": peer.as_ref().err()});
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let (theirs, ratio, met) = match &peer {
+        Ok(p) => (
+            Cell::num(format!("{p:.0}")),
+            Cell::num(format!("{:.2}x", ours / p)),
+            if ours / p >= 1.5 { Cell::new("yes").color(table::GREEN) } else { Cell::new("no").color(table::RED) },
+        ),
+        Err(_) => (Cell::num("-"), Cell::num("-"), Cell::new("-")),
+    };
+    let rows = vec![vec![
+        Cell::new(format!("sentences/s, batch {}", args.batch)),
+        theirs,
+        Cell::num(format!("{ours:.0}")),
+        ratio,
+        Cell::new("≥ 1.5x"),
+        met,
+    ]];
+    print!("{}", table::render(&["METRIC", "SENTENCE-TRANSFORMERS", "KEEL", "RATIO", "TARGET", "MET"], &rows));
+    if let Err(err) = peer {
+        println!("{}", table::paint(&format!("peer not measured: {err}"), table::YELLOW));
+    }
+    Ok(())
+}

@@ -134,6 +134,8 @@ enum BenchCommand {
     /// The local model: prefill and decode tokens/s against llama-cpp-python, batching gain,
     /// start-to-first-token and peak memory.
     Local(bench::LocalArgs),
+    /// Local embeddings: sentences/s against sentence-transformers on the same model.
+    Embed(bench::EmbedArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -165,6 +167,7 @@ fn main() -> std::process::ExitCode {
             }
             Command::Bench { command: BenchCommand::Gateway(args) } => bench::gateway(args).await,
             Command::Bench { command: BenchCommand::Local(args) } => bench::local(args).await,
+            Command::Bench { command: BenchCommand::Embed(args) } => bench::embed(args).await,
             Command::FakeUpstream { listen, key } => commands::fake_upstream(listen, key).await,
         }
     });

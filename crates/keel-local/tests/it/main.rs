@@ -1,6 +1,8 @@
 //! The local engine on the real SmolLM2 GGUF, which the test set-up pulled
 //! (`keel models pull smollm2-135m`; `scripts/test` does it).
 
+mod hub;
+
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
@@ -296,4 +298,17 @@ fn a_broken_embedding_model_folder_gets_a_clear_error() {
     let err = keel_local::EmbedEngine::load("x", &dir).unwrap_err().to_string();
     assert!(err.contains("not a readable safetensors file") || err.contains("model.safetensors"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn unsupported_schema_keywords_are_named() {
+    let schema = serde_json::json!({"type": "object", "properties": {
+        "uniqueItems": {"type": "string"},
+        "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": true}}});
+    assert_eq!(
+        keel_local::unsupported_keyword(&schema, ""),
+        Some(("uniqueItems".to_string(), "/properties/tags".to_string()))
+    );
+    let fine = serde_json::json!({"type": "object", "properties": {"not": {"type": "string", "enum": ["if", "then"]}}});
+    assert_eq!(keel_local::unsupported_keyword(&fine, ""), None);
 }
