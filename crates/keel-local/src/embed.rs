@@ -125,6 +125,25 @@ impl EmbedEngine {
         })
     }
 
+    /// Embeds any number of texts in batches of `batch`, longest first as sentence-transformers
+    /// does (batches of similar length waste little on padding); vectors come back in input
+    /// order.
+    pub fn embed_many(&self, texts: &[String], batch: usize) -> Result<(Vec<Vec<f32>>, u64), EngineError> {
+        let mut order: Vec<usize> = (0..texts.len()).collect();
+        order.sort_by_key(|&idx| std::cmp::Reverse(texts[idx].len()));
+        let mut vectors = vec![Vec::new(); texts.len()];
+        let mut n_tokens = 0;
+        for chunk in order.chunks(batch.max(1)) {
+            let batch_texts: Vec<String> = chunk.iter().map(|&idx| texts[idx].clone()).collect();
+            let (batch_vectors, batch_tokens) = self.embed(&batch_texts)?;
+            n_tokens += batch_tokens;
+            for (&idx, vector) in chunk.iter().zip(batch_vectors) {
+                vectors[idx] = vector;
+            }
+        }
+        Ok((vectors, n_tokens))
+    }
+
     /// Embeds texts (one batch); returns unit vectors and the number of tokens read.
     pub fn embed(&self, texts: &[String]) -> Result<(Vec<Vec<f32>>, u64), EngineError> {
         if texts.is_empty() {

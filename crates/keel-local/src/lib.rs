@@ -388,16 +388,7 @@ impl LocalBackend for LocalProvider {
         let model = model.to_string();
         Box::pin(async move {
             let (engine, texts) = prepared?;
-            let (vectors, n_tokens) = tokio::task::spawn_blocking(move || {
-                let mut vectors = Vec::with_capacity(texts.len());
-                let mut n_tokens = 0;
-                for batch in texts.chunks(EMBED_BATCH) {
-                    let (batch_vectors, batch_tokens) = engine.embed(batch)?;
-                    vectors.extend(batch_vectors);
-                    n_tokens += batch_tokens;
-                }
-                Ok::<_, EngineError>((vectors, n_tokens))
-            })
+            let (vectors, n_tokens) = tokio::task::spawn_blocking(move || engine.embed_many(&texts, EMBED_BATCH))
             .await
             .map_err(|e| Error::LocalModel { provider: provider.clone(), message: e.to_string() })?
             .map_err(|e| match e {

@@ -418,9 +418,9 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs benches/llama_cpp_python.py on the same model and settings.
+/// Runs benches/peer_llama_cpp_python.py on the same model and settings.
 fn peer_figures(path: &std::path::Path, threads: i32, n_prompt: usize, n_gen: u32) -> Result<serde_json::Value, String> {
-    let script = std::env::var("KEEL_PEER_SCRIPT").unwrap_or_else(|_| "benches/llama_cpp_python.py".into());
+    let script = std::env::var("KEEL_PEER_SCRIPT").unwrap_or_else(|_| "benches/peer_llama_cpp_python.py".into());
     if !std::path::Path::new(&script).exists() {
         return Err(format!("{script} not found; run from the repository root"));
     }
@@ -473,12 +473,10 @@ pub async fn embed(args: EmbedArgs) -> anyhow::Result<()> {
     engine.embed(&texts[..args.batch.min(texts.len())])?;
     eprintln!("embedding {} sentences in batches of {}…", texts.len(), args.batch);
     let started = Instant::now();
-    for chunk in texts.chunks(args.batch.max(1)) {
-        engine.embed(chunk)?;
-    }
+    engine.embed_many(&texts, args.batch)?;
     let ours = texts.len() as f64 / started.elapsed().as_secs_f64();
     let peer = (|| -> Result<f64, String> {
-        let script = "benches/sentence_transformers.py";
+        let script = "benches/peer_sentence_transformers.py";
         if !std::path::Path::new(script).exists() {
             return Err(format!("{script} not found; run from the repository root"));
         }
