@@ -280,8 +280,8 @@ fn arguments_to_input(arguments: &str) -> Value {
     }
 }
 
-/// Writes a canonical response as a Messages response body.
-pub fn messages_response_to_wire(response: &ChatResponse, model: &str) -> Value {
+/// Writes a canonical response as a Messages response body with id `id`.
+pub fn messages_response_to_wire(response: &ChatResponse, id: &str, model: &str) -> Value {
     let mut content = Vec::new();
     let text = response.message.text_content();
     if !text.is_empty() || response.message.tool_calls.is_empty() {
@@ -295,7 +295,7 @@ pub fn messages_response_to_wire(response: &ChatResponse, model: &str) -> Value 
         _ => Value::Null,
     };
     json!({
-        "id": response.id,
+        "id": id,
         "type": "message",
         "role": "assistant",
         "model": model,
@@ -474,9 +474,9 @@ fn part_to_block(part: &ContentPart) -> Result<Value> {
     })
 }
 
-/// Writes a canonical request as an upstream Messages body. Returns the body and, when the
-/// request asked for a JSON schema, the name of the tool that carries the answer.
-pub fn messages_request_to_wire(request: &ChatRequest, stream: bool) -> Result<(Value, Option<String>)> {
+/// Writes a canonical request as an upstream Messages body for `model`. Returns the body
+/// and, when the request asked for a JSON schema, the name of the tool that carries the answer.
+pub fn messages_request_to_wire(request: &ChatRequest, model: &str, stream: bool) -> Result<(Value, Option<String>)> {
     let mut system = Vec::new();
     let mut messages: Vec<(&'static str, Vec<Value>)> = Vec::new();
     for message in &request.messages {
@@ -518,7 +518,7 @@ pub fn messages_request_to_wire(request: &ChatRequest, stream: bool) -> Result<(
         }
     }
     let mut body = Map::new();
-    body.insert("model".into(), json!(request.model));
+    body.insert("model".into(), json!(model));
     body.insert("max_tokens".into(), json!(request.max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)));
     body.insert(
         "messages".into(),

@@ -386,14 +386,14 @@ impl ChunkDecoder {
     }
 }
 
-pub fn embed_request_to_wire(request: &EmbedRequest) -> Result<Value> {
+pub fn embed_request_to_wire(request: &EmbedRequest, model: &str) -> Result<Value> {
     let EmbedInput::Texts(texts) = &request.input else {
         return Err(Error::Unsupported { provider: "gemini".into(), what: "token-id embedding inputs" });
     };
     let requests: Vec<Value> = texts
         .iter()
         .map(|text| {
-            let mut item = json!({"model": format!("models/{}", request.model), "content": {"parts": [{"text": text}]}});
+            let mut item = json!({"model": format!("models/{model}"), "content": {"parts": [{"text": text}]}});
             if let Some(dimensions) = request.dimensions {
                 item["outputDimensionality"] = json!(dimensions);
             }

@@ -2,7 +2,6 @@
 //! stream chunks and errors. The server reads clients' requests with it; the `openai`
 //! provider writes upstream requests with it. No IO here.
 
-use keel_core::chat::StreamCollector;
 use keel_core::{
     ChatRequest, ChatResponse, ContentPart, EmbedInput, EmbedRequest, EmbedResponse, FinishReason, ImageSource,
     Message, ResponseFormat, Role, StreamEvent, ToolCall, ToolChoice, ToolDef, Usage,
@@ -336,15 +335,15 @@ fn tool_calls_to_wire(calls: &[ToolCall]) -> Value {
     )
 }
 
-/// Writes a canonical response as a Chat Completions response body.
-pub fn chat_response_to_wire(response: &ChatResponse, model: &str, created: u64) -> Value {
+/// Writes a canonical response as a Chat Completions response body with id `id`.
+pub fn chat_response_to_wire(response: &ChatResponse, id: &str, model: &str, created: u64) -> Value {
     let text = response.message.text_content();
     let mut message = json!({"role": "assistant", "content": if text.is_empty() && !response.message.tool_calls.is_empty() { Value::Null } else { Value::String(text) }, "refusal": null});
     if !response.message.tool_calls.is_empty() {
         message["tool_calls"] = tool_calls_to_wire(&response.message.tool_calls);
     }
     json!({
-        "id": response.id,
+        "id": id,
         "object": "chat.completion",
         "created": created,
         "model": model,
@@ -475,10 +474,10 @@ fn message_to_wire(message: &Message) -> Value {
     wire
 }
 
-/// Writes a canonical request as an upstream Chat Completions body.
-pub fn chat_request_to_wire(request: &ChatRequest, stream: bool) -> Value {
+/// Writes a canonical request as an upstream Chat Completions body for `model`.
+pub fn chat_request_to_wire(request: &ChatRequest, model: &str, stream: bool) -> Value {
     let mut body = Map::new();
-    body.insert("model".into(), json!(request.model));
+    body.insert("model".into(), json!(model));
     body.insert("messages".into(), Value::Array(request.messages.iter().map(message_to_wire).collect()));
     if !request.tools.is_empty() {
         let tools = request
@@ -540,7 +539,7 @@ pub fn chat_request_to_wire(request: &ChatRequest, stream: bool) -> Value {
         }
     }
     if let Some(max_tokens) = request.max_tokens {
-        let key = if uses_max_completion_tokens(&request.model) { "max_completion_tokens" } else { "max_tokens" };
+        let key = if uses_max_completion_tokens(model) { "max_completion_tokens" } else { "max_tokens" };
         body.insert(key.into(), json!(max_tokens));
     }
     if !request.stop.is_empty() {
@@ -821,8 +820,8 @@ pub fn embed_response_to_wire(response: &EmbedResponse, model: &str, base64: boo
     })
 }
 
-pub fn embed_request_to_wire(request: &EmbedRequest) -> Value {
-    let mut body = json!({"model": request.model, "encoding_format": "float"});
+pub fn embed_request_to_wire(request: &EmbedRequest, model: &str) -> Value {
+    let mut body = json!({"model": model, "encoding_format": "float"});
     body["input"] = match &request.input {
         EmbedInput::Texts(texts) => json!(texts),
         EmbedInput::Tokens(tokens) => json!(tokens),
@@ -859,13 +858,4 @@ pub fn embed_response_from_wire(body: &[u8]) -> Result<EmbedResponse, String> {
         vectors: wire.data.into_iter().map(|item| item.embedding).collect(),
         usage: wire.usage.unwrap_or_default().canonical(),
     })
-}
-
-/// Collects a decoded stream's events, for callers that need the whole answer.
-pub fn collect(events: &[StreamEvent]) -> ChatResponse {
-    let mut collector = StreamCollector::default();
-    for event in events {
-        collector.push(event);
-    }
-    collector.into_response()
 }

@@ -178,18 +178,19 @@ impl Provider {
         Error::BadResponse { provider: self.name.clone(), message: scrub_secrets(&message, key) }
     }
 
-    /// One non-streaming chat call; `request.model` is the upstream model name.
-    pub async fn chat(&self, request: &ChatRequest) -> Result<ChatResponse> {
+    /// One non-streaming chat call to the upstream `model` (the request's own `model` is the
+    /// client's alias and is not sent).
+    pub async fn chat(&self, request: &ChatRequest, model: &str) -> Result<ChatResponse> {
         if let Some(local) = &self.local {
             let _permit = self.permit().await;
-            let mut stream = local.chat_stream(&request.model, request).await?;
+            let mut stream = local.chat_stream(model, request).await?;
             let mut collector = keel_core::chat::StreamCollector::default();
             while let Some(event) = stream.next().await {
                 collector.push(&event?);
             }
             return Ok(collector.into_response());
         }
-        let (url, body, json_tool) = self.chat_call(request, false)?;
+        let (url, body, json_tool) = self.chat_call(request, model, false)?;
         let _permit = self.permit().await;
         let response = self.send(self.post(&url, &body)?).await?;
         let bytes = crate::timing::waiting(response.bytes()).await.map_err(|err| self.transport_error(&err, "the response body"))?;
@@ -201,21 +202,21 @@ impl Provider {
         parsed.map_err(|message| self.bad_response(message))
     }
 
-    fn chat_call(&self, request: &ChatRequest, stream: bool) -> Result<(String, Value, Option<String>)> {
+    fn chat_call(&self, request: &ChatRequest, model: &str, stream: bool) -> Result<(String, Value, Option<String>)> {
         Ok(match self.kind {
             ProviderKind::OpenAi => {
-                (format!("{}/chat/completions", self.base_url), openai::chat_request_to_wire(request, stream), None)
+                (format!("{}/chat/completions", self.base_url), openai::chat_request_to_wire(request, model, stream), None)
             }
             ProviderKind::Anthropic => {
-                let (body, json_tool) = anthropic::messages_request_to_wire(request, stream)?;
+                let (body, json_tool) = anthropic::messages_request_to_wire(request, model, stream)?;
                 (format!("{}/v1/messages", self.base_url), body, json_tool)
             }
             ProviderKind::Local => return Err(Error::Unsupported { provider: self.name.clone(), what: "HTTP calls" }),
             ProviderKind::Gemini => {
                 let url = if stream {
-                    format!("{}/v1beta/models/{}:streamGenerateContent?alt=sse", self.base_url, request.model)
+                    format!("{}/v1beta/models/{}:streamGenerateContent?alt=sse", self.base_url, model)
                 } else {
-                    format!("{}/v1beta/models/{}:generateContent", self.base_url, request.model)
+                    format!("{}/v1beta/models/{}:generateContent", self.base_url, model)
                 };
                 (url, gemini::generate_request_to_wire(request)?, None)
             }
@@ -224,11 +225,11 @@ impl Provider {
 
     /// Opens a streaming chat call. The future resolves once the upstream accepted the
     /// request (status and headers); events follow on the stream.
-    pub async fn chat_stream(&self, request: &ChatRequest) -> Result<EventStream> {
+    pub async fn chat_stream(&self, request: &ChatRequest, model: &str) -> Result<EventStream> {
         if let Some(local) = &self.local {
-            return local.chat_stream(&request.model, request).await;
+            return local.chat_stream(model, request).await;
         }
-        let (url, body, json_tool) = self.chat_call(request, true)?;
+        let (url, body, json_tool) = self.chat_call(request, model, true)?;
         let permit = self.permit().await;
         let response = self.send(self.post(&url, &body)?).await?;
         let decoder = match self.kind {
@@ -252,11 +253,11 @@ impl Provider {
 
     /// Counts a request's input tokens with the provider's own counter, where it has one
     /// (Anthropic's `count_tokens`); `None` where it has none.
-    pub async fn count_tokens(&self, request: &ChatRequest) -> Result<Option<u64>> {
+    pub async fn count_tokens(&self, request: &ChatRequest, model: &str) -> Result<Option<u64>> {
         if self.kind != ProviderKind::Anthropic {
             return Ok(None);
         }
-        let (mut body, _) = anthropic::messages_request_to_wire(request, false)?;
+        let (mut body, _) = anthropic::messages_request_to_wire(request, model, false)?;
         if let Some(map) = body.as_object_mut() {
             map.remove("max_tokens");
         }
@@ -270,15 +271,15 @@ impl Provider {
         }
     }
 
-    pub async fn embed(&self, request: &EmbedRequest) -> Result<EmbedResponse> {
+    pub async fn embed(&self, request: &EmbedRequest, model: &str) -> Result<EmbedResponse> {
         if let Some(local) = &self.local {
-            return local.embed(&request.model, request).await;
+            return local.embed(model, request).await;
         }
         let (url, body) = match self.kind {
-            ProviderKind::OpenAi => (format!("{}/embeddings", self.base_url), openai::embed_request_to_wire(request)),
+            ProviderKind::OpenAi => (format!("{}/embeddings", self.base_url), openai::embed_request_to_wire(request, model)),
             ProviderKind::Gemini => (
-                format!("{}/v1beta/models/{}:batchEmbedContents", self.base_url, request.model),
-                gemini::embed_request_to_wire(request)?,
+                format!("{}/v1beta/models/{}:batchEmbedContents", self.base_url, model),
+                gemini::embed_request_to_wire(request, model)?,
             ),
             ProviderKind::Anthropic | ProviderKind::Local => {
                 return Err(Error::Unsupported { provider: self.name.clone(), what: "embeddings" });
@@ -288,7 +289,7 @@ impl Provider {
         let response = self.send(self.post(&url, &body)?).await?;
         let bytes = crate::timing::waiting(response.bytes()).await.map_err(|err| self.transport_error(&err, "the response body"))?;
         let parsed = match self.kind {
-            ProviderKind::Gemini => gemini::embed_response_from_wire(&bytes, &request.model),
+            ProviderKind::Gemini => gemini::embed_response_from_wire(&bytes, model),
             _ => openai::embed_response_from_wire(&bytes),
         };
         let response = parsed.map_err(|message| self.bad_response(message))?;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use keel_core::config::{Config, Strategy};
-use keel_core::{ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, StreamEvent};
+use keel_core::{ChatRequest, ChatResponse, EmbedRequest, EmbedResponse};
 
 use crate::cost::PriceTable;
 use crate::provider::{EventStream, Provider};
@@ -151,82 +151,73 @@ impl Router {
         })
     }
 
+    /// Runs `call` over the routes of alias `name`, in the alias's order.
+    async fn run<T, F, Fut>(&self, name: &str, call: F) -> (Result<T>, RouteInfo)
+    where
+        F: Fn(Arc<Route>) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        match self.alias(name) {
+            Ok(alias) => alias.run(call).await,
+            Err(err) => (Err(err), RouteInfo::default()),
+        }
+    }
+
     pub async fn chat(&self, request: &ChatRequest) -> (Result<ChatResponse>, RouteInfo) {
-        let alias = match self.alias(&request.model) {
-            Ok(alias) => alias,
-            Err(err) => return (Err(err), RouteInfo::default()),
-        };
-        alias
-            .run(|route| async move {
-                let mut upstream = request.clone();
-                upstream.model.clone_from(&route.model);
-                let timeout = route.provider.total_timeout;
-                match tokio::time::timeout(timeout, route.provider.chat(&upstream)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(Error::Timeout { provider: route.provider.name.clone(), phase: "the whole answer" }),
-                }
-            })
-            .await
+        self.run(&request.model, |route| async move {
+            within_total_timeout(&route, "the whole answer", route.provider.chat(request, &route.model)).await
+        })
+        .await
     }
 
     /// Opens a stream on the first route that delivers a first event. Once that event is
     /// in hand the route is fixed: a stream falls over only before its first byte.
     pub async fn chat_stream(&self, request: &ChatRequest) -> (Result<EventStream>, RouteInfo) {
-        let alias = match self.alias(&request.model) {
-            Ok(alias) => alias,
-            Err(err) => return (Err(err), RouteInfo::default()),
-        };
-        alias
-            .run(|route| async move {
-                let mut upstream = request.clone();
-                upstream.model.clone_from(&route.model);
-                let provider = &route.provider;
-                let started = Instant::now();
-                let deadline = started + provider.total_timeout;
-                let opened = tokio::time::timeout(provider.first_token_timeout, async {
-                    let mut stream = provider.chat_stream(&upstream).await?;
-                    match stream.next().await {
-                        Some(Ok(first)) => Ok((first, stream)),
-                        Some(Err(err)) => Err(err),
-                        None => Err(Error::StreamCut {
-                            provider: provider.name.clone(),
-                            message: "the stream ended before its first event".into(),
-                        }),
-                    }
-                })
-                .await;
-                let (first, rest) = match opened {
-                    Ok(result) => result?,
-                    Err(_) => return Err(Error::Timeout { provider: provider.name.clone(), phase: "the first token" }),
-                };
-                let guard = InFlight::new(&route);
-                let provider_name = provider.name.clone();
-                let rest = futures_util::stream::unfold(
-                    (rest, Some(guard), false),
-                    move |(mut rest, guard, done)| {
-                        let provider_name = provider_name.clone();
-                        async move {
-                            if done {
-                                return None;
-                            }
-                            match tokio::time::timeout_at(deadline.into(), rest.next()).await {
-                                Ok(Some(item)) => {
-                                    let failed = item.is_err();
-                                    Some((item, (rest, guard, failed)))
-                                }
-                                Ok(None) => None,
-                                Err(_) => Some((
-                                    Err(Error::Timeout { provider: provider_name, phase: "the rest of the stream" }),
-                                    (rest, None, true),
-                                )),
-                            }
-                        }
-                    },
-                );
-                let stream: EventStream = Box::pin(futures_util::stream::once(async { Ok(first) }).chain(rest));
-                Ok(stream)
+        self.run(&request.model, |route| async move {
+            let provider = &route.provider;
+            let started = Instant::now();
+            let deadline = started + provider.total_timeout;
+            let opened = tokio::time::timeout(provider.first_token_timeout, async {
+                let mut stream = provider.chat_stream(request, &route.model).await?;
+                match stream.next().await {
+                    Some(Ok(first)) => Ok((first, stream)),
+                    Some(Err(err)) => Err(err),
+                    None => Err(Error::StreamCut {
+                        provider: provider.name.clone(),
+                        message: "the stream ended before its first event".into(),
+                    }),
+                }
             })
-            .await
+            .await;
+            let (first, rest) = match opened {
+                Ok(result) => result?,
+                Err(_) => return Err(Error::Timeout { provider: provider.name.clone(), phase: "the first token" }),
+            };
+            let guard = InFlight::new(&route);
+            let provider_name = provider.name.clone();
+            let rest = futures_util::stream::unfold((rest, Some(guard), false), move |(mut rest, guard, done)| {
+                let provider_name = provider_name.clone();
+                async move {
+                    if done {
+                        return None;
+                    }
+                    match tokio::time::timeout_at(deadline.into(), rest.next()).await {
+                        Ok(Some(item)) => {
+                            let failed = item.is_err();
+                            Some((item, (rest, guard, failed)))
+                        }
+                        Ok(None) => None,
+                        Err(_) => Some((
+                            Err(Error::Timeout { provider: provider_name, phase: "the rest of the stream" }),
+                            (rest, None, true),
+                        )),
+                    }
+                }
+            });
+            let stream: EventStream = Box::pin(futures_util::stream::once(async { Ok(first) }).chain(rest));
+            Ok(stream)
+        })
+        .await
     }
 
     /// Input tokens of a request on the alias's first route: `(count, exact)`. Exact where
@@ -234,30 +225,29 @@ impl Router {
     pub async fn count_tokens(&self, request: &ChatRequest) -> Result<(u64, bool)> {
         let alias = self.alias(&request.model)?;
         let route = &alias.routes[alias.order()[0]];
-        let mut upstream = request.clone();
-        upstream.model.clone_from(&route.model);
-        match route.provider.count_tokens(&upstream).await? {
+        match route.provider.count_tokens(request, &route.model).await? {
             Some(n) => Ok((n, true)),
             None => Ok((estimate_tokens(request), false)),
         }
     }
 
     pub async fn embed(&self, request: &EmbedRequest) -> (Result<EmbedResponse>, RouteInfo) {
-        let alias = match self.alias(&request.model) {
-            Ok(alias) => alias,
-            Err(err) => return (Err(err), RouteInfo::default()),
-        };
-        alias
-            .run(|route| async move {
-                let mut upstream = request.clone();
-                upstream.model.clone_from(&route.model);
-                let timeout = route.provider.total_timeout;
-                match tokio::time::timeout(timeout, route.provider.embed(&upstream)).await {
-                    Ok(result) => result,
-                    Err(_) => Err(Error::Timeout { provider: route.provider.name.clone(), phase: "the embeddings" }),
-                }
-            })
-            .await
+        self.run(&request.model, |route| async move {
+            within_total_timeout(&route, "the embeddings", route.provider.embed(request, &route.model)).await
+        })
+        .await
+    }
+}
+
+/// Bounds a whole call by its provider's `timeout_s`.
+async fn within_total_timeout<T>(
+    route: &Route,
+    phase: &'static str,
+    call: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(route.provider.total_timeout, call).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::Timeout { provider: route.provider.name.clone(), phase }),
     }
 }
 
@@ -373,13 +363,4 @@ pub fn estimate_tokens(request: &ChatRequest) -> u64 {
         chars += tool.name.len() + tool.description.as_deref().map_or(0, str::len) + tool.parameters.to_string().len();
     }
     (chars as u64).div_ceil(4) + 3 * n_messages
-}
-
-/// Events of a stream, for tests and callers that want them all.
-pub async fn drain(mut stream: EventStream) -> Result<Vec<StreamEvent>> {
-    let mut events = Vec::new();
-    while let Some(event) = stream.next().await {
-        events.push(event?);
-    }
-    Ok(events)
 }

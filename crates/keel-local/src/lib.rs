@@ -242,7 +242,7 @@ async fn tool_answer(
             None => return Err(Error::LocalModel { provider, message: "the decode thread stopped".into() }),
         }
     };
-    let id = format!("local-{:016x}", fastrand_u64());
+    let id = response_id();
     let mut out = vec![StreamEvent::Start { id: id.clone(), model }];
     let parsed: Option<serde_json::Value> = serde_json::from_str(&text).ok();
     match parsed.as_ref().and_then(|v| v.get("tool_calls")).and_then(serde_json::Value::as_array) {
@@ -267,8 +267,10 @@ async fn tool_answer(
     Ok(stream)
 }
 
-fn fastrand_u64() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+/// An id for a local answer, unique enough within one process.
+fn response_id() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    format!("local-{:016x}", nanos.wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
 /// JSON Schema keywords llama.cpp's grammar converter cannot enforce. A schema using one
@@ -343,7 +345,7 @@ impl LocalBackend for LocalProvider {
             if tools.is_some() {
                 return tool_answer(events, model, provider).await;
             }
-            let id = format!("local-{:016x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
+            let id = response_id();
             let start = futures_util::stream::once(async move { Ok(StreamEvent::Start { id, model }) });
             let rest = futures_util::stream::unfold(Some(events), move |events| {
                 let provider = provider.clone();

@@ -236,16 +236,9 @@ pub async fn count_tokens(State(app): State<App>, body: Result<Bytes, BytesRejec
 }
 
 fn response_to_wire(response: &ChatResponse, call_id: &str, alias: &str, format: Format) -> Value {
-    let mut response = response.clone();
     match format {
-        Format::OpenAi => {
-            response.id = format!("chatcmpl-{call_id}");
-            openai::chat_response_to_wire(&response, alias, unix_secs())
-        }
-        Format::Anthropic => {
-            response.id = format!("msg_{call_id}");
-            anthropic::messages_response_to_wire(&response, alias)
-        }
+        Format::OpenAi => openai::chat_response_to_wire(response, &format!("chatcmpl-{call_id}"), alias, unix_secs()),
+        Format::Anthropic => anthropic::messages_response_to_wire(response, &format!("msg_{call_id}"), alias),
     }
 }
 

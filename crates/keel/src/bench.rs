@@ -418,26 +418,34 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs benches/peer_llama_cpp_python.py on the same model and settings.
-fn peer_figures(path: &std::path::Path, threads: i32, n_prompt: usize, n_gen: u32) -> Result<serde_json::Value, String> {
-    let script = std::env::var("KEEL_PEER_SCRIPT").unwrap_or_else(|_| "benches/peer_llama_cpp_python.py".into());
-    if !std::path::Path::new(&script).exists() {
+/// Runs a peer benchmark script (`benches/peer_*.py`) with `args`; it prints one JSON object.
+/// `install` says how to get the peer when the script fails.
+fn run_peer(script: &str, args: &[&std::ffi::OsStr], install: &str) -> Result<serde_json::Value, String> {
+    if !std::path::Path::new(script).exists() {
         return Err(format!("{script} not found; run from the repository root"));
     }
     let output = std::process::Command::new("python3")
-        .arg(&script)
-        .arg(path)
-        .arg(threads.to_string())
-        .arg(n_prompt.to_string())
-        .arg(n_gen.to_string())
+        .arg(script)
+        .args(args)
         .output()
         .map_err(|e| format!("could not run python3: {e}"))?;
     if !output.status.success() {
         let err = String::from_utf8_lossy(&output.stderr);
         let last = err.lines().last().unwrap_or("failed");
-        return Err(format!("{last} (install the peer with: CMAKE_ARGS=-DGGML_NATIVE=ON pip install --no-binary llama-cpp-python llama-cpp-python)"));
+        return Err(format!("{last} (install the peer with: {install})"));
     }
     serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())
+}
+
+/// Runs benches/peer_llama_cpp_python.py on the same model and settings.
+fn peer_figures(path: &std::path::Path, threads: i32, n_prompt: usize, n_gen: u32) -> Result<serde_json::Value, String> {
+    let script = std::env::var("KEEL_PEER_SCRIPT").unwrap_or_else(|_| "benches/peer_llama_cpp_python.py".into());
+    let (threads, n_prompt, n_gen) = (threads.to_string(), n_prompt.to_string(), n_gen.to_string());
+    run_peer(
+        &script,
+        &[path.as_os_str(), threads.as_ref(), n_prompt.as_ref(), n_gen.as_ref()],
+        "CMAKE_ARGS=-DGGML_NATIVE=ON pip install --no-binary llama-cpp-python llama-cpp-python",
+    )
 }
 
 #[derive(Debug, clap::Args)]
@@ -476,26 +484,16 @@ pub async fn embed(args: EmbedArgs) -> anyhow::Result<()> {
     engine.embed_many(&texts, args.batch)?;
     let ours = texts.len() as f64 / started.elapsed().as_secs_f64();
     let peer = (|| -> Result<f64, String> {
-        let script = "benches/peer_sentence_transformers.py";
-        if !std::path::Path::new(script).exists() {
-            return Err(format!("{script} not found; run from the repository root"));
-        }
         let input = std::env::temp_dir().join(format!("keel-embed-bench-{}.json", std::process::id()));
         std::fs::write(&input, serde_json::to_vec(&texts).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-        let output = std::process::Command::new("python3")
-            .arg(script)
-            .arg(&folder)
-            .arg(args.batch.to_string())
-            .arg(&input)
-            .output()
-            .map_err(|e| format!("could not run python3: {e}"))?;
+        let batch = args.batch.to_string();
+        let value = run_peer(
+            "benches/peer_sentence_transformers.py",
+            &[folder.as_os_str(), batch.as_ref(), input.as_os_str()],
+            "pip install sentence-transformers",
+        );
         let _ = std::fs::remove_file(&input);
-        if !output.status.success() {
-            let err = String::from_utf8_lossy(&output.stderr);
-            return Err(format!("{} (install the peer with: pip install sentence-transformers)", err.lines().last().unwrap_or("failed")));
-        }
-        let value: serde_json::Value = serde_json::from_slice(&output.stdout).map_err(|e| e.to_string())?;
-        value["sentences_per_s"].as_f64().ok_or_else(|| "the peer printed no figure".to_string())
+        value?["sentences_per_s"].as_f64().ok_or_else(|| "the peer printed no figure".to_string())
     })();
     if args.json {
         let report = json!({"model": args.model, "batch": args.batch, "sentences": texts.len(),

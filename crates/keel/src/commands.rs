@@ -51,7 +51,7 @@ pub async fn chat(
     let created_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
     let (opened, info) = router.chat_stream(&request).await;
     let mut trace = Trace {
-        id: keel_core::time_ordered_id(created_ms as u64, random_u128()),
+        id: keel_core::time_ordered_id(created_ms as u64, fastrand::u128(..)),
         created_ms,
         endpoint: "cli.chat".into(),
         alias: alias.clone(),
@@ -122,13 +122,6 @@ pub async fn chat(
     }
     eprintln!("{}", table::paint(&footer, table::DIM));
     Ok(())
-}
-
-fn random_u128() -> u128 {
-    let mut bytes = [0u8; 16];
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    bytes.copy_from_slice(&(nanos ^ (u128::from(std::process::id()) << 64)).to_le_bytes());
-    u128::from_le_bytes(bytes).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835)
 }
 
 pub fn models(config: Option<&Path>, as_json: bool) -> anyhow::Result<()> {
