@@ -265,10 +265,15 @@ fn embeddings_agree_with_sentence_transformers() {
     let engine = embed_engine();
     assert_eq!(engine.dimensions, 384);
     let mut vectors = Vec::new();
-    // Batches of mixed lengths exercise padding and the attention mask.
+    // Batches of mixed lengths exercise the packing of several sentences into one pass.
     for batch in texts.chunks(17) {
         vectors.extend(engine.embed(batch).unwrap().0);
     }
+    // A sentence embeds the same alone as inside a batch.
+    let alone = engine.embed(&texts[20..21]).unwrap().0.remove(0);
+    let in_batch = &vectors[20];
+    let agreement: f32 = alone.iter().zip(in_batch).map(|(a, b)| a * b).sum();
+    assert!(agreement > 0.99999, "alone vs in a batch: cosine {agreement}");
     let mut worst = (1.0f64, String::new());
     for (item, ours) in items.iter().zip(&vectors) {
         let theirs: Vec<f64> = item["vector"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
