@@ -488,7 +488,7 @@ mod tests {
     #[test]
     fn gelu_matches_the_erf_definition() {
         // Reference values of x/2 · (1 + erf(x/√2)).
-        for (x, expected) in [(-3.0f32, -0.004_049_86), (-1.0, -0.158_655_25), (0.0, 0.0), (0.5, 0.345_731_36), (1.0, 0.841_344_7), (3.0, 2.995_950)] {
+        for (x, expected) in [(-3.0f32, -0.004_049_86), (-1.0, -0.158_655_25), (0.0, 0.0), (0.5, 0.345_731_36), (1.0, 0.841_344_7), (3.0, 2.995_95)] {
             assert!((gelu_erf(x) - expected).abs() < 1e-6, "gelu({x}) = {}, expected {expected}", gelu_erf(x));
         }
     }
