@@ -5,6 +5,7 @@
 pub mod embed;
 pub mod engine;
 pub mod store;
+mod tool_stream;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use futures_util::future::BoxFuture;
 use keel_core::config::ProviderConfig;
 use keel_core::{
-    ChatRequest, ContentPart, EmbedRequest, EmbedResponse, FinishReason, ResponseFormat, Role, StreamEvent, ToolChoice, Usage,
+    ChatRequest, ContentPart, EmbedRequest, EmbedResponse, ResponseFormat, Role, StreamEvent, ToolChoice, Usage,
 };
 use keel_llm::{Error, EventStream, LocalBackend, Result};
 
@@ -225,46 +226,32 @@ impl ToolMode {
     }
 }
 
-/// Collects a tool-mode generation and turns its JSON into tool calls or text events.
-async fn tool_answer(
-    mut events: tokio::sync::mpsc::UnboundedReceiver<GenEvent>,
-    model: String,
-    provider: String,
-) -> Result<EventStream> {
-    let mut text = String::new();
-    let (finish, usage) = loop {
-        match events.recv().await {
-            Some(GenEvent::Text(piece)) => text.push_str(&piece),
-            Some(GenEvent::Done { finish, prompt_tokens, completion_tokens }) => {
-                break (finish, Usage { input_tokens: prompt_tokens, output_tokens: completion_tokens, ..Usage::default() });
-            }
-            Some(GenEvent::Failed(message)) => return Err(Error::LocalModel { provider, message }),
-            None => return Err(Error::LocalModel { provider, message: "the decode thread stopped".into() }),
-        }
-    };
+/// Streams a tool-mode generation as tool calls (arguments piece by piece) or as the text of
+/// a direct answer, while the model writes it.
+fn tool_answer(events: tokio::sync::mpsc::UnboundedReceiver<GenEvent>, model: String, provider: String) -> EventStream {
     let id = response_id();
-    let mut out = vec![StreamEvent::Start { id: id.clone(), model }];
-    let parsed: Option<serde_json::Value> = serde_json::from_str(&text).ok();
-    match parsed.as_ref().and_then(|v| v.get("tool_calls")).and_then(serde_json::Value::as_array) {
-        Some(calls) => {
-            for (index, call) in calls.iter().enumerate() {
-                let name = call["name"].as_str().unwrap_or_default().to_string();
-                out.push(StreamEvent::ToolCallStart { index, id: format!("call_{}_{index}", &id[6..14]), name });
-                out.push(StreamEvent::ToolCallDelta { index, arguments: call["arguments"].to_string() });
+    let document = tool_stream::ToolDocument::new(format!("call_{}", &id[6..14]));
+    let start = futures_util::stream::once(async move { Ok(StreamEvent::Start { id, model }) });
+    let rest = futures_util::stream::unfold(Some((events, document)), move |state| {
+        let provider = provider.clone();
+        async move {
+            let (mut events, mut document) = state?;
+            match events.recv().await {
+                Some(GenEvent::Text(text)) => {
+                    let out = document.push(&text).into_iter().map(Ok).collect::<Vec<_>>();
+                    Some((out, Some((events, document))))
+                }
+                Some(GenEvent::Done { finish, prompt_tokens, completion_tokens }) => {
+                    let usage = Usage { input_tokens: prompt_tokens, output_tokens: completion_tokens, ..Usage::default() };
+                    Some((document.finish(finish, usage).into_iter().map(Ok).collect(), None))
+                }
+                Some(GenEvent::Failed(message)) => Some((vec![Err(Error::LocalModel { provider, message })], None)),
+                None => Some((vec![Err(Error::LocalModel { provider, message: "the decode thread stopped".into() })], None)),
             }
-            out.push(StreamEvent::Finish(FinishReason::ToolCalls));
         }
-        None => {
-            // A direct answer, or a document the token budget cut short.
-            let answer = parsed.as_ref().and_then(|v| v.get("response")).and_then(serde_json::Value::as_str);
-            let complete = answer.is_some();
-            out.push(StreamEvent::TextDelta(answer.map_or(text.clone(), str::to_string)));
-            out.push(StreamEvent::Finish(if complete { finish } else { FinishReason::Length }));
-        }
-    }
-    out.push(StreamEvent::Usage(usage));
-    let stream: EventStream = Box::pin(futures_util::stream::iter(out.into_iter().map(Ok)));
-    Ok(stream)
+    })
+    .flat_map(futures_util::stream::iter);
+    Box::pin(futures_util::StreamExt::chain(start, rest))
 }
 
 /// An id for a local answer, unique enough within one process.
@@ -343,7 +330,7 @@ impl LocalBackend for LocalProvider {
         Box::pin(async move {
             let (events, model, provider, tools) = opened?;
             if tools.is_some() {
-                return tool_answer(events, model, provider).await;
+                return Ok(tool_answer(events, model, provider));
             }
             let id = response_id();
             let start = futures_util::stream::once(async move { Ok(StreamEvent::Start { id, model }) });

@@ -262,7 +262,7 @@ pub struct LocalArgs {
     /// Concurrent streams for the batching figure.
     #[arg(long, default_value_t = 8)]
     streams: usize,
-    /// Runs of each single-stream measurement (the median is reported).
+    /// Alternating rounds of keel and the peer (medians are reported).
     #[arg(long, default_value_t = 3)]
     repeat: usize,
     #[arg(long)]
@@ -310,6 +310,38 @@ fn peak_rss_mb() -> Option<f64> {
     Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
 }
 
+/// One round of keel's figures.
+struct LocalRound {
+    prefill_tps: f64,
+    decode_tps: f64,
+    single_stream_tps: f64,
+    aggregate_tps: f64,
+}
+
+async fn local_round(engine: &keel_local::ChatEngine, tokens: &[llama_cpp_2::token::LlamaToken], args: &LocalArgs) -> anyhow::Result<LocalRound> {
+    let run = timed_run(engine, tokens.to_vec(), args.gen_tokens).await?;
+    let prefill_tps = tokens.len() as f64 / run.ttft.as_secs_f64();
+    let decode_tps = run.generated.saturating_sub(1) as f64 / (run.total - run.ttft).as_secs_f64();
+    let short: Vec<_> = tokens.iter().take(32).copied().collect();
+    let one = timed_run(engine, short.clone(), args.gen_tokens).await?;
+    let started = Instant::now();
+    let runs = futures_util::future::join_all((0..args.streams).map(|_| timed_run(engine, short.clone(), args.gen_tokens))).await;
+    let wall = started.elapsed();
+    let mut generated = 0;
+    for run in runs {
+        generated += run?.generated;
+    }
+    Ok(LocalRound {
+        prefill_tps,
+        decode_tps,
+        single_stream_tps: one.generated as f64 / one.total.as_secs_f64(),
+        aggregate_tps: generated as f64 / wall.as_secs_f64(),
+    })
+}
+
+/// `keel bench local`: keel's engine and llama.cpp itself (through llama-cpp-python) on the
+/// same GGUF, threads and token counts, in alternating rounds so drift in the machine's speed
+/// touches both; medians are reported.
 pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
     let process_started = Instant::now();
     let store = crate::local::store();
@@ -331,95 +363,95 @@ pub async fn local(args: LocalArgs) -> anyhow::Result<()> {
     let mut tokens = engine.tokenize(&text);
     tokens.truncate(args.prompt_tokens);
     let n_prompt = tokens.len();
-    eprintln!("single stream: {n_prompt}-token prompt, {} greedy tokens, {threads} threads, {} runs…", args.gen_tokens, args.repeat);
-    let mut prefill = Vec::new();
-    let mut decode = Vec::new();
-    for _ in 0..args.repeat.max(1) {
-        let run = timed_run(&engine, tokens.clone(), args.gen_tokens).await?;
-        prefill.push(n_prompt as f64 / run.ttft.as_secs_f64());
-        decode.push((run.generated.saturating_sub(1)) as f64 / (run.total - run.ttft).as_secs_f64());
+    let rounds = args.repeat.max(1);
+    let mut ours = Vec::new();
+    let mut peers = Vec::new();
+    let mut peer_error = None;
+    for round in 1..=rounds {
+        eprintln!(
+            "round {round}/{rounds}: {n_prompt}-token prompt + {} greedy tokens, then 1 and {} streams, {threads} threads; keel, then llama.cpp…",
+            args.gen_tokens, args.streams
+        );
+        ours.push(local_round(&engine, &tokens, &args).await?);
+        if peer_error.is_none() {
+            match peer_figures(&path, threads, n_prompt, args.gen_tokens, args.streams) {
+                Ok(value) => peers.push(value),
+                Err(err) => peer_error = Some(err),
+            }
+        }
     }
-    let (prefill_tps, decode_tps) = (median(prefill), median(decode));
-
-    eprintln!("batching: 1 stream, then {} concurrent streams of {} tokens…", args.streams, args.gen_tokens);
-    let short: Vec<_> = tokens.iter().take(32).copied().collect();
-    let one = timed_run(&engine, short.clone(), args.gen_tokens).await?;
-    let one_tps = one.generated as f64 / one.total.as_secs_f64();
-    let started = Instant::now();
-    let runs = futures_util::future::join_all((0..args.streams).map(|_| timed_run(&engine, short.clone(), args.gen_tokens))).await;
-    let wall = started.elapsed();
-    let mut generated = 0;
-    for run in runs {
-        generated += run?.generated;
-    }
-    let many_tps = generated as f64 / wall.as_secs_f64();
     let rss = peak_rss_mb();
-
-    let peer = peer_figures(&path, threads, n_prompt, args.gen_tokens);
+    let ours_median = |f: fn(&LocalRound) -> f64| median(ours.iter().map(f).collect());
+    let peer_median = |key: &str| -> Option<f64> {
+        let values: Vec<f64> = peers.iter().filter_map(|p| p[key].as_f64()).collect();
+        (!values.is_empty()).then(|| median(values))
+    };
+    let keel = [
+        ours_median(|r| r.prefill_tps),
+        ours_median(|r| r.decode_tps),
+        ours_median(|r| r.single_stream_tps),
+        ours_median(|r| r.aggregate_tps),
+    ];
+    let peer = ["prefill_tps", "decode_tps", "single_stream_tps", "aggregate_tps"].map(peer_median);
+    let keel_gain = median(ours.iter().map(|r| r.aggregate_tps / r.single_stream_tps).collect());
+    let peer_gain = (!peers.is_empty()).then(|| {
+        median(peers.iter().filter_map(|p| Some(p["aggregate_tps"].as_f64()? / p["single_stream_tps"].as_f64()?)).collect())
+    });
     if args.json {
         let report = json!({
             "model": args.model, "threads": threads, "prompt_tokens": n_prompt, "gen_tokens": args.gen_tokens,
-            "keel": {"prefill_tps": prefill_tps, "decode_tps": decode_tps, "streams": args.streams,
-                     "single_stream_tps": one_tps, "aggregate_tps": many_tps, "batching_ratio": many_tps / one_tps,
+            "streams": args.streams, "rounds": rounds,
+            "keel": {"prefill_tps": keel[0], "decode_tps": keel[1], "single_stream_tps": keel[2], "aggregate_tps": keel[3],
+                     "batching_gain": keel_gain,
                      "start_to_first_token_ms": start_to_first_token.as_secs_f64() * 1000.0, "peak_rss_mb": rss},
-            "llama_cpp_python": peer.as_ref().ok(),
-            "peer_error": peer.as_ref().err(),
+            "llama_cpp": {"prefill_tps": peer[0], "decode_tps": peer[1], "single_stream_tps": peer[2], "aggregate_tps": peer[3],
+                          "batching_gain": peer_gain},
+            "peer_error": peer_error,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     let verdict = |ok: bool| if ok { Cell::new("yes").color(table::GREEN) } else { Cell::new("no").color(table::RED) };
-    let (peer_prefill, peer_decode) = match &peer {
-        Ok(value) => (value["prefill_tps"].as_f64(), value["decode_tps"].as_f64()),
-        Err(_) => (None, None),
-    };
-    let ratio_row = |label: &str, ours: f64, theirs: Option<f64>| {
+    let ratio_row = |label: String, ours: f64, theirs: Option<f64>, target: Option<f64>| {
         vec![
             Cell::new(label),
             Cell::num(theirs.map_or("-".into(), |t| format!("{t:.0}"))),
             Cell::num(format!("{ours:.0}")),
             Cell::num(theirs.map_or("-".into(), |t| format!("{:.2}x", ours / t))),
-            Cell::new("≥ 0.95x"),
-            theirs.map_or(Cell::new("-"), |t| verdict(ours / t >= 0.95)),
+            Cell::new(target.map_or(String::new(), |t| format!("≥ {t}x"))),
+            match (theirs, target) {
+                (Some(t), Some(target)) => verdict(ours / t >= target),
+                _ => Cell::new(""),
+            },
         ]
     };
+    let plain_row = |label: &str, value: String| {
+        vec![Cell::new(label), Cell::num("-"), Cell::num(value), Cell::num(""), Cell::new(""), Cell::new("")]
+    };
     let rows = vec![
-        ratio_row(&format!("prefill tokens/s ({n_prompt}-token prompt)"), prefill_tps, peer_prefill),
-        ratio_row(&format!("decode tokens/s ({} greedy)", args.gen_tokens), decode_tps, peer_decode),
+        ratio_row(format!("prefill tokens/s ({n_prompt}-token prompt)"), keel[0], peer[0], Some(0.95)),
+        ratio_row(format!("decode tokens/s ({} greedy)", args.gen_tokens), keel[1], peer[1], Some(0.95)),
+        ratio_row("decode tokens/s, 1 stream (32-token prompt)".into(), keel[2], peer[2], None),
+        ratio_row(format!("aggregate decode tokens/s, {} streams", args.streams), keel[3], peer[3], None),
         vec![
-            Cell::new(format!("aggregate decode tokens/s, {} streams", args.streams)),
-            Cell::num(format!("1 stream: {one_tps:.0}")),
-            Cell::num(format!("{many_tps:.0}")),
-            Cell::num(format!("{:.2}x", many_tps / one_tps)),
-            Cell::new("≥ 3x one stream"),
-            verdict(many_tps / one_tps >= 3.0),
-        ],
-        vec![
-            Cell::new("start to first token (ms)"),
-            Cell::num("-"),
-            Cell::num(format!("{:.0}", start_to_first_token.as_secs_f64() * 1000.0)),
+            Cell::new(format!("batching gain, {} streams ÷ 1", args.streams)),
+            Cell::num(peer_gain.map_or("-".into(), |g| format!("{g:.2}x"))),
+            Cell::num(format!("{keel_gain:.2}x")),
             Cell::num(""),
-            Cell::new(""),
-            Cell::new(""),
+            Cell::new("≥ 3x"),
+            verdict(keel_gain >= 3.0),
         ],
-        vec![
-            Cell::new("peak resident memory (MB)"),
-            Cell::num("-"),
-            Cell::num(rss.map_or("-".into(), |mb| format!("{mb:.0}"))),
-            Cell::num(""),
-            Cell::new(""),
-            Cell::new(""),
-        ],
+        plain_row("start to first token (ms)", format!("{:.0}", start_to_first_token.as_secs_f64() * 1000.0)),
+        plain_row("peak resident memory (MB)", rss.map_or("-".into(), |mb| format!("{mb:.0}"))),
     ];
-    print!("{}", table::render(&["METRIC", "LLAMA-CPP-PYTHON", "KEEL", "RATIO", "TARGET", "MET"], &rows));
-    if let Err(err) = peer {
+    print!("{}", table::render(&["METRIC", "LLAMA.CPP", "KEEL", "RATIO", "TARGET", "MET"], &rows));
+    println!("{}", table::paint(&format!("medians of {rounds} alternating rounds"), table::DIM));
+    if let Some(err) = peer_error {
         println!("{}", table::paint(&format!("peer not measured: {err}"), table::YELLOW));
     }
     Ok(())
 }
 
-/// Runs a peer benchmark script (`benches/peer_*.py`) with `args`; it prints one JSON object.
-/// `install` says how to get the peer when the script fails.
 fn run_peer(script: &str, args: &[&std::ffi::OsStr], install: &str) -> Result<serde_json::Value, String> {
     if !std::path::Path::new(script).exists() {
         return Err(format!("{script} not found; run from the repository root"));
@@ -438,12 +470,12 @@ fn run_peer(script: &str, args: &[&std::ffi::OsStr], install: &str) -> Result<se
 }
 
 /// Runs benches/peer_llama_cpp_python.py on the same model and settings.
-fn peer_figures(path: &std::path::Path, threads: i32, n_prompt: usize, n_gen: u32) -> Result<serde_json::Value, String> {
+fn peer_figures(path: &std::path::Path, threads: i32, n_prompt: usize, n_gen: u32, streams: usize) -> Result<serde_json::Value, String> {
     let script = std::env::var("KEEL_PEER_SCRIPT").unwrap_or_else(|_| "benches/peer_llama_cpp_python.py".into());
-    let (threads, n_prompt, n_gen) = (threads.to_string(), n_prompt.to_string(), n_gen.to_string());
+    let (threads, n_prompt, n_gen, streams) = (threads.to_string(), n_prompt.to_string(), n_gen.to_string(), streams.to_string());
     run_peer(
         &script,
-        &[path.as_os_str(), threads.as_ref(), n_prompt.as_ref(), n_gen.as_ref()],
+        &[path.as_os_str(), threads.as_ref(), n_prompt.as_ref(), n_gen.as_ref(), streams.as_ref()],
         "CMAKE_ARGS=-DGGML_NATIVE=ON pip install --no-binary llama-cpp-python llama-cpp-python",
     )
 }
