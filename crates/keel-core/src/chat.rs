@@ -162,6 +162,15 @@ impl Usage {
         self.input_tokens + self.output_tokens
     }
 
+    /// Adds another call's usage to this running total.
+    pub fn add(&mut self, other: Usage) {
+        self.input_tokens += other.input_tokens;
+        self.output_tokens += other.output_tokens;
+        self.cached_input_tokens += other.cached_input_tokens;
+        self.cache_write_tokens += other.cache_write_tokens;
+        self.reasoning_tokens += other.reasoning_tokens;
+    }
+
     /// Merges a later report into this one: providers report some counts at the start of a
     /// stream and others at the end, so the larger figure wins.
     pub fn merge(&mut self, later: Usage) {

@@ -1,6 +1,7 @@
-//! keel's embedded store: one SQLite file in WAL mode holding traces, and the batching
-//! writer that keeps trace writes off the request path.
+//! keel's embedded store: one SQLite file in WAL mode holding traces and agent runs, and
+//! the batching writer that keeps trace writes off the request path.
 
+mod runs;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
+pub use runs::{RunRecord, StepRecord, CHECKPOINT_FORMAT};
 pub use writer::{TraceSink, TraceWriter};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -23,10 +25,14 @@ pub enum Error {
     NewerSchema { path: PathBuf, found: i64, known: i64 },
     #[error("the trace writer has stopped")]
     WriterStopped,
+    #[error("run {id} was checkpointed in format {found}, which this keel cannot read (it reads {oldest} to {known}); {hint}")]
+    CheckpointFormat { id: String, found: i64, oldest: i64, known: i64, hint: &'static str },
+    #[error("no run {0}")]
+    NoRun(String),
 }
 
 /// The schema version this keel writes; migrations run from any older one.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const MIGRATIONS: &[&str] = &["
 CREATE TABLE traces (
@@ -53,6 +59,28 @@ CREATE TABLE traces (
     response_body TEXT
 );
 CREATE INDEX traces_created ON traces (created_ms);
+", "
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY,
+    agent TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    input TEXT NOT NULL,
+    output TEXT,
+    reason TEXT,
+    definition TEXT NOT NULL,
+    format INTEGER NOT NULL
+);
+CREATE INDEX runs_created ON runs (created_ms);
+CREATE TABLE run_steps (
+    run_id TEXT NOT NULL REFERENCES runs (id),
+    seq INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    data TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
 "];
 
 /// One model call as keel saw it.
@@ -85,7 +113,7 @@ pub struct Trace {
 #[derive(Debug)]
 pub struct Store {
     path: PathBuf,
-    conn: Mutex<Connection>,
+    pub(crate) conn: Mutex<Connection>,
 }
 
 impl Store {
@@ -118,7 +146,7 @@ impl Store {
         &self.path
     }
 
-    fn err(&self, source: rusqlite::Error) -> Error {
+    pub(crate) fn err(&self, source: rusqlite::Error) -> Error {
         Error::Sqlite { path: self.path.clone(), source }
     }
 

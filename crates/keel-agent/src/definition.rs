@@ -1,0 +1,257 @@
+//! Agent definitions: what an agent file (TOML) says, checked when it is read.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::Error;
+
+/// The tools keel ships; any other tool name in an agent file needs a `command`.
+pub const BUILT_IN_TOOLS: &[&str] = &["read_file", "write_file", "list_dir", "http_get", "shell"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentDef {
+    pub name: String,
+    /// A model alias of keel's gateway (`local` runs offline).
+    pub model: String,
+    /// The system prompt; `{{name}}` placeholders are filled from the run's variables.
+    pub instructions: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// The folder file tools and `shell` work in, relative to the agent file.
+    #[serde(default)]
+    pub workspace: Option<PathBuf>,
+    #[serde(default)]
+    pub budget: Budget,
+    #[serde(default)]
+    pub tools: BTreeMap<String, ToolSpec>,
+    /// A JSON Schema the final answer must satisfy (requested as structured output).
+    #[serde(default)]
+    pub output_schema: Option<serde_json::Value>,
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// How many invalid tool calls in a row the model may make before the run stops.
+    #[serde(default = "three")]
+    pub max_invalid_tool_calls: u32,
+}
+
+fn three() -> u32 {
+    3
+}
+
+/// Limits for one run, shared by everything the run does.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// Model calls.
+    #[serde(default = "twenty")]
+    pub max_steps: u32,
+    /// Input plus output tokens over every model call.
+    #[serde(default)]
+    pub max_tokens: Option<u64>,
+    #[serde(default)]
+    pub max_cost_usd: Option<f64>,
+    /// Time spent in model calls and tools.
+    #[serde(default)]
+    pub max_seconds: Option<f64>,
+}
+
+fn twenty() -> u32 {
+    20
+}
+
+impl Default for Budget {
+    fn default() -> Budget {
+        Budget { max_steps: twenty(), max_tokens: None, max_cost_usd: None, max_seconds: None }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Approval {
+    #[default]
+    Never,
+    /// The run pauses before the call until a human approves or denies it.
+    Required,
+}
+
+/// One tool of an agent: a built-in (by name) or a command that takes the arguments as JSON
+/// on standard input and prints its result.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolSpec {
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// JSON Schema of the arguments (command tools).
+    #[serde(default)]
+    pub parameters: Option<serde_json::Value>,
+    #[serde(default)]
+    pub approval: Approval,
+    #[serde(default)]
+    pub timeout_s: Option<f64>,
+    /// `http_get`: the hosts it may fetch from.
+    #[serde(default)]
+    pub allow_hosts: Vec<String>,
+    /// `shell`: allow network access (off by default; needs user namespaces to enforce).
+    #[serde(default)]
+    pub network: bool,
+}
+
+impl AgentDef {
+    /// Reads and checks an agent file.
+    pub fn load(path: &Path) -> Result<AgentDef, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Definition(format!("could not read {}: {e}", path.display())))?;
+        let mut def = AgentDef::parse(&text).map_err(|e| Error::Definition(format!("{}: {e}", path.display())))?;
+        // A relative workspace is relative to the agent file.
+        let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        def.workspace = Some(match def.workspace.take() {
+            Some(ws) if ws.is_absolute() => ws,
+            Some(ws) => folder.join(ws),
+            None => folder.join("workspace"),
+        });
+        Ok(def)
+    }
+
+    pub fn parse(text: &str) -> Result<AgentDef, String> {
+        let def: AgentDef = toml::from_str(text).map_err(|e| e.to_string())?;
+        def.check()?;
+        Ok(def)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.name.trim().is_empty() {
+            return Err("`name` is empty".into());
+        }
+        for (name, spec) in &self.tools {
+            let built_in = BUILT_IN_TOOLS.contains(&name.as_str());
+            match (&spec.command, built_in) {
+                (Some(_), true) => return Err(format!("tool `{name}` is built in; it takes no `command`")),
+                (None, false) => {
+                    return Err(format!(
+                        "tool `{name}` is not built in ({}) and has no `command`",
+                        BUILT_IN_TOOLS.join(", ")
+                    ));
+                }
+                (Some(command), false) if command.is_empty() => return Err(format!("tool `{name}`: `command` is empty")),
+                _ => {}
+            }
+            if name == "http_get" && spec.allow_hosts.is_empty() {
+                return Err("tool `http_get` needs `allow_hosts`: the hosts it may fetch from".into());
+            }
+        }
+        if self.budget.max_steps == 0 {
+            return Err("budget.max_steps must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// The instructions with `{{name}}` placeholders filled; a placeholder with no value is
+    /// an error naming it.
+    pub fn render_instructions(&self, vars: &BTreeMap<String, String>) -> Result<String, Error> {
+        let mut out = String::new();
+        let mut rest = self.instructions.as_str();
+        while let Some(start) = rest.find("{{") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            let Some(end) = after.find("}}") else {
+                out.push_str(&rest[start..]);
+                return Ok(out);
+            };
+            let key = after[..end].trim();
+            let value = vars.get(key).ok_or_else(|| {
+                Error::Definition(format!("the instructions use {{{{{key}}}}}, which has no value (pass --var {key}=...)"))
+            })?;
+            out.push_str(value);
+            rest = &after[end + 2..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+}
+
+/// A commented starter agent file for `keel agent new NAME`.
+pub fn starter(name: &str) -> String {
+    format!(
+        r#"# An agent for keel. Run it with: keel agent run {name}.toml "your request"
+name = "{name}"
+# A model alias of keel's gateway; `local` runs offline on the embedded model.
+model = "local"
+# The system prompt. {{{{placeholders}}}} are filled from `--var name=value`.
+instructions = """
+You are {name}, a careful assistant. Use the tools when they help, and say when you
+do not know.
+"""
+# File tools and `shell` work inside this folder (relative to this file).
+workspace = "workspace"
+
+# One budget for the whole run, sub-agents and handoffs included. When it runs out the
+# run stops, keeps its partial result and says which limit it hit.
+[budget]
+max_steps = 20          # model calls
+# max_tokens = 50000    # input + output tokens
+# max_cost_usd = 0.50
+# max_seconds = 300     # time in model calls and tools
+
+# Built-in tools: read_file, write_file, list_dir, http_get, shell.
+[tools.read_file]
+[tools.list_dir]
+[tools.write_file]
+approval = "required"   # the run pauses until `keel runs approve RUN CALL`
+
+# [tools.http_get]
+# allow_hosts = ["docs.example.com"]
+
+# [tools.shell]         # opt-in; runs in the workspace, no network unless `network = true`
+# timeout_s = 30
+
+# Your own tool: a command that reads its arguments as JSON on standard input.
+# [tools.lookup_order]
+# description = "Look up an order by id"
+# command = ["python3", "tools/lookup_order.py"]
+# parameters = {{ type = "object", properties = {{ order_id = {{ type = "string" }} }}, required = ["order_id"] }}
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_starter_file_parses() {
+        let def = AgentDef::parse(&starter("helper")).unwrap();
+        assert_eq!(def.name, "helper");
+        assert_eq!(def.tools["write_file"].approval, Approval::Required);
+        assert_eq!(def.budget.max_steps, 20);
+    }
+
+    #[test]
+    fn bad_definitions_say_what_is_wrong() {
+        let base = "name = \"a\"\nmodel = \"local\"\ninstructions = \"x\"\n";
+        let err = AgentDef::parse(&format!("{base}[tools.refund]\n")).unwrap_err();
+        assert!(err.contains("tool `refund` is not built in"), "{err}");
+        let err = AgentDef::parse(&format!("{base}[tools.http_get]\n")).unwrap_err();
+        assert!(err.contains("allow_hosts"), "{err}");
+        let err = AgentDef::parse(&format!("{base}colour = 1\n")).unwrap_err();
+        assert!(err.contains("colour"), "{err}");
+        let err = AgentDef::parse("name = \"a\"\n").unwrap_err();
+        assert!(err.contains("model"), "{err}");
+    }
+
+    #[test]
+    fn instructions_fill_placeholders_and_name_missing_ones() {
+        let def = AgentDef::parse("name = \"a\"\nmodel = \"m\"\ninstructions = \"Hi {{ user }}, today is {{day}}.\"\n").unwrap();
+        let mut vars = BTreeMap::new();
+        vars.insert("user".to_string(), "Ada".to_string());
+        let err = def.render_instructions(&vars).unwrap_err().to_string();
+        assert!(err.contains("{{day}}"), "{err}");
+        vars.insert("day".to_string(), "Monday".to_string());
+        assert_eq!(def.render_instructions(&vars).unwrap(), "Hi Ada, today is Monday.");
+    }
+}

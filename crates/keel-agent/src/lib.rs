@@ -1,0 +1,30 @@
+//! keel-agent: agents defined in TOML (or in Rust), run by a loop that calls the model
+//! through keel's gateway, runs tools concurrently, pauses for human approval, keeps one
+//! budget per run, and checkpoints every step so a run survives its process.
+
+pub mod definition;
+pub mod model;
+pub mod runtime;
+pub mod schema;
+pub mod tools;
+
+pub use definition::{AgentDef, Approval, Budget, ToolSpec};
+pub use model::{ChatModel, Reply, Scripted};
+pub use runtime::{Agent, Outcome, RunEvent, RunStatus, Runner, Step};
+pub use tools::{FunctionTool, Tool, ToolBox, ToolContext};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("agent definition: {0}")]
+    Definition(String),
+    #[error(transparent)]
+    Checkpoint(#[from] keel_store::Error),
+    #[error("store: {0}")]
+    Store(String),
+    #[error("run {id} has already ended ({status}{}); start a new run", if reason.is_empty() { String::new() } else { format!(": {reason}") })]
+    Finished { id: String, status: String, reason: String },
+    #[error("run {id} is not waiting for approval (it is {status})")]
+    NotWaiting { id: String, status: String },
+    #[error("run {id} is not waiting for call {call}; it waits for: {waiting}")]
+    NoSuchCall { id: String, call: String, waiting: String },
+}

@@ -1,0 +1,565 @@
+//! The agent loop: model call → tool calls (concurrently) → results → again, until a final
+//! answer, a pause for approval, or the budget runs out. Every completed step is committed
+//! to the store before the loop goes on, and a run is rebuilt from its steps to resume, so a
+//! killed process loses at most the step it was in and never repeats a recorded tool call.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Instant;
+
+use keel_core::{ChatRequest, ChatResponse, Message, ResponseFormat, Role, ToolCall, Usage};
+use keel_store::{CHECKPOINT_FORMAT, RunRecord, StepRecord, Store};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::UnboundedSender;
+
+use crate::definition::{AgentDef, Approval};
+use crate::model::ChatModel;
+use crate::tools::{ToolBox, ToolContext};
+use crate::{Error, schema};
+
+/// An agent ready to run: its definition, its tools and its workspace.
+pub struct Agent {
+    pub def: AgentDef,
+    pub tools: ToolBox,
+    pub workspace: PathBuf,
+    /// Where command tools run (the agent file's folder).
+    pub base_dir: PathBuf,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent").field("name", &self.def.name).field("tools", &self.tools).finish()
+    }
+}
+
+impl Agent {
+    /// The agent a definition describes, with its built-in and command tools.
+    pub fn new(def: AgentDef, base_dir: &Path) -> Agent {
+        let workspace = def.workspace.clone().unwrap_or_else(|| base_dir.join("workspace"));
+        let tools = ToolBox::from_definition(&def, base_dir);
+        Agent { def, tools, workspace, base_dir: base_dir.to_path_buf() }
+    }
+
+    /// Reads an agent file.
+    pub fn load(path: &Path) -> Result<Agent, Error> {
+        let def = AgentDef::load(path)?;
+        let base_dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
+        Ok(Agent::new(def, &base_dir))
+    }
+}
+
+/// One checkpointed step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Step {
+    /// A model call: the exact request keel sent and the answer it got.
+    Model { request: ChatRequest, response: ChatResponse, provider: String, cost_usd: Option<f64>, ms: f64 },
+    /// A finished tool call.
+    Tool {
+        call_id: String,
+        name: String,
+        arguments: String,
+        output: String,
+        is_error: bool,
+        /// The model's arguments did not fit the tool (not JSON, wrong shape, unknown tool).
+        #[serde(default)]
+        invalid: bool,
+        idempotency_key: String,
+        ms: f64,
+    },
+    /// A human's decision on a call that needed approval.
+    Approval { call_id: String, approved: bool, note: Option<String> },
+}
+
+impl Step {
+    fn kind(&self) -> &'static str {
+        match self {
+            Step::Model { .. } => "model",
+            Step::Tool { .. } => "tool",
+            Step::Approval { .. } => "approval",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    WaitingApproval,
+    Completed,
+    Failed,
+    Stopped,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::WaitingApproval => "waiting_approval",
+            RunStatus::Completed => "completed",
+            RunStatus::Failed => "failed",
+            RunStatus::Stopped => "stopped",
+        }
+    }
+}
+
+/// How a run ended, or why it paused.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub run_id: String,
+    pub status: RunStatus,
+    pub output: Option<String>,
+    pub reason: Option<String>,
+    /// Calls waiting for a human (status `waiting_approval`).
+    pub waiting: Vec<ToolCall>,
+    pub usage: Usage,
+    pub cost_usd: f64,
+    pub model_calls: u32,
+}
+
+/// What a run reports while it goes, for terminals and SSE.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum RunEvent {
+    Started { run_id: String, agent: String, resumed: bool },
+    ModelCall { step: i64, text: String, tool_calls: Vec<ToolCall>, usage: Usage, cost_usd: Option<f64>, ms: f64 },
+    ToolResult { step: i64, call_id: String, name: String, arguments: String, output: String, is_error: bool, ms: f64 },
+    /// A recorded result reused on resume instead of running the call again.
+    ToolReused { call_id: String, name: String },
+    WaitingApproval { call_id: String, name: String, arguments: String },
+    Finished { status: RunStatus, output: Option<String>, reason: Option<String> },
+}
+
+/// What a run started with, stored beside it so a resume runs the same agent.
+#[derive(Debug, Serialize, Deserialize)]
+struct Started {
+    def: AgentDef,
+    system: String,
+    base_dir: PathBuf,
+    workspace: PathBuf,
+}
+
+/// The run rebuilt from its steps.
+#[derive(Debug, Default)]
+struct State {
+    messages: Vec<Message>,
+    model_calls: u32,
+    usage: Usage,
+    cost_usd: f64,
+    active_ms: f64,
+    pending: Vec<ToolCall>,
+    results: HashMap<String, (String, bool, bool)>,
+    approvals: HashMap<String, (bool, Option<String>)>,
+    invalid_streak: u32,
+    last_text: Option<String>,
+}
+
+impl State {
+    fn new(system: &str, input: &str) -> State {
+        let mut state = State::default();
+        if !system.trim().is_empty() {
+            state.messages.push(Message::text(Role::System, system));
+        }
+        state.messages.push(Message::text(Role::User, input));
+        state
+    }
+
+    fn apply(&mut self, step: &Step) {
+        match step {
+            Step::Model { response, cost_usd, ms, .. } => {
+                self.settle();
+                self.model_calls += 1;
+                self.usage.add(response.usage);
+                self.cost_usd += cost_usd.unwrap_or(0.0);
+                self.active_ms += ms;
+                let text = response.message.text_content();
+                if !text.trim().is_empty() {
+                    self.last_text = Some(text);
+                }
+                self.messages.push(response.message.clone());
+                self.pending = response.message.tool_calls.clone();
+            }
+            Step::Tool { call_id, output, is_error, invalid, ms, .. } => {
+                self.active_ms += ms;
+                self.results.insert(call_id.clone(), (output.clone(), *is_error, *invalid));
+            }
+            Step::Approval { call_id, approved, note } => {
+                self.approvals.insert(call_id.clone(), (*approved, note.clone()));
+            }
+        }
+    }
+
+    /// Puts the results of the pending calls after their assistant message, in call order.
+    fn settle(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let mut all_invalid = true;
+        for call in std::mem::take(&mut self.pending) {
+            let (output, is_error, invalid) =
+                self.results.get(&call.id).cloned().unwrap_or_else(|| ("no result was recorded for this call".into(), true, false));
+            all_invalid &= invalid;
+            let mut message = Message::text(Role::Tool, output);
+            message.tool_call_id = Some(call.id.clone());
+            message.name = Some(call.name.clone());
+            message.is_error = is_error;
+            self.messages.push(message);
+        }
+        self.invalid_streak = if all_invalid { self.invalid_streak + 1 } else { 0 };
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Runs agents against a model and a store.
+pub struct Runner {
+    store: Arc<Store>,
+    model: Arc<dyn ChatModel>,
+    events: Option<UnboundedSender<RunEvent>>,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner").field("store", &self.store.path()).finish()
+    }
+}
+
+/// One run in progress.
+struct Live<'a> {
+    id: String,
+    agent: &'a Agent,
+    next_seq: AtomicI64,
+}
+
+impl Runner {
+    pub fn new(store: Arc<Store>, model: Arc<dyn ChatModel>) -> Runner {
+        Runner { store, model, events: None }
+    }
+
+    /// Sends every [`RunEvent`] to `events` as it happens.
+    pub fn with_events(mut self, events: UnboundedSender<RunEvent>) -> Runner {
+        self.events = Some(events);
+        self
+    }
+
+    fn emit(&self, event: RunEvent) {
+        if let Some(events) = &self.events {
+            let _ = events.send(event);
+        }
+    }
+
+    /// Starts a run of `agent` on `input`.
+    pub async fn start(&self, agent: &Agent, input: &str, vars: &BTreeMap<String, String>) -> Result<Outcome, Error> {
+        let system = agent.def.render_instructions(vars)?;
+        std::fs::create_dir_all(&agent.workspace)
+            .map_err(|e| Error::Definition(format!("could not create the workspace {}: {e}", agent.workspace.display())))?;
+        let created_ms = now_ms();
+        let id = format!("run_{}", &keel_core::time_ordered_id(created_ms as u64, random()).replace('-', "")[..20]);
+        let started = Started {
+            def: agent.def.clone(),
+            system: system.clone(),
+            base_dir: agent.base_dir.clone(),
+            workspace: agent.workspace.clone(),
+        };
+        self.store.create_run(&RunRecord {
+            id: id.clone(),
+            agent: agent.def.name.clone(),
+            created_ms,
+            updated_ms: created_ms,
+            status: RunStatus::Running.as_str().into(),
+            input: input.into(),
+            output: None,
+            reason: None,
+            definition: serde_json::to_string(&started).map_err(|e| Error::Store(e.to_string()))?,
+            format: CHECKPOINT_FORMAT,
+        })?;
+        self.emit(RunEvent::Started { run_id: id.clone(), agent: agent.def.name.clone(), resumed: false });
+        let live = Live { id, agent, next_seq: AtomicI64::new(0) };
+        self.drive(&live, State::new(&system, input)).await
+    }
+
+    /// The agent a stored run started with (built-in and command tools; Rust tools are the
+    /// caller's to add back).
+    pub fn stored_agent(&self, run_id: &str) -> Result<Agent, Error> {
+        let (record, _) = self.store.load_run(run_id)?;
+        let started: Started = serde_json::from_str(&record.definition)
+            .map_err(|e| Error::Store(format!("run {run_id}: the stored agent definition is unreadable: {e}")))?;
+        let mut agent = Agent::new(started.def, &started.base_dir);
+        agent.workspace = started.workspace;
+        Ok(agent)
+    }
+
+    /// Continues a run from its last completed step: recorded tool results are reused,
+    /// never run again.
+    pub async fn resume(&self, run_id: &str, agent: &Agent) -> Result<Outcome, Error> {
+        let (record, steps) = self.store.load_run(run_id)?;
+        match record.status.as_str() {
+            "completed" | "failed" | "stopped" => {
+                return Err(Error::Finished { id: record.id, status: record.status, reason: record.reason.unwrap_or_default() });
+            }
+            _ => {}
+        }
+        let started: Started = serde_json::from_str(&record.definition)
+            .map_err(|e| Error::Store(format!("run {run_id}: the stored agent definition is unreadable: {e}")))?;
+        let mut state = State::new(&started.system, &record.input);
+        let mut next_seq = 0;
+        for step in &steps {
+            let parsed: Step = serde_json::from_str(&step.data)
+                .map_err(|e| Error::Store(format!("run {run_id}: step {} is unreadable: {e}", step.seq)))?;
+            state.apply(&parsed);
+            next_seq = step.seq + 1;
+        }
+        for call in &state.pending {
+            if state.results.contains_key(&call.id) {
+                self.emit(RunEvent::ToolReused { call_id: call.id.clone(), name: call.name.clone() });
+            }
+        }
+        self.emit(RunEvent::Started { run_id: record.id.clone(), agent: record.agent.clone(), resumed: true });
+        let live = Live { id: record.id, agent, next_seq: AtomicI64::new(next_seq) };
+        self.drive(&live, state).await
+    }
+
+    /// Records a human's decision on a call a run is waiting for.
+    pub fn decide(&self, run_id: &str, call_id: &str, approved: bool, note: Option<String>) -> Result<(), Error> {
+        let (record, steps) = self.store.load_run(run_id)?;
+        if record.status != RunStatus::WaitingApproval.as_str() {
+            return Err(Error::NotWaiting { id: record.id, status: record.status });
+        }
+        let mut state = State::default();
+        for step in &steps {
+            if let Ok(parsed) = serde_json::from_str::<Step>(&step.data) {
+                state.apply(&parsed);
+            }
+        }
+        let waiting: Vec<&ToolCall> =
+            state.pending.iter().filter(|c| !state.results.contains_key(&c.id) && !state.approvals.contains_key(&c.id)).collect();
+        if !waiting.iter().any(|c| c.id == call_id) {
+            let ids: Vec<&str> = waiting.iter().map(|c| c.id.as_str()).collect();
+            return Err(Error::NoSuchCall { id: record.id, call: call_id.into(), waiting: ids.join(", ") });
+        }
+        let seq = steps.last().map_or(0, |s| s.seq + 1);
+        let step = Step::Approval { call_id: call_id.into(), approved, note };
+        self.store.append_step(
+            run_id,
+            &StepRecord { seq, kind: step.kind().into(), created_ms: now_ms(), data: serde_json::to_string(&step).map_err(|e| Error::Store(e.to_string()))? },
+            RunStatus::WaitingApproval.as_str(),
+        )?;
+        Ok(())
+    }
+
+    fn record(&self, live: &Live<'_>, step: &Step, status: RunStatus) -> Result<i64, Error> {
+        let seq = live.next_seq.fetch_add(1, Ordering::SeqCst);
+        let data = serde_json::to_string(step).map_err(|e| Error::Store(e.to_string()))?;
+        self.store.append_step(&live.id, &StepRecord { seq, kind: step.kind().into(), created_ms: now_ms(), data }, status.as_str())?;
+        Ok(seq)
+    }
+
+    fn end(&self, live: &Live<'_>, state: &State, status: RunStatus, output: Option<String>, reason: Option<String>) -> Result<Outcome, Error> {
+        self.store.set_run_status(&live.id, status.as_str(), output.as_deref(), reason.as_deref(), now_ms())?;
+        self.emit(RunEvent::Finished { status, output: output.clone(), reason: reason.clone() });
+        Ok(Outcome {
+            run_id: live.id.clone(),
+            status,
+            output,
+            reason,
+            waiting: Vec::new(),
+            usage: state.usage,
+            cost_usd: state.cost_usd,
+            model_calls: state.model_calls,
+        })
+    }
+
+    /// Why the run may not make another model call, if it may not.
+    fn over_budget(agent: &Agent, state: &State) -> Option<String> {
+        let budget = &agent.def.budget;
+        if state.model_calls >= budget.max_steps {
+            return Some(format!("budget: max_steps = {} reached ({} model calls)", budget.max_steps, state.model_calls));
+        }
+        if let Some(max) = budget.max_tokens
+            && state.usage.total() >= max
+        {
+            return Some(format!("budget: max_tokens = {max} reached ({} tokens used)", state.usage.total()));
+        }
+        if let Some(max) = budget.max_cost_usd
+            && state.cost_usd >= max
+        {
+            return Some(format!("budget: max_cost_usd = {max} reached (${:.4} spent)", state.cost_usd));
+        }
+        if let Some(max) = budget.max_seconds
+            && state.active_ms / 1000.0 >= max
+        {
+            return Some(format!("budget: max_seconds = {max} reached ({:.1} s in model calls and tools)", state.active_ms / 1000.0));
+        }
+        None
+    }
+
+    async fn drive(&self, live: &Live<'_>, mut state: State) -> Result<Outcome, Error> {
+        let agent = live.agent;
+        loop {
+            if !state.pending.is_empty() {
+                let waiting: Vec<ToolCall> = state
+                    .pending
+                    .iter()
+                    .filter(|call| {
+                        !state.results.contains_key(&call.id)
+                            && !state.approvals.contains_key(&call.id)
+                            && agent.tools.tools.get(&call.name).is_some_and(|entry| entry.approval == Approval::Required)
+                    })
+                    .cloned()
+                    .collect();
+                if !waiting.is_empty() {
+                    self.store.set_run_status(&live.id, RunStatus::WaitingApproval.as_str(), None, None, now_ms())?;
+                    for call in &waiting {
+                        self.emit(RunEvent::WaitingApproval { call_id: call.id.clone(), name: call.name.clone(), arguments: call.arguments.clone() });
+                    }
+                    return Ok(Outcome {
+                        run_id: live.id.clone(),
+                        status: RunStatus::WaitingApproval,
+                        output: state.last_text.clone(),
+                        reason: Some(format!("waiting for approval of {}", waiting.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "))),
+                        waiting,
+                        usage: state.usage,
+                        cost_usd: state.cost_usd,
+                        model_calls: state.model_calls,
+                    });
+                }
+                let todo: Vec<ToolCall> = state.pending.iter().filter(|call| !state.results.contains_key(&call.id)).cloned().collect();
+                let runs = todo.iter().map(|call| self.execute(live, call, state.approvals.get(&call.id).cloned()));
+                for (call, step) in todo.iter().zip(futures_util::future::join_all(runs).await) {
+                    debug_assert!(matches!(&step, Ok(Step::Tool { call_id, .. }) if *call_id == call.id) || step.is_err());
+                    state.apply(&step?);
+                }
+                state.settle();
+                if state.invalid_streak >= agent.def.max_invalid_tool_calls {
+                    let reason = format!("the model made invalid tool calls {} times in a row", state.invalid_streak);
+                    return self.end(live, &state, RunStatus::Stopped, state.last_text.clone(), Some(reason));
+                }
+            }
+            if let Some(reason) = Runner::over_budget(agent, &state) {
+                return self.end(live, &state, RunStatus::Stopped, state.last_text.clone(), Some(reason));
+            }
+            let request = ChatRequest {
+                model: agent.def.model.clone(),
+                messages: state.messages.clone(),
+                tools: agent.tools.defs(),
+                temperature: agent.def.temperature,
+                max_tokens: agent.def.max_tokens,
+                response_format: agent.def.output_schema.as_ref().map(|schema| ResponseFormat::JsonSchema {
+                    name: "final_answer".into(),
+                    schema: schema.clone(),
+                    strict: Some(true),
+                }),
+                ..ChatRequest::default()
+            };
+            let started = Instant::now();
+            let reply = match self.model.chat(&request).await {
+                Ok(reply) => reply,
+                Err(err) => {
+                    return self.end(live, &state, RunStatus::Failed, state.last_text.clone(), Some(format!("the model call failed: {err}")));
+                }
+            };
+            let ms = started.elapsed().as_secs_f64() * 1000.0;
+            let step = Step::Model { request, response: reply.response.clone(), provider: reply.provider, cost_usd: reply.cost_usd, ms };
+            let seq = self.record(live, &step, RunStatus::Running)?;
+            state.apply(&step);
+            let message = &reply.response.message;
+            self.emit(RunEvent::ModelCall {
+                step: seq,
+                text: message.text_content(),
+                tool_calls: message.tool_calls.clone(),
+                usage: reply.response.usage,
+                cost_usd: reply.cost_usd,
+                ms,
+            });
+            if !message.tool_calls.is_empty() {
+                continue;
+            }
+            let answer = message.text_content();
+            if let Some(schema) = &agent.def.output_schema {
+                let checked = serde_json::from_str::<serde_json::Value>(&answer)
+                    .map_err(|e| format!("it is not JSON: {e}"))
+                    .and_then(|value| schema::validate(schema, &value));
+                if let Err(err) = checked {
+                    return self.end(live, &state, RunStatus::Failed, Some(answer), Some(format!("the final answer does not match output_schema: {err}")));
+                }
+            }
+            return self.end(live, &state, RunStatus::Completed, Some(answer), None);
+        }
+    }
+
+    /// Runs one tool call and commits its result.
+    async fn execute(&self, live: &Live<'_>, call: &ToolCall, decision: Option<(bool, Option<String>)>) -> Result<Step, Error> {
+        let agent = live.agent;
+        let started = Instant::now();
+        let idempotency_key = format!("{}:{}", live.id, call.id);
+        let (output, is_error, invalid) = match agent.tools.tools.get(&call.name) {
+            None => {
+                let known: Vec<&str> = agent.tools.tools.keys().map(String::as_str).collect();
+                (format!("unknown tool `{}`; the tools are: {}", call.name, known.join(", ")), true, true)
+            }
+            Some(entry) => {
+                let def = entry.tool.def();
+                let arguments = if call.arguments.trim().is_empty() { "{}" } else { call.arguments.as_str() };
+                match serde_json::from_str::<serde_json::Value>(arguments) {
+                    Err(e) => (format!("invalid arguments: not JSON ({e}); send a JSON object matching the tool's schema"), true, true),
+                    Ok(value) => match schema::validate(&def.parameters, &value) {
+                        Err(e) => (format!("invalid arguments: {e}"), true, true),
+                        Ok(()) => match decision {
+                            Some((false, note)) => {
+                                (format!("a human denied this call{}", note.map(|n| format!(": {n}")).unwrap_or_default()), true, false)
+                            }
+                            _ => {
+                                let ctx = ToolContext {
+                                    run_id: live.id.clone(),
+                                    call_id: call.id.clone(),
+                                    idempotency_key: idempotency_key.clone(),
+                                    workspace: agent.workspace.clone(),
+                                };
+                                match tokio::time::timeout(entry.timeout, entry.tool.call(value, &ctx)).await {
+                                    Ok(Ok(output)) => (output, false, false),
+                                    Ok(Err(err)) => (err, true, false),
+                                    Err(_) => (format!("the tool timed out after {:.1} s", entry.timeout.as_secs_f64()), true, false),
+                                }
+                            }
+                        },
+                    },
+                }
+            }
+        };
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let step = Step::Tool {
+            call_id: call.id.clone(),
+            name: call.name.clone(),
+            arguments: call.arguments.clone(),
+            output: output.clone(),
+            is_error,
+            invalid,
+            idempotency_key,
+            ms,
+        };
+        let seq = self.record(live, &step, RunStatus::Running)?;
+        self.emit(RunEvent::ToolResult {
+            step: seq,
+            call_id: call.id.clone(),
+            name: call.name.clone(),
+            arguments: call.arguments.clone(),
+            output,
+            is_error,
+            ms,
+        });
+        Ok(step)
+    }
+}
+
+fn random() -> u128 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    let high = hasher.finish();
+    hasher.write_u64(high);
+    (u128::from(high) << 64) | u128::from(hasher.finish())
+}

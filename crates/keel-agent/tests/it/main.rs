@@ -1,0 +1,259 @@
+//! The agent loop driven by a scripted model against a real SQLite store.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use futures_util::future::BoxFuture;
+use keel_agent::{Agent, AgentDef, Approval, ChatModel, FunctionTool, Reply, RunEvent, RunStatus, Runner, Scripted};
+use keel_core::{ChatRequest, Role};
+use keel_store::Store;
+use serde_json::json;
+
+struct Fixture {
+    dir: PathBuf,
+    store: Arc<Store>,
+}
+
+impl Fixture {
+    fn new(name: &str) -> Fixture {
+        let dir = std::env::temp_dir().join(format!("keel-agent-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Arc::new(Store::open(&dir.join("keel.db")).unwrap());
+        Fixture { dir, store }
+    }
+
+    fn agent(&self, extra: &str) -> Agent {
+        let text = format!("name = \"tester\"\nmodel = \"scripted\"\ninstructions = \"Help {{{{who}}}}.\"\n{extra}");
+        let mut def = AgentDef::parse(&text).unwrap();
+        def.workspace = Some(self.dir.join("ws"));
+        Agent::new(def, &self.dir)
+    }
+
+    fn runner(&self, model: Arc<dyn ChatModel>) -> Runner {
+        Runner::new(self.store.clone(), model)
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn vars() -> BTreeMap<String, String> {
+    BTreeMap::from([("who".to_string(), "Ada".to_string())])
+}
+
+/// A tool that counts its calls, to prove what ran and what did not.
+fn counter(count: Arc<AtomicUsize>) -> Arc<dyn keel_agent::Tool> {
+    Arc::new(FunctionTool::new(
+        "charge",
+        "Charge a card (a side effect that must happen once).",
+        json!({"type": "object", "properties": {"amount": {"type": "integer"}}, "required": ["amount"]}),
+        move |args, ctx| {
+            let count = count.clone();
+            Box::pin(async move {
+                count.fetch_add(1, Ordering::SeqCst);
+                Ok(format!("charged {} (key {})", args["amount"], ctx.idempotency_key))
+            })
+        },
+    ))
+}
+
+#[tokio::test]
+async fn tools_run_concurrently_and_results_follow_their_calls_in_order() {
+    let fx = Fixture::new("loop");
+    let agent = fx.agent("[tools.write_file]\n[tools.read_file]\n");
+    let model = Arc::new(Scripted::new([
+        Scripted::calls(&[
+            ("c1", "write_file", json!({"path": "a.txt", "content": "alpha"})),
+            ("c2", "write_file", json!({"path": "b/b.txt", "content": "beta"})),
+        ]),
+        Scripted::calls(&[("c3", "read_file", json!({"path": "b/b.txt"}))]),
+        Scripted::text("Both files are written."),
+    ]));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let outcome = fx.runner(model.clone()).with_events(tx).start(&agent, "write two files", &vars()).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::Completed);
+    assert_eq!(outcome.output.as_deref(), Some("Both files are written."));
+    assert_eq!(outcome.model_calls, 3);
+    assert_eq!(std::fs::read_to_string(fx.dir.join("ws/b/b.txt")).unwrap(), "beta");
+
+    let requests = model.requests.lock().unwrap().clone();
+    assert_eq!(requests[0].messages[0].text_content(), "Help Ada.");
+    assert_eq!(requests[0].tools.len(), 2);
+    // The second request: system, user, assistant with two calls, then both results in call order.
+    let second = &requests[1].messages;
+    assert_eq!(second.len(), 5);
+    assert_eq!(second[3].tool_call_id.as_deref(), Some("c1"));
+    assert_eq!(second[4].tool_call_id.as_deref(), Some("c2"));
+    assert_eq!(requests[2].messages.last().unwrap().text_content(), "beta");
+
+    let (record, steps) = fx.store.load_run(&outcome.run_id).unwrap();
+    assert_eq!(record.status, "completed");
+    let kinds: Vec<&str> = steps.iter().map(|s| s.kind.as_str()).collect();
+    assert_eq!(kinds, ["model", "tool", "tool", "model", "tool", "model"]);
+    let mut events = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        events.push(event);
+    }
+    assert!(matches!(events.first(), Some(RunEvent::Started { resumed: false, .. })));
+    assert!(matches!(events.last(), Some(RunEvent::Finished { status: RunStatus::Completed, .. })));
+}
+
+#[tokio::test]
+async fn bad_calls_come_back_as_errors_the_model_sees_and_repeated_ones_stop_the_run() {
+    let fx = Fixture::new("invalid");
+    let agent = fx.agent("max_invalid_tool_calls = 2\n[tools.read_file]\n");
+    let model = Arc::new(Scripted::new([
+        Scripted::calls(&[("c1", "read_file", json!({"file": "x"}))]),
+        Scripted::calls(&[("c2", "delete_everything", json!({}))]),
+        Scripted::text("never reached"),
+    ]));
+    let outcome = fx.runner(model.clone()).start(&agent, "go", &vars()).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::Stopped);
+    assert_eq!(outcome.reason.as_deref(), Some("the model made invalid tool calls 2 times in a row"));
+    let requests = model.requests.lock().unwrap();
+    let feedback = requests[1].messages.last().unwrap();
+    assert_eq!(feedback.role, Role::Tool);
+    assert!(feedback.is_error);
+    assert!(feedback.text_content().contains("invalid arguments: the arguments is missing the required field `path`"), "{}", feedback.text_content());
+    drop(requests);
+
+    // A failing tool (missing file) is an error the model sees, not an invalid call.
+    let model = Arc::new(Scripted::new([
+        Scripted::calls(&[("c1", "read_file", json!({"path": "nope.txt"}))]),
+        Scripted::text("The file does not exist."),
+    ]));
+    let outcome = fx.runner(model.clone()).start(&agent, "go", &vars()).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::Completed);
+    let requests = model.requests.lock().unwrap();
+    assert!(requests[1].messages.last().unwrap().text_content().contains("could not read nope.txt"));
+}
+
+#[tokio::test]
+async fn the_budget_stops_a_looping_run_and_keeps_what_it_has() {
+    let fx = Fixture::new("budget");
+    let agent = fx.agent("[budget]\nmax_steps = 2\n[tools.list_dir]\n");
+    let model = Arc::new(Scripted::new((0..5).map(|i| {
+        let mut reply = Scripted::calls(&[(&format!("c{i}"), "list_dir", json!({"path": "."}))]);
+        reply.message.content = vec![keel_core::ContentPart::Text { text: format!("looking, round {i}") }];
+        reply
+    })));
+    let outcome = fx.runner(model.clone()).start(&agent, "loop forever", &vars()).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::Stopped);
+    assert_eq!(outcome.reason.as_deref(), Some("budget: max_steps = 2 reached (2 model calls)"));
+    assert_eq!(outcome.output.as_deref(), Some("looking, round 1"));
+    assert_eq!(model.remaining(), 3);
+    let (record, _) = fx.store.load_run(&outcome.run_id).unwrap();
+    assert_eq!((record.status.as_str(), record.output.as_deref()), ("stopped", Some("looking, round 1")));
+
+    let agent = fx.agent("[budget]\nmax_tokens = 20\n[tools.list_dir]\n");
+    let model = Arc::new(Scripted::new((0..5).map(|i| Scripted::calls(&[(&format!("c{i}"), "list_dir", json!({"path": "."}))]))));
+    let outcome = fx.runner(model).start(&agent, "loop", &vars()).await.unwrap();
+    assert_eq!(outcome.reason.as_deref(), Some("budget: max_tokens = 20 reached (30 tokens used)"));
+}
+
+#[tokio::test]
+async fn approval_pauses_the_run_and_a_decision_resumes_it() {
+    let fx = Fixture::new("approval");
+    let count = Arc::new(AtomicUsize::new(0));
+    let mut agent = fx.agent("[tools.list_dir]\n");
+    agent.tools.insert(counter(count.clone()), Approval::Required, None);
+    let script = || {
+        Arc::new(Scripted::new([
+            Scripted::calls(&[("c1", "charge", json!({"amount": 40})), ("c2", "list_dir", json!({"path": "."}))]),
+            Scripted::text("Refunded."),
+        ]))
+    };
+    let model = script();
+    let runner = fx.runner(model.clone());
+    let paused = runner.start(&agent, "refund order 7", &vars()).await.unwrap();
+    assert_eq!(paused.status, RunStatus::WaitingApproval);
+    assert_eq!(paused.waiting.len(), 1);
+    assert_eq!(paused.waiting[0].id, "c1");
+    assert_eq!(count.load(Ordering::SeqCst), 0, "nothing runs before the decision");
+    assert_eq!(fx.store.load_run(&paused.run_id).unwrap().0.status, "waiting_approval");
+
+    // Resuming without a decision pauses again; a decision on another call is refused.
+    assert_eq!(runner.resume(&paused.run_id, &agent).await.unwrap().status, RunStatus::WaitingApproval);
+    let err = runner.decide(&paused.run_id, "c9", true, None).unwrap_err().to_string();
+    assert!(err.contains("not waiting for call c9; it waits for: c1"), "{err}");
+
+    runner.decide(&paused.run_id, "c1", true, Some("ok by Sam".into())).unwrap();
+    let done = runner.resume(&paused.run_id, &agent).await.unwrap();
+    assert_eq!(done.status, RunStatus::Completed);
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    assert!(runner.decide(&paused.run_id, "c1", true, None).unwrap_err().to_string().contains("not waiting for approval"));
+
+    // Denied: the model is told, the tool does not run.
+    let model = script();
+    let runner = fx.runner(model.clone());
+    let paused = runner.start(&agent, "refund order 8", &vars()).await.unwrap();
+    runner.decide(&paused.run_id, "c1", false, Some("over the limit".into())).unwrap();
+    let done = runner.resume(&paused.run_id, &agent).await.unwrap();
+    assert_eq!(done.status, RunStatus::Completed);
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    let requests = model.requests.lock().unwrap();
+    let denied = requests[1].messages.iter().find(|m| m.tool_call_id.as_deref() == Some("c1")).unwrap();
+    assert_eq!(denied.text_content(), "a human denied this call: over the limit");
+}
+
+/// A model that answers once from a script, then never answers (the process "dies" there).
+struct HangsAfter(Scripted);
+
+impl ChatModel for HangsAfter {
+    fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<Reply, String>> {
+        if self.0.remaining() == 0 {
+            return Box::pin(futures_util::future::pending());
+        }
+        self.0.chat(request)
+    }
+}
+
+#[tokio::test]
+async fn a_run_cut_off_mid_way_resumes_without_repeating_tool_calls() {
+    let fx = Fixture::new("resume");
+    let count = Arc::new(AtomicUsize::new(0));
+    let mut agent = fx.agent("");
+    agent.tools.insert(counter(count.clone()), Approval::Never, None);
+    let agent = Arc::new(agent);
+    let model = Arc::new(HangsAfter(Scripted::new([Scripted::calls(&[
+        ("c1", "charge", json!({"amount": 5})),
+        ("c2", "charge", json!({"amount": 6})),
+    ])])));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let runner = Arc::new(fx.runner(model).with_events(tx));
+    let task = {
+        let (runner, agent) = (runner.clone(), agent.clone());
+        tokio::spawn(async move { runner.start(&agent, "charge twice", &vars()).await })
+    };
+    // Wait until both calls are committed, then cut the run off while it waits on the model.
+    let mut run_id = None;
+    let mut results = 0;
+    while results < 2 {
+        match rx.recv().await.unwrap() {
+            RunEvent::Started { run_id: id, .. } => run_id = Some(id),
+            RunEvent::ToolResult { .. } => results += 1,
+            _ => {}
+        }
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    task.abort();
+    let run_id = run_id.unwrap();
+    assert_eq!(fx.store.load_run(&run_id).unwrap().0.status, "running");
+    assert_eq!(count.load(Ordering::SeqCst), 2);
+
+    let model = Arc::new(Scripted::new([Scripted::text("Charged 5 and 6.")]));
+    let outcome = fx.runner(model.clone()).resume(&run_id, &agent).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::Completed);
+    assert_eq!(count.load(Ordering::SeqCst), 2, "recorded calls are not run again");
+    let request = model.requests.lock().unwrap()[0].clone();
+    let outputs: Vec<String> = request.messages.iter().filter(|m| m.role == Role::Tool).map(|m| m.text_content()).collect();
+    assert_eq!(outputs, [format!("charged 5 (key {run_id}:c1)"), format!("charged 6 (key {run_id}:c2)")]);
+    let err = fx.runner(model).resume(&run_id, &agent).await.unwrap_err().to_string();
+    assert!(err.contains("has already ended (completed)"), "{err}");
+}

@@ -1,0 +1,216 @@
+//! Agent runs and their checkpoints: one row per run, one row per completed step, each step
+//! committed before the runtime goes on, so a killed process loses at most the step it was in.
+
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use crate::{Error, Result, Store};
+
+/// The checkpoint format this keel writes. Older formats are migrated when read
+/// ([`Store::load_run`]); newer ones are refused, never dropped.
+pub const CHECKPOINT_FORMAT: i64 = 1;
+const OLDEST_FORMAT: i64 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunRecord {
+    pub id: String,
+    pub agent: String,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    /// `running`, `waiting_approval`, `completed`, `failed` or `stopped`.
+    pub status: String,
+    pub input: String,
+    pub output: Option<String>,
+    pub reason: Option<String>,
+    /// The agent definition the run started with (JSON), so a resume runs the same agent.
+    pub definition: String,
+    pub format: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StepRecord {
+    pub seq: i64,
+    /// `model`, `tool`, `approval` or `handoff`.
+    pub kind: String,
+    pub created_ms: i64,
+    /// The step itself, as JSON (the runtime owns its shape).
+    pub data: String,
+}
+
+impl Store {
+    pub fn create_run(&self, run: &RunRecord) -> Result<()> {
+        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        conn.execute(
+            "INSERT INTO runs (id, agent, created_ms, updated_ms, status, input, output, reason, definition, format)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            params![
+                run.id, run.agent, run.created_ms, run.updated_ms, run.status, run.input, run.output, run.reason,
+                run.definition, run.format
+            ],
+        )
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// Appends a completed step and updates the run's status in one transaction.
+    pub fn append_step(&self, run_id: &str, step: &StepRecord, status: &str) -> Result<()> {
+        let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        tx.execute(
+            "INSERT INTO run_steps (run_id, seq, kind, created_ms, data) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![run_id, step.seq, step.kind, step.created_ms, step.data],
+        )
+        .map_err(|e| self.err(e))?;
+        tx.execute("UPDATE runs SET status = ?2, updated_ms = ?3 WHERE id = ?1", params![run_id, status, step.created_ms])
+            .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Records how a run ended (or paused).
+    pub fn set_run_status(&self, run_id: &str, status: &str, output: Option<&str>, reason: Option<&str>, now_ms: i64) -> Result<()> {
+        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let changed = conn
+            .execute(
+                "UPDATE runs SET status = ?2, output = COALESCE(?3, output), reason = ?4, updated_ms = ?5 WHERE id = ?1",
+                params![run_id, status, output, reason, now_ms],
+            )
+            .map_err(|e| self.err(e))?;
+        if changed == 0 {
+            return Err(Error::NoRun(run_id.to_string()));
+        }
+        Ok(())
+    }
+
+    /// A run and its steps in order, in the current checkpoint format.
+    pub fn load_run(&self, run_id: &str) -> Result<(RunRecord, Vec<StepRecord>)> {
+        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let run = conn
+            .query_row(
+                "SELECT id, agent, created_ms, updated_ms, status, input, output, reason, definition, format FROM runs WHERE id = ?1",
+                [run_id],
+                run_from_row,
+            )
+            .optional()
+            .map_err(|e| self.err(e))?
+            .ok_or_else(|| Error::NoRun(run_id.to_string()))?;
+        if run.format > CHECKPOINT_FORMAT {
+            return Err(Error::CheckpointFormat {
+                id: run.id,
+                found: run.format,
+                oldest: OLDEST_FORMAT,
+                known: CHECKPOINT_FORMAT,
+                hint: "it was written by a newer keel; resume it with that version",
+            });
+        }
+        if run.format < OLDEST_FORMAT {
+            return Err(Error::CheckpointFormat {
+                id: run.id,
+                found: run.format,
+                oldest: OLDEST_FORMAT,
+                known: CHECKPOINT_FORMAT,
+                hint: "no migration exists from that format; the run is kept as it was and can still be listed",
+            });
+        }
+        let mut stmt = conn
+            .prepare("SELECT seq, kind, created_ms, data FROM run_steps WHERE run_id = ?1 ORDER BY seq")
+            .map_err(|e| self.err(e))?;
+        let steps = stmt
+            .query_map([run_id], |row| Ok(StepRecord { seq: row.get(0)?, kind: row.get(1)?, created_ms: row.get(2)?, data: row.get(3)? }))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| self.err(e))?;
+        Ok((run, steps))
+    }
+
+    /// The most recent runs, newest first.
+    pub fn recent_runs(&self, limit: usize) -> Result<Vec<RunRecord>> {
+        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, agent, created_ms, updated_ms, status, input, output, reason, definition, format
+                 FROM runs ORDER BY created_ms DESC, id DESC LIMIT ?1",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.query_map([limit as i64], run_from_row)
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| self.err(e))
+    }
+}
+
+fn run_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
+    Ok(RunRecord {
+        id: row.get(0)?,
+        agent: row.get(1)?,
+        created_ms: row.get(2)?,
+        updated_ms: row.get(3)?,
+        status: row.get(4)?,
+        input: row.get(5)?,
+        output: row.get(6)?,
+        reason: row.get(7)?,
+        definition: row.get(8)?,
+        format: row.get(9)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store() -> (Store, std::path::PathBuf) {
+        let dir = std::env::temp_dir().join(format!("keel-runs-{}-{}", std::process::id(), fastrand_u64()));
+        (Store::open(&dir.join("keel.db")).unwrap(), dir)
+    }
+
+    fn fastrand_u64() -> u64 {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    }
+
+    fn run(id: &str, format: i64) -> RunRecord {
+        RunRecord {
+            id: id.into(),
+            agent: "a".into(),
+            created_ms: 1,
+            updated_ms: 1,
+            status: "running".into(),
+            input: "hi".into(),
+            output: None,
+            reason: None,
+            definition: "{}".into(),
+            format,
+        }
+    }
+
+    #[test]
+    fn steps_come_back_in_order_with_the_status() {
+        let (store, dir) = store();
+        store.create_run(&run("r1", CHECKPOINT_FORMAT)).unwrap();
+        for seq in 0..3 {
+            let step = StepRecord { seq, kind: "model".into(), created_ms: 10 + seq, data: format!("{{\"n\":{seq}}}") };
+            store.append_step("r1", &step, "running").unwrap();
+        }
+        store.set_run_status("r1", "completed", Some("done"), None, 20).unwrap();
+        let (record, steps) = store.load_run("r1").unwrap();
+        assert_eq!(record.status, "completed");
+        assert_eq!(record.output.as_deref(), Some("done"));
+        assert_eq!(steps.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![0, 1, 2]);
+        // A step number is written once: a replayed step is refused, not duplicated.
+        let again = StepRecord { seq: 1, kind: "tool".into(), created_ms: 30, data: "{}".into() };
+        assert!(store.append_step("r1", &again, "running").is_err());
+        assert_eq!(store.recent_runs(10).unwrap().len(), 1);
+        assert!(matches!(store.load_run("nope"), Err(Error::NoRun(_))));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn checkpoints_from_another_format_are_refused_with_a_reason() {
+        let (store, dir) = store();
+        store.create_run(&run("future", CHECKPOINT_FORMAT + 1)).unwrap();
+        store.create_run(&run("ancient", 0)).unwrap();
+        let newer = store.load_run("future").unwrap_err().to_string();
+        assert!(newer.contains("format 2") && newer.contains("newer keel"), "{newer}");
+        let older = store.load_run("ancient").unwrap_err().to_string();
+        assert!(older.contains("format 0") && older.contains("kept as it was"), "{older}");
+        // Refused, not dropped: both are still listed.
+        assert_eq!(store.recent_runs(10).unwrap().len(), 2);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
