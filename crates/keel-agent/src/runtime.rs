@@ -55,7 +55,7 @@ impl Agent {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Step {
     /// A model call: the exact request keel sent and the answer it got.
-    Model { request: ChatRequest, response: ChatResponse, provider: String, cost_usd: Option<f64>, ms: f64 },
+    Model { request: Box<ChatRequest>, response: Box<ChatResponse>, provider: String, cost_usd: Option<f64>, ms: f64 },
     /// A finished tool call.
     Tool {
         call_id: String,
@@ -463,7 +463,7 @@ impl Runner {
                 }
             };
             let ms = started.elapsed().as_secs_f64() * 1000.0;
-            let step = Step::Model { request, response: reply.response.clone(), provider: reply.provider, cost_usd: reply.cost_usd, ms };
+            let step = Step::Model { request: Box::new(request), response: Box::new(reply.response.clone()), provider: reply.provider, cost_usd: reply.cost_usd, ms };
             let seq = self.record(live, &step, RunStatus::Running)?;
             state.apply(&step);
             let message = &reply.response.message;

@@ -5,7 +5,9 @@
 //!
 //! The upstream model name picks the behaviour: `fail-500`, `fail-429`, `flaky` (first call
 //! 503, then fine), `garbage`, `cut` (stream cut half-way), `slow-<ms>`, `hold` (waits for
-//! `POST /fake/release`), `bad-request`, `cache`/`reason` (report cached/reasoning tokens);
+//! `POST /fake/release`), `pause-after-tools` (answers at once, except a request carrying tool
+//! results, which waits for `POST /fake/release`), `bad-request`, `cache`/`reason` (report
+//! cached/reasoning tokens);
 //! anything else answers: a JSON document when a schema was asked for, tool calls when tools
 //! were offered, an echo of the last user message otherwise.
 
@@ -493,6 +495,10 @@ async fn openai_chat(State(fake): State<Fake>, headers: HeaderMap, body: Bytes) 
     };
     if model.contains("garbage") {
         return if ask.stream { sse(vec!["data: {not json\n\n".into()], "") } else { garbage() };
+    }
+    if model.contains("pause-after-tools") && !ask.tool_results.is_empty() {
+        let mut release = fake.release.subscribe();
+        let _ = release.wait_for(|released| *released).await;
     }
     let answer = answer(&ask);
     let id = "chatcmpl-fake";

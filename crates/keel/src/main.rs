@@ -1,6 +1,7 @@
 //! The keel binary: command-line parsing and dispatch to the commands.
 #![expect(clippy::print_stdout, clippy::print_stderr, reason = "the CLI talks to the terminal")]
 
+mod agents;
 mod bench;
 mod commands;
 mod local;
@@ -90,6 +91,16 @@ enum Command {
         command: BenchCommand,
     },
     /// Serve a deterministic fake upstream (OpenAI, Anthropic, Gemini wire formats) for tests.
+    /// Agents: write a starter file, run one.
+    Agent {
+        #[command(subcommand)]
+        command: AgentCommand,
+    },
+    /// Agent runs: list, inspect, approve or deny a paused call, resume after a crash.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
     #[command(hide = true)]
     FakeUpstream {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -112,6 +123,75 @@ enum ModelsCommand {
     },
     /// Show the local models keel knows and which are on disk ($KEEL_MODELS_DIR).
     List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AgentCommand {
+    /// Write NAME.toml, a commented starter agent, and its workspace folder.
+    New {
+        name: String,
+        /// Folder to write it in (default: here).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Run an agent on a request, printing each step as it happens.
+    Run {
+        /// The agent file (or NAME for NAME.toml / agents/NAME.toml).
+        agent: String,
+        /// The request (`-` reads standard input).
+        input: String,
+        /// A value for an {{placeholder}} in the instructions: NAME=VALUE (repeatable).
+        #[arg(long = "var", value_name = "NAME=VALUE")]
+        vars: Vec<String>,
+        /// Events as JSON lines, then the outcome.
+        #[arg(long)]
+        json: bool,
+        /// Fetch missing local model files first.
+        #[arg(long)]
+        pull: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsCommand {
+    /// The latest runs.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: usize,
+    },
+    /// Every step of a run; `--json` includes the exact requests and responses.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Continue a run from its last completed step (after a crash or a pause); tool calls
+    /// that already ran are not run again.
+    Resume {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a call the run is waiting on, and continue the run.
+    Approve {
+        id: String,
+        call: String,
+        #[arg(long)]
+        note: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deny a call the run is waiting on (the model is told), and continue the run.
+    Deny {
+        id: String,
+        call: String,
+        #[arg(long)]
+        note: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -168,6 +248,18 @@ fn main() -> std::process::ExitCode {
             Command::Bench { command: BenchCommand::Gateway(args) } => bench::gateway(args).await,
             Command::Bench { command: BenchCommand::Local(args) } => bench::local(args).await,
             Command::Bench { command: BenchCommand::Embed(args) } => bench::embed(args).await,
+            Command::Agent { command: AgentCommand::New { name, dir } } => agents::new_agent(&name, dir.as_deref()),
+            Command::Agent { command: AgentCommand::Run { agent, input, vars, json, pull } } => {
+                let file = agents::find_agent(&agent)?;
+                agents::run(cli.config.as_deref(), &file, &input, &vars, json, pull).await
+            }
+            Command::Runs { command } => match command {
+                RunsCommand::List { json, limit } => agents::list(cli.config.as_deref(), json, limit),
+                RunsCommand::Show { id, json } => agents::show(cli.config.as_deref(), &id, json),
+                RunsCommand::Resume { id, json } => agents::resume(cli.config.as_deref(), &id, json).await,
+                RunsCommand::Approve { id, call, note, json } => agents::decide(cli.config.as_deref(), &id, &call, true, note, json).await,
+                RunsCommand::Deny { id, call, note, json } => agents::decide(cli.config.as_deref(), &id, &call, false, note, json).await,
+            },
             Command::FakeUpstream { listen, key } => commands::fake_upstream(listen, key).await,
         }
     });

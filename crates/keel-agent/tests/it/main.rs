@@ -116,12 +116,11 @@ async fn bad_calls_come_back_as_errors_the_model_sees_and_repeated_ones_stop_the
     let outcome = fx.runner(model.clone()).start(&agent, "go", &vars()).await.unwrap();
     assert_eq!(outcome.status, RunStatus::Stopped);
     assert_eq!(outcome.reason.as_deref(), Some("the model made invalid tool calls 2 times in a row"));
-    let requests = model.requests.lock().unwrap();
+    let requests = model.requests.lock().unwrap().clone();
     let feedback = requests[1].messages.last().unwrap();
     assert_eq!(feedback.role, Role::Tool);
     assert!(feedback.is_error);
     assert!(feedback.text_content().contains("invalid arguments: the arguments is missing the required field `path`"), "{}", feedback.text_content());
-    drop(requests);
 
     // A failing tool (missing file) is an error the model sees, not an invalid call.
     let model = Arc::new(Scripted::new([

@@ -1,5 +1,6 @@
 //! The keel binary as a user runs it: real processes, real signals, real files.
 
+mod agents;
 mod cli;
 mod shutdown;
 

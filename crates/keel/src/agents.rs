@@ -1,0 +1,300 @@
+//! `keel agent …` and `keel runs …`: agent files, runs printed step by step as they happen,
+//! and the run history in the store (inspect, approve, deny, resume).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use keel_agent::{Agent, Outcome, RunEvent, RunStatus, Runner, Step};
+use keel_store::Store;
+
+use crate::settings::{self, Settings};
+use crate::table::{self, Cell};
+
+/// `keel agent new NAME`: a commented starter file.
+pub fn new_agent(name: &str, dir: Option<&Path>) -> anyhow::Result<()> {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        bail!("an agent name uses letters, digits, `-` and `_` (got `{name}`)");
+    }
+    let dir = dir.unwrap_or(Path::new("."));
+    let path = dir.join(format!("{name}.toml"));
+    if path.exists() {
+        bail!("{} already exists; pick another name or edit it", path.display());
+    }
+    std::fs::create_dir_all(dir.join("workspace")).with_context(|| format!("could not create {}", dir.join("workspace").display()))?;
+    std::fs::write(&path, keel_agent::definition::starter(name)).with_context(|| format!("could not write {}", path.display()))?;
+    println!("wrote {}; run it with: keel agent run {} \"your request\"", path.display(), path.display());
+    Ok(())
+}
+
+fn parse_vars(vars: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    vars.iter()
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => Ok((key.trim().to_string(), value.to_string())),
+            _ => bail!("--var takes NAME=VALUE (got `{pair}`)"),
+        })
+        .collect()
+}
+
+struct RunContext {
+    runner: Runner,
+    printer: tokio::task::JoinHandle<()>,
+}
+
+async fn context(config: Option<&Path>, json: bool, pull: bool) -> anyhow::Result<RunContext> {
+    let settings: Settings = settings::load(config)?;
+    crate::local::ensure_models(&settings.config, pull).await?;
+    let router = Arc::new(crate::local::router(&settings.config)?);
+    let store = Arc::new(Store::open(&settings.store_path())?);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let printer = tokio::spawn(async move {
+        while let Some(event) = rx.recv().await {
+            if json {
+                if let Ok(line) = serde_json::to_string(&event) {
+                    println!("{line}");
+                }
+            } else {
+                print_event(&event);
+            }
+        }
+    });
+    Ok(RunContext { runner: Runner::new(store, router).with_events(tx), printer })
+}
+
+fn short(text: &str, max: usize) -> String {
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    if flat.chars().count() > max { format!("{}…", flat.chars().take(max).collect::<String>()) } else { flat }
+}
+
+fn print_event(event: &RunEvent) {
+    match event {
+        RunEvent::Started { run_id, agent, resumed } => {
+            let verb = if *resumed { "resumed" } else { "started" };
+            println!("{} {verb} run {run_id} (agent {agent})", table::paint("▶", table::BOLD));
+        }
+        RunEvent::ModelCall { step, text, tool_calls, usage, cost_usd, ms } => {
+            let cost = cost_usd.map_or(String::new(), |c| format!(", ${c:.4}"));
+            println!(
+                "  {} step {step}: {} tokens{cost}, {:.0} ms",
+                table::paint("model", table::DIM),
+                usage.input_tokens + usage.output_tokens,
+                ms
+            );
+            if !text.trim().is_empty() {
+                println!("    {}", short(text, 200));
+            }
+            for call in tool_calls {
+                println!("    → {}({}) [{}]", call.name, short(&call.arguments, 120), call.id);
+            }
+        }
+        RunEvent::ToolResult { name, output, is_error, ms, .. } => {
+            let mark = if *is_error { table::paint("error", table::RED) } else { table::paint("ok", table::GREEN) };
+            println!("  {} {name} {mark} {ms:.0} ms: {}", table::paint("tool", table::DIM), short(output, 160));
+        }
+        RunEvent::ToolReused { call_id, name } => {
+            println!("  {} {name} [{call_id}] already ran; its recorded result is used", table::paint("tool", table::DIM));
+        }
+        RunEvent::WaitingApproval { call_id, name, arguments } => {
+            println!("  {} {name}({}) needs approval [{call_id}]", table::paint("⏸", table::YELLOW), short(arguments, 160));
+        }
+        RunEvent::Finished { status, output, reason } => {
+            let (mark, color) = match status {
+                RunStatus::Completed => ("✔ completed", table::GREEN),
+                RunStatus::Stopped => ("■ stopped", table::YELLOW),
+                _ => ("✘ failed", table::RED),
+            };
+            println!("{}{}", table::paint(mark, color), reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default());
+            if let Some(output) = output {
+                println!("{output}");
+            }
+        }
+    }
+}
+
+async fn finish(ctx: RunContext, outcome: Result<Outcome, keel_agent::Error>, json: bool) -> anyhow::Result<()> {
+    let RunContext { runner, printer, .. } = ctx;
+    drop(runner);
+    let _ = printer.await;
+    let outcome = outcome?;
+    if json {
+        println!("{}", serde_json::to_string(&outcome)?);
+    } else if outcome.status == RunStatus::WaitingApproval {
+        for call in &outcome.waiting {
+            println!(
+                "waiting: keel runs approve {} {}   (or: keel runs deny {} {} --note \"why\")",
+                outcome.run_id, call.id, outcome.run_id, call.id
+            );
+        }
+    }
+    match outcome.status {
+        RunStatus::Failed => bail!("run {} failed: {}", outcome.run_id, outcome.reason.unwrap_or_default()),
+        _ => Ok(()),
+    }
+}
+
+/// `keel agent run FILE INPUT`.
+pub async fn run(config: Option<&Path>, file: &Path, input: &str, vars: &[String], json: bool, pull: bool) -> anyhow::Result<()> {
+    let agent = Agent::load(file)?;
+    let vars = parse_vars(vars)?;
+    let input = if input == "-" {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).context("could not read the input from standard input")?;
+        text
+    } else {
+        input.to_string()
+    };
+    let ctx = context(config, json, pull).await?;
+    let outcome = ctx.runner.start(&agent, &input, &vars).await;
+    finish(ctx, outcome, json).await
+}
+
+/// `keel runs resume ID`.
+pub async fn resume(config: Option<&Path>, id: &str, json: bool) -> anyhow::Result<()> {
+    let ctx = context(config, json, false).await?;
+    let agent = ctx.runner.stored_agent(id)?;
+    let outcome = ctx.runner.resume(id, &agent).await;
+    finish(ctx, outcome, json).await
+}
+
+/// `keel runs approve|deny ID CALL`: records the decision and continues the run.
+pub async fn decide(config: Option<&Path>, id: &str, call: &str, approved: bool, note: Option<String>, json: bool) -> anyhow::Result<()> {
+    let ctx = context(config, json, false).await?;
+    ctx.runner.decide(id, call, approved, note)?;
+    if !json {
+        println!("{} call {call} of run {id}", if approved { "approved" } else { "denied" });
+    }
+    let agent = ctx.runner.stored_agent(id)?;
+    let outcome = ctx.runner.resume(id, &agent).await;
+    finish(ctx, outcome, json).await
+}
+
+fn open_store(config: Option<&Path>) -> anyhow::Result<Store> {
+    let settings = settings::load(config)?;
+    Ok(Store::open(&settings.store_path())?)
+}
+
+fn status_cell(status: &str) -> Cell {
+    let color = match status {
+        "completed" => table::GREEN,
+        "waiting_approval" | "stopped" | "running" => table::YELLOW,
+        _ => table::RED,
+    };
+    Cell::new(status).color(color)
+}
+
+fn when(ms: i64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// `keel runs list`.
+pub fn list(config: Option<&Path>, json: bool, limit: usize) -> anyhow::Result<()> {
+    let store = open_store(config)?;
+    let runs = store.recent_runs(limit)?;
+    if json {
+        let rows: Vec<serde_json::Value> = runs
+            .iter()
+            .map(|r| serde_json::json!({"id": r.id, "agent": r.agent, "status": r.status, "created_ms": r.created_ms, "updated_ms": r.updated_ms, "input": r.input, "output": r.output, "reason": r.reason}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    if runs.is_empty() {
+        println!("no runs yet; start one with: keel agent run AGENT.toml \"your request\"");
+        return Ok(());
+    }
+    let rows: Vec<Vec<Cell>> = runs
+        .iter()
+        .map(|r| {
+            vec![
+                Cell::new(&r.id),
+                Cell::new(&r.agent),
+                status_cell(&r.status),
+                Cell::new(when(r.created_ms)),
+                Cell::new(short(&r.input, 50)),
+            ]
+        })
+        .collect();
+    print!("{}", table::render(&["RUN", "AGENT", "STATUS", "STARTED (UTC)", "INPUT"], &rows));
+    Ok(())
+}
+
+/// `keel runs show ID`: every step, with the exact request and response under `--json`.
+pub fn show(config: Option<&Path>, id: &str, json: bool) -> anyhow::Result<()> {
+    let store = open_store(config)?;
+    let (record, steps) = store.load_run(id)?;
+    let parsed: Vec<(i64, Step)> = steps
+        .iter()
+        .map(|s| serde_json::from_str::<Step>(&s.data).map(|step| (s.seq, step)).with_context(|| format!("step {} is unreadable", s.seq)))
+        .collect::<anyhow::Result<_>>()?;
+    if json {
+        let steps: Vec<serde_json::Value> = parsed.iter().map(|(seq, step)| serde_json::json!({"seq": seq, "step": step})).collect();
+        let value = serde_json::json!({
+            "id": record.id, "agent": record.agent, "status": record.status, "input": record.input,
+            "output": record.output, "reason": record.reason, "created_ms": record.created_ms, "steps": steps,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!("run {} · agent {} · {}", record.id, record.agent, status_cell(&record.status).text);
+    println!("input: {}", short(&record.input, 200));
+    let mut rows = Vec::new();
+    let (mut tokens, mut cost) = (0u64, 0.0f64);
+    for (seq, step) in &parsed {
+        let (kind, detail, tok, usd, ms) = match step {
+            Step::Model { response, cost_usd, ms, provider, .. } => {
+                let calls: Vec<String> = response.message.tool_calls.iter().map(|c| format!("{}({})", c.name, short(&c.arguments, 40))).collect();
+                let text = response.message.text_content();
+                let detail = if calls.is_empty() { short(&text, 70) } else { format!("→ {}", calls.join(", ")) };
+                tokens += response.usage.total();
+                cost += cost_usd.unwrap_or(0.0);
+                (format!("model {provider}"), detail, response.usage.total().to_string(), cost_usd.map_or("-".into(), |c| format!("{c:.4}")), format!("{ms:.0}"))
+            }
+            Step::Tool { name, output, is_error, ms, call_id, .. } => {
+                let mark = if *is_error { "error: " } else { "" };
+                (format!("tool {name}"), format!("[{call_id}] {mark}{}", short(output, 60)), "".into(), "".into(), format!("{ms:.0}"))
+            }
+            Step::Approval { call_id, approved, note } => {
+                let verdict = if *approved { "approved" } else { "denied" };
+                ("approval".into(), format!("[{call_id}] {verdict}{}", note.as_ref().map(|n| format!(": {n}")).unwrap_or_default()), "".into(), "".into(), "".into())
+            }
+        };
+        rows.push(vec![Cell::num(seq.to_string()), Cell::new(kind), Cell::new(detail), Cell::num(tok), Cell::num(usd), Cell::num(ms)]);
+    }
+    print!("{}", table::render(&["STEP", "KIND", "DETAIL", "TOKENS", "COST $", "MS"], &rows));
+    println!("total: {tokens} tokens, ${cost:.4}");
+    if let Some(reason) = &record.reason {
+        println!("reason: {reason}");
+    }
+    if let Some(output) = &record.output {
+        println!("output: {output}");
+    }
+    println!("{}", table::paint(&format!("the exact requests and responses: keel runs show {} --json", record.id), table::DIM));
+    Ok(())
+}
+
+/// The agent file for `keel agent run NAME`: a path, or `NAME.toml` here or in `agents/`.
+pub fn find_agent(name: &str) -> anyhow::Result<PathBuf> {
+    let given = PathBuf::from(name);
+    if given.is_file() {
+        return Ok(given);
+    }
+    for candidate in [PathBuf::from(format!("{name}.toml")), PathBuf::from("agents").join(format!("{name}.toml"))] {
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("no agent file `{name}` (looked for {name}, {name}.toml and agents/{name}.toml); create one with: keel agent new {name}")
+}
