@@ -216,6 +216,8 @@ enum BenchCommand {
     Local(bench::LocalArgs),
     /// Local embeddings: sentences/s against sentence-transformers on the same model.
     Embed(bench::EmbedArgs),
+    /// The agent runtime's cost per step, the checkpoint write, and many runs at once.
+    Agent(bench::AgentArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -248,6 +250,7 @@ fn main() -> std::process::ExitCode {
             Command::Bench { command: BenchCommand::Gateway(args) } => bench::gateway(args).await,
             Command::Bench { command: BenchCommand::Local(args) } => bench::local(args).await,
             Command::Bench { command: BenchCommand::Embed(args) } => bench::embed(args).await,
+            Command::Bench { command: BenchCommand::Agent(args) } => bench::agent(args).await,
             Command::Agent { command: AgentCommand::New { name, dir } } => agents::new_agent(&name, dir.as_deref()),
             Command::Agent { command: AgentCommand::Run { agent, input, vars, json, pull } } => {
                 let file = agents::find_agent(&agent)?;

@@ -137,3 +137,14 @@ fn agent_new_writes_a_starter_that_runs_and_refuses_to_overwrite() {
     let bad = run(&["agent", "run", "bad", "hi"], &dir);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("tool `teleport` is not built in"), "{}", String::from_utf8_lossy(&bad.stderr));
 }
+
+#[test]
+fn the_agent_bench_runs_many_runs_at_once_without_errors() {
+    let dir = temp_dir("agent-bench");
+    let output = run(&["bench", "agent", "--runs", "3", "--steps", "4", "--concurrent", "200", "--json"], &dir);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(report["concurrent_failed"], 0);
+    assert_eq!(report["steps_per_run"], 9);
+    assert!(report["checkpoint_write_us_p50"].as_f64().unwrap() > 0.0);
+}
