@@ -37,6 +37,10 @@ pub struct AgentDef {
     /// How many invalid tool calls in a row the model may make before the run stops.
     #[serde(default = "three")]
     pub max_invalid_tool_calls: u32,
+    /// Keep each model request under this many tokens (estimated) by leaving out the oldest
+    /// turns; a tool call and its results are kept or left out together.
+    #[serde(default)]
+    pub max_context_tokens: Option<u64>,
 }
 
 fn three() -> u32 {
@@ -197,6 +201,10 @@ max_steps = 20          # model calls
 # max_tokens = 50000    # input + output tokens
 # max_cost_usd = 0.50
 # max_seconds = 300     # time in model calls and tools
+
+# Leave out the oldest turns to keep each request under this many tokens (a tool call and
+# its results go together).
+# max_context_tokens = 6000
 
 # Built-in tools: read_file, write_file, list_dir, http_get, shell.
 [tools.read_file]

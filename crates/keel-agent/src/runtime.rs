@@ -444,7 +444,7 @@ impl Runner {
             }
             let request = ChatRequest {
                 model: agent.def.model.clone(),
-                messages: state.messages.clone(),
+                messages: trim(&state.messages, agent.def.max_context_tokens),
                 tools: agent.tools.defs(),
                 temperature: agent.def.temperature,
                 max_tokens: agent.def.max_tokens,
@@ -555,6 +555,56 @@ impl Runner {
     }
 }
 
+/// Tokens a message costs, estimated (about four characters a token, plus framing).
+fn estimate(message: &Message) -> u64 {
+    let calls: usize = message.tool_calls.iter().map(|c| c.name.len() + c.arguments.len()).sum();
+    ((message.text_content().len() + calls) as u64).div_ceil(4) + 4
+}
+
+/// The conversation to send under `limit` tokens: the system prompt and the request stay;
+/// the oldest turns go first, each turn whole (an assistant message with its tool results),
+/// so no tool result is ever sent without the call it answers; a note says what went.
+pub fn trim(messages: &[Message], limit: Option<u64>) -> Vec<Message> {
+    let Some(limit) = limit else { return messages.to_vec() };
+    let total: u64 = messages.iter().map(estimate).sum();
+    if total <= limit {
+        return messages.to_vec();
+    }
+    // The head: system prompt(s) and the first user message.
+    let head_len = messages.iter().position(|m| m.role == Role::User).map_or(0, |i| i + 1);
+    let (head, rest) = messages.split_at(head_len);
+    // Turns: each starts at an assistant or user message; tool results join the turn before.
+    let mut turns: Vec<&[Message]> = Vec::new();
+    let mut start = 0;
+    for idx in 1..=rest.len() {
+        if idx == rest.len() || rest[idx].role != Role::Tool {
+            turns.push(&rest[start..idx]);
+            start = idx;
+        }
+    }
+    let budget = limit.saturating_sub(head.iter().map(estimate).sum::<u64>() + 16);
+    let mut kept: Vec<&[Message]> = Vec::new();
+    let mut used = 0;
+    // Newest first; the latest turn is always kept.
+    for turn in turns.iter().rev() {
+        let cost: u64 = turn.iter().map(estimate).sum();
+        if !kept.is_empty() && used + cost > budget {
+            break;
+        }
+        used += cost;
+        kept.push(turn);
+    }
+    kept.reverse();
+    let dropped: usize = turns.len() - kept.len();
+    let mut out = head.to_vec();
+    if dropped > 0 {
+        let n_messages: usize = turns[..dropped].iter().map(|t| t.len()).sum();
+        out.push(Message::text(Role::User, format!("[{n_messages} earlier messages of this conversation were left out to fit the context]")));
+    }
+    out.extend(kept.into_iter().flatten().cloned());
+    out
+}
+
 fn random() -> u128 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
@@ -562,4 +612,53 @@ fn random() -> u128 {
     let high = hasher.finish();
     hasher.write_u64(high);
     (u128::from(high) << 64) | u128::from(hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{estimate, trim};
+    use keel_core::{Message, Role, ToolCall};
+
+    fn call(id: &str) -> Message {
+        let mut m = Message::text(Role::Assistant, "");
+        m.tool_calls = vec![ToolCall { id: id.into(), name: "search".into(), arguments: format!("{{\"q\":\"{}\"}}", "x".repeat(40)) }];
+        m
+    }
+
+    fn result(id: &str) -> Message {
+        let mut m = Message::text(Role::Tool, "r".repeat(200));
+        m.tool_call_id = Some(id.into());
+        m
+    }
+
+    #[test]
+    fn trimming_drops_whole_turns_oldest_first() {
+        let mut messages = vec![Message::text(Role::System, "be brief"), Message::text(Role::User, "find things")];
+        for i in 0..6 {
+            messages.push(call(&format!("c{i}")));
+            messages.push(result(&format!("c{i}")));
+            messages.push(result(&format!("c{i}")));
+        }
+        let full: u64 = messages.iter().map(estimate).sum();
+        assert_eq!(trim(&messages, None).len(), messages.len());
+        assert_eq!(trim(&messages, Some(full)).len(), messages.len());
+        let trimmed = trim(&messages, Some(full / 2));
+        assert_eq!(trimmed[0].text_content(), "be brief");
+        assert_eq!(trimmed[1].text_content(), "find things");
+        assert!(trimmed[2].text_content().contains("earlier messages of this conversation were left out"));
+        assert!(trimmed.iter().map(estimate).sum::<u64>() <= full / 2 + 30);
+        // Every tool result still follows the call it answers.
+        let mut open: Vec<String> = Vec::new();
+        for m in &trimmed[3..] {
+            match m.role {
+                Role::Assistant => open = m.tool_calls.iter().map(|c| c.id.clone()).collect(),
+                Role::Tool => assert!(open.contains(m.tool_call_id.as_ref().unwrap()), "orphaned result"),
+                _ => {}
+            }
+        }
+        assert_eq!(trimmed.last().unwrap().tool_call_id.as_deref(), Some("c5"));
+        // Even a tiny limit keeps the latest turn whole.
+        let tiny = trim(&messages, Some(10));
+        assert_eq!(tiny.len(), 2 + 1 + 3);
+    }
 }
