@@ -25,6 +25,16 @@ pub struct Config {
     /// Per-model prices that override the shipped price list, keyed by upstream model name.
     #[serde(default)]
     pub prices: BTreeMap<String, Price>,
+    #[serde(default)]
+    pub agents: AgentsConfig,
+}
+
+/// Where `keel serve` finds the agents it runs over HTTP.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentsConfig {
+    /// A folder of agent files (`*.toml`), relative to the config file.
+    pub dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -2,6 +2,7 @@
 //! auth, the body limit, `x-keel-overhead-us`, health and metrics. Handlers parse, call the
 //! router in keel-llm, and map the result; traces go to the store's batching writer.
 
+pub mod agents;
 pub mod error;
 pub mod fake;
 mod handlers;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub master_key: Option<SecretString>,
     /// Keep request and response bodies in traces.
     pub log_bodies: bool,
+    /// The agents served under `/v1/agents` (none when `[agents] dir` is unset).
+    pub agents: Option<Arc<agents::Agents>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -50,6 +53,9 @@ pub fn router(app: App, max_body_bytes: usize) -> axum::Router {
         .route("/v1/embeddings", post(handlers::embeddings))
         .route("/v1/models", get(handlers::models))
         .route("/v1/models/{id}", get(handlers::model))
+        .route("/v1/agents/{name}/runs", post(agents::start))
+        .route("/v1/runs/{id}", get(agents::show))
+        .route("/v1/runs/{id}/approvals", post(agents::decide))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)

@@ -29,13 +29,27 @@ pub async fn run(config: Option<&Path>, listen: Option<SocketAddr>, pull: bool) 
     };
     let store_path = settings.store_path();
     let store = Arc::new(Store::open(&store_path)?);
+    let router = Arc::new(router);
+    let agents = match &config.agents.dir {
+        None => None,
+        Some(dir) => {
+            let dir = match settings.path.as_deref().and_then(std::path::Path::parent) {
+                Some(base) if dir.is_relative() => base.join(dir),
+                _ => dir.clone(),
+            };
+            let agents = keel_server::agents::Agents::load(&dir, store.clone(), router.clone()).map_err(anyhow::Error::msg)?;
+            tracing::info!(agents = ?agents, "serving agents from {}", dir.display());
+            Some(Arc::new(agents))
+        }
+    };
     let writer = TraceWriter::spawn(store, config.store.trace_buffer);
     let app = Arc::new(AppState {
-        router: Arc::new(router),
+        router,
         traces: writer.sink(),
         metrics: Metrics::default(),
         master_key,
         log_bodies: config.store.log_bodies,
+        agents,
     });
     let addr: SocketAddr = match listen {
         Some(addr) => addr,

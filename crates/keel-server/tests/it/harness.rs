@@ -56,6 +56,7 @@ pub async fn start_with(options: Options) -> Harness {
         metrics: Metrics::default(),
         master_key: options.master_key.map(SecretString::from),
         log_bodies: options.log_bodies,
+        agents: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

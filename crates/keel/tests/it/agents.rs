@@ -148,3 +148,69 @@ fn the_agent_bench_runs_many_runs_at_once_without_errors() {
     assert_eq!(report["steps_per_run"], 9);
     assert!(report["checkpoint_write_us_p50"].as_f64().unwrap() > 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_run_over_http_with_streamed_steps_and_approvals() {
+    let dir = temp_dir("agent-http");
+    let (upstream, _fake) = keel_server::fake::spawn(None).await.unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut cfg = config(&upstream.to_string(), &listen, &[("brain", "gpt-4o-mini")]);
+    cfg.push_str("\n[agents]\ndir = \"agents\"\n");
+    std::fs::write(dir.join("keel.toml"), cfg).unwrap();
+    std::fs::create_dir_all(dir.join("agents")).unwrap();
+    std::fs::write(dir.join("agents/clerk.toml"), format!("{AGENT}approval = \"required\"\n").replace("workspace = \"ws\"", "workspace = \"../ws\"")).unwrap();
+    let _child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .arg("serve")
+        .current_dir(&dir)
+        .env("FAKE_KEY", "k")
+        .env("KEEL_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://{listen}");
+    for _ in 0..600 {
+        if client.get(format!("{base}/health")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let post = |path: &str, body: serde_json::Value| client.post(format!("{base}{path}")).json(&body).send();
+
+    let missing = post("/v1/agents/nobody/runs", serde_json::json!({"input": "hi"})).await.unwrap();
+    assert_eq!(missing.status(), 404);
+    assert!(missing.text().await.unwrap().contains("the agents are: clerk"));
+    let empty = post("/v1/agents/clerk/runs", serde_json::json!({"input": " "})).await.unwrap();
+    assert_eq!(empty.status(), 400);
+    let malformed = post("/v1/agents/clerk/runs", serde_json::json!({"inpt": "x"})).await.unwrap();
+    assert_eq!(malformed.status(), 400);
+
+    // Streamed: each step as a server-sent event, then the outcome.
+    let streamed = post("/v1/agents/clerk/runs", serde_json::json!({"input": "record the refund", "stream": true})).await.unwrap();
+    assert_eq!(streamed.headers()["content-type"], "text/event-stream");
+    let body = streamed.text().await.unwrap();
+    let events: Vec<serde_json::Value> =
+        body.lines().filter_map(|l| l.strip_prefix("data: ")).map(|l| serde_json::from_str(l).unwrap()).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["started", "model_call", "waiting_approval", "outcome"]);
+    let outcome = &events[3]["outcome"];
+    assert_eq!(outcome["status"], "waiting_approval");
+    let run_id = outcome["run_id"].as_str().unwrap().to_string();
+
+    let shown: serde_json::Value = client.get(format!("{base}/v1/runs/{run_id}")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(shown["status"], "waiting_approval");
+    assert_eq!(shown["steps"][0]["step"]["kind"], "model");
+    assert_eq!(client.get(format!("{base}/v1/runs/run_nope")).send().await.unwrap().status(), 404);
+
+    let wrong = post(&format!("/v1/runs/{run_id}/approvals"), serde_json::json!({"call_id": "x", "approved": true})).await.unwrap();
+    assert_eq!(wrong.status(), 409);
+    let approved = post(&format!("/v1/runs/{run_id}/approvals"), serde_json::json!({"call_id": "call_fake_0", "approved": true})).await.unwrap();
+    assert_eq!(approved.status(), 200);
+    let outcome: serde_json::Value = approved.json().await.unwrap();
+    assert_eq!(outcome["status"], "completed");
+    assert_eq!(outcome["output"], "tool results: recorded");
+    let again = post(&format!("/v1/runs/{run_id}/approvals"), serde_json::json!({"call_id": "call_fake_0", "approved": true})).await.unwrap();
+    assert_eq!(again.status(), 409);
+}

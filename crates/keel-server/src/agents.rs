@@ -1,0 +1,208 @@
+//! Agents over HTTP: start a run (streamed as server-sent events or answered when it ends),
+//! read a run with every step, and approve or deny a call a run waits on. Runs go on in
+//! their own task, so a client that hangs up does not cut a run off mid-step.
+#![expect(clippy::result_large_err, reason = "helpers hand back the error response a handler returns as is")]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use keel_agent::{Agent, ChatModel, Runner, Step};
+use keel_store::Store;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::App;
+
+/// The agents `keel serve` runs, with the store their runs live in.
+pub struct Agents {
+    pub agents: BTreeMap<String, Arc<Agent>>,
+    pub store: Arc<Store>,
+    pub model: Arc<dyn ChatModel>,
+}
+
+impl std::fmt::Debug for Agents {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.agents.keys()).finish()
+    }
+}
+
+impl Agents {
+    /// Loads every `*.toml` agent file in `dir`; the first bad file is an error naming it.
+    pub fn load(dir: &std::path::Path, store: Arc<Store>, model: Arc<dyn ChatModel>) -> Result<Agents, String> {
+        let mut agents = BTreeMap::new();
+        let entries = std::fs::read_dir(dir).map_err(|e| format!("agents.dir {}: {e}", dir.display()))?;
+        let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect();
+        paths.sort();
+        for path in paths {
+            let agent = Agent::load(&path).map_err(|e| e.to_string())?;
+            if let Some(previous) = agents.insert(agent.def.name.clone(), Arc::new(agent)) {
+                return Err(format!("two agent files in {} are named `{}`", dir.display(), previous.def.name));
+            }
+        }
+        Ok(Agents { agents, store, model })
+    }
+}
+
+fn problem(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": {"type": kind, "message": message.into()}}))).into_response()
+}
+
+fn agents_of(app: &App) -> Result<&Agents, Response> {
+    app.agents.as_deref().ok_or_else(|| {
+        problem(StatusCode::NOT_FOUND, "not_found_error", "no agents are configured; set [agents] dir in keel.toml")
+    })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartRun {
+    input: String,
+    #[serde(default)]
+    vars: BTreeMap<String, String>,
+    #[serde(default)]
+    stream: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Decision {
+    call_id: String,
+    approved: bool,
+    #[serde(default)]
+    note: Option<String>,
+    #[serde(default)]
+    stream: bool,
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|e| problem(StatusCode::BAD_REQUEST, "invalid_request_error", format!("the request body: {e}")))
+}
+
+/// Runs `work` in its own task; answers with its outcome, or streams its events.
+async fn answer<F>(agents: &Agents, stream: bool, work: F) -> Response
+where
+    F: for<'r> FnOnce(&'r Runner) -> futures_util::future::BoxFuture<'r, Result<keel_agent::Outcome, keel_agent::Error>> + Send + 'static,
+{
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let runner = Runner::new(agents.store.clone(), agents.model.clone()).with_events(tx);
+    let task = tokio::spawn(async move { work(&runner).await });
+    if !stream {
+        return match task.await {
+            Ok(Ok(outcome)) => Json(outcome).into_response(),
+            Ok(Err(err)) => error_response(&err),
+            Err(err) => problem(StatusCode::INTERNAL_SERVER_ERROR, "api_error", format!("the run stopped: {err}")),
+        };
+    }
+    let (frames, frames_rx) = tokio::sync::mpsc::unbounded_channel::<bytes::Bytes>();
+    tokio::spawn(async move {
+        let frame = |value: serde_json::Value| bytes::Bytes::from(format!("data: {value}\n\n"));
+        while let Some(event) = rx.recv().await {
+            let _ = frames.send(frame(json!(event)));
+        }
+        let last = match task.await {
+            Ok(Ok(outcome)) => json!({"event": "outcome", "outcome": outcome}),
+            Ok(Err(err)) => json!({"event": "error", "message": err.to_string()}),
+            Err(err) => json!({"event": "error", "message": err.to_string()}),
+        };
+        let _ = frames.send(frame(last));
+    });
+    let body = futures_util::stream::unfold(frames_rx, |mut rx| async move {
+        rx.recv().await.map(|frame| (Ok::<_, std::convert::Infallible>(frame), rx))
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(body))
+        .unwrap_or_else(|_| problem(StatusCode::INTERNAL_SERVER_ERROR, "api_error", "could not start the stream"))
+}
+
+fn error_response(err: &keel_agent::Error) -> Response {
+    use keel_agent::Error as E;
+    let status = match err {
+        E::Definition(_) => StatusCode::BAD_REQUEST,
+        E::Checkpoint(keel_store::Error::NoRun(_)) => StatusCode::NOT_FOUND,
+        E::Finished { .. } | E::NotWaiting { .. } | E::NoSuchCall { .. } => StatusCode::CONFLICT,
+        E::Checkpoint(keel_store::Error::CheckpointFormat { .. }) => StatusCode::CONFLICT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    let kind = if status == StatusCode::INTERNAL_SERVER_ERROR { "api_error" } else { "invalid_request_error" };
+    problem(status, kind, err.to_string())
+}
+
+/// `POST /v1/agents/{name}/runs`.
+pub async fn start(State(app): State<App>, Path(name): Path<String>, body: axum::body::Bytes) -> Response {
+    let agents = match agents_of(&app) {
+        Ok(agents) => agents,
+        Err(response) => return response,
+    };
+    let Some(agent) = agents.agents.get(&name).cloned() else {
+        let known: Vec<&str> = agents.agents.keys().map(String::as_str).collect();
+        return problem(StatusCode::NOT_FOUND, "not_found_error", format!("no agent `{name}`; the agents are: {}", known.join(", ")));
+    };
+    let request: StartRun = match parse(&body) {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    if request.input.trim().is_empty() {
+        return problem(StatusCode::BAD_REQUEST, "invalid_request_error", "`input` is empty");
+    }
+    answer(agents, request.stream, move |runner| Box::pin(async move { runner.start(&agent, &request.input, &request.vars).await }))
+        .await
+}
+
+/// `GET /v1/runs/{id}`: the run and every step.
+pub async fn show(State(app): State<App>, Path(id): Path<String>) -> Response {
+    let agents = match agents_of(&app) {
+        Ok(agents) => agents,
+        Err(response) => return response,
+    };
+    match agents.store.load_run(&id) {
+        Ok((record, steps)) => {
+            let steps: Vec<serde_json::Value> = steps
+                .iter()
+                .map(|s| json!({"seq": s.seq, "created_ms": s.created_ms, "step": serde_json::from_str::<Step>(&s.data).map(|step| json!(step)).unwrap_or(json!(null))}))
+                .collect();
+            Json(json!({
+                "id": record.id, "agent": record.agent, "status": record.status, "input": record.input,
+                "output": record.output, "reason": record.reason, "created_ms": record.created_ms,
+                "updated_ms": record.updated_ms, "steps": steps,
+            }))
+            .into_response()
+        }
+        Err(err) => error_response(&keel_agent::Error::Checkpoint(err)),
+    }
+}
+
+/// `POST /v1/runs/{id}/approvals`: records the decision, then continues the run.
+pub async fn decide(State(app): State<App>, Path(id): Path<String>, body: axum::body::Bytes) -> Response {
+    let agents = match agents_of(&app) {
+        Ok(agents) => agents,
+        Err(response) => return response,
+    };
+    let decision: Decision = match parse(&body) {
+        Ok(decision) => decision,
+        Err(response) => return response,
+    };
+    let record = match agents.store.load_run(&id) {
+        Ok((record, _)) => record,
+        Err(err) => return error_response(&keel_agent::Error::Checkpoint(err)),
+    };
+    // The agent as the server knows it (Rust tools included), else as the run stored it.
+    let runner = Runner::new(agents.store.clone(), agents.model.clone());
+    let agent = match agents.agents.get(&record.agent) {
+        Some(agent) => agent.clone(),
+        None => match runner.stored_agent(&id) {
+            Ok(agent) => Arc::new(agent),
+            Err(err) => return error_response(&err),
+        },
+    };
+    if let Err(err) = runner.decide(&id, &decision.call_id, decision.approved, decision.note.clone()) {
+        return error_response(&err);
+    }
+    answer(agents, decision.stream, move |runner| Box::pin(async move { runner.resume(&id, &agent).await })).await
+}
