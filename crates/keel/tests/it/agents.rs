@@ -214,3 +214,61 @@ async fn agents_run_over_http_with_streamed_steps_and_approvals() {
     let again = post(&format!("/v1/runs/{run_id}/approvals"), serde_json::json!({"call_id": "call_fake_0", "approved": true})).await.unwrap();
     assert_eq!(again.status(), 409);
 }
+
+/// End to end on the embedded SmolLM2 model: a real `keel serve`, the agent loop, the local
+/// model's grammar-constrained tool calls, a real tool. A 135M model may or may not choose the
+/// tool; either way the run must end cleanly with every step recorded.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_runs_on_the_local_model_through_keel_serve() {
+    let dir = temp_dir("agent-local");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let listen = format!("127.0.0.1:{port}");
+    std::fs::write(
+        dir.join("keel.toml"),
+        format!("[server]\nlisten = \"{listen}\"\n[store]\npath = \"keel.db\"\n[providers.local]\nkind = \"local\"\n[[models]]\nname = \"local\"\nroutes = [{{ provider = \"local\", model = \"smollm2-135m\" }}]\n[agents]\ndir = \"agents\"\n"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.join("agents/ws")).unwrap();
+    std::fs::write(dir.join("agents/ws/notes.txt"), "buy milk").unwrap();
+    std::fs::write(
+        dir.join("agents/lister.toml"),
+        "name = \"lister\"\nmodel = \"local\"\ninstructions = \"You answer questions about the files in the workspace. Use the list_dir tool with path \\\".\\\" to see them.\"\nworkspace = \"ws\"\ntemperature = 0.0\nmax_tokens = 96\n[budget]\nmax_steps = 3\n[tools.list_dir]\n",
+    )
+    .unwrap();
+    let _child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keel"))
+        .arg("serve")
+        .current_dir(&dir)
+        .env("KEEL_LOG", "warn")
+        .env("KEEL_MODELS_DIR", crate::cli::real_models_dir())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://{listen}");
+    for _ in 0..1200 {
+        if client.get(format!("{base}/health")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let response = client
+        .post(format!("{base}/v1/agents/lister/runs"))
+        .json(&serde_json::json!({"input": "Which files are in the workspace?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let outcome: serde_json::Value = response.json().await.unwrap();
+    let status = outcome["status"].as_str().unwrap();
+    assert!(status == "completed" || status == "stopped", "{outcome}");
+    let run_id = outcome["run_id"].as_str().unwrap();
+    let shown: serde_json::Value = client.get(format!("{base}/v1/runs/{run_id}")).send().await.unwrap().json().await.unwrap();
+    let steps = shown["steps"].as_array().unwrap();
+    assert!(!steps.is_empty());
+    assert_eq!(steps[0]["step"]["provider"], "local");
+    assert!(steps[0]["step"]["response"]["usage"]["output_tokens"].as_u64().unwrap() > 0);
+    for step in steps.iter().filter(|s| s["step"]["kind"] == "tool" && s["step"]["is_error"] == false) {
+        assert!(step["step"]["output"].as_str().unwrap().contains("notes.txt"), "{step}");
+    }
+}

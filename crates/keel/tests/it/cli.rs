@@ -92,7 +92,7 @@ async fn chat_streams_an_answer_and_leaves_a_trace() {
     assert_eq!(models[1]["routes"][0]["price"]["input"], 0.15);
 }
 
-fn real_models_dir() -> std::path::PathBuf {
+pub fn real_models_dir() -> std::path::PathBuf {
     if let Some(dir) = std::env::var_os("KEEL_MODELS_DIR") {
         return dir.into();
     }
