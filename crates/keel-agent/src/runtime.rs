@@ -294,11 +294,12 @@ impl Runner {
     }
 
     /// Continues a run from its last completed step: recorded tool results are reused,
-    /// never run again.
+    /// never run again. A run that failed on its model (an upstream down, a key revoked) can
+    /// be resumed once the cause is fixed; completed and stopped runs are over.
     pub async fn resume(&self, run_id: &str, agent: &Agent) -> Result<Outcome, Error> {
         let (record, steps) = self.store.load_run(run_id)?;
         match record.status.as_str() {
-            "completed" | "failed" | "stopped" => {
+            "completed" | "stopped" => {
                 return Err(Error::Finished { id: record.id, status: record.status, reason: record.reason.unwrap_or_default() });
             }
             _ => {}

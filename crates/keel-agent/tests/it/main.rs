@@ -256,3 +256,20 @@ async fn a_run_cut_off_mid_way_resumes_without_repeating_tool_calls() {
     let err = fx.runner(model).resume(&run_id, &agent).await.unwrap_err().to_string();
     assert!(err.contains("has already ended (completed)"), "{err}");
 }
+
+#[tokio::test]
+async fn a_run_that_failed_on_its_model_resumes_once_the_model_is_back() {
+    let fx = Fixture::new("failed");
+    let agent = fx.agent("[tools.list_dir]\n");
+    let broken = Arc::new(Scripted::new([Scripted::calls(&[("c1", "list_dir", json!({"path": "."}))])]));
+    let outcome = fx.runner(broken).start(&agent, "look", &vars()).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::Failed);
+    assert_eq!(outcome.reason.as_deref(), Some("the model call failed: the scripted model has no answers left"));
+    let back = Arc::new(Scripted::new([Scripted::text("Nothing there.")]));
+    let resumed = fx.runner(back.clone()).resume(&outcome.run_id, &agent).await.unwrap();
+    assert_eq!(resumed.status, RunStatus::Completed);
+    assert_eq!(resumed.model_calls, 2);
+    // The retry carries the first call's tool result; the tool did not run twice.
+    let (_, steps) = fx.store.load_run(&outcome.run_id).unwrap();
+    assert_eq!(steps.iter().filter(|s| s.kind == "tool").count(), 1);
+}
