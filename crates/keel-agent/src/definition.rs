@@ -105,6 +105,10 @@ pub struct ToolSpec {
     /// `shell`: allow network access (off by default; needs user namespaces to enforce).
     #[serde(default)]
     pub network: bool,
+    /// Another agent file (relative to this one): the tool runs that agent on a request and
+    /// returns its answer, on this run's budget.
+    #[serde(default)]
+    pub agent: Option<PathBuf>,
 }
 
 impl AgentDef {
@@ -134,11 +138,17 @@ impl AgentDef {
         }
         for (name, spec) in &self.tools {
             let built_in = BUILT_IN_TOOLS.contains(&name.as_str());
+            if spec.agent.is_some() {
+                if built_in || spec.command.is_some() {
+                    return Err(format!("tool `{name}` names an `agent`; it takes no `command` and cannot be a built-in's name"));
+                }
+                continue;
+            }
             match (&spec.command, built_in) {
                 (Some(_), true) => return Err(format!("tool `{name}` is built in; it takes no `command`")),
                 (None, false) => {
                     return Err(format!(
-                        "tool `{name}` is not built in ({}) and has no `command`",
+                        "tool `{name}` is not built in ({}) and has no `command` or `agent`",
                         BUILT_IN_TOOLS.join(", ")
                     ));
                 }
@@ -217,6 +227,11 @@ approval = "required"   # the run pauses until `keel runs approve RUN CALL`
 
 # [tools.shell]         # opt-in; runs in the workspace, no network unless `network = true`
 # timeout_s = 30
+
+# Another agent as a tool: it answers a request on this run's budget.
+# [tools.researcher]
+# agent = "researcher.toml"
+# description = "Finds facts in the documents"
 
 # Your own tool: a command that reads its arguments as JSON on standard input.
 # [tools.lookup_order]

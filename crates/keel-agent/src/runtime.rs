@@ -14,7 +14,7 @@ use keel_store::{CHECKPOINT_FORMAT, RunRecord, StepRecord, Store};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 
-use crate::definition::{AgentDef, Approval};
+use crate::definition::{AgentDef, Approval, Budget};
 use crate::model::ChatModel;
 use crate::tools::{ToolBox, ToolContext};
 use crate::{Error, schema};
@@ -26,7 +26,12 @@ pub struct Agent {
     pub workspace: PathBuf,
     /// Where command tools run (the agent file's folder).
     pub base_dir: PathBuf,
+    /// Agents this one calls as tools, by tool name.
+    pub sub_agents: BTreeMap<String, Arc<Agent>>,
 }
+
+/// How deep agents may call agents that call agents.
+const MAX_AGENT_DEPTH: usize = 4;
 
 impl std::fmt::Debug for Agent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -39,14 +44,35 @@ impl Agent {
     pub fn new(def: AgentDef, base_dir: &Path) -> Agent {
         let workspace = def.workspace.clone().unwrap_or_else(|| base_dir.join("workspace"));
         let tools = ToolBox::from_definition(&def, base_dir);
-        Agent { def, tools, workspace, base_dir: base_dir.to_path_buf() }
+        Agent { def, tools, workspace, base_dir: base_dir.to_path_buf(), sub_agents: BTreeMap::new() }
     }
 
-    /// Reads an agent file.
+    /// Reads an agent file, and the agent files its tools name.
     pub fn load(path: &Path) -> Result<Agent, Error> {
+        Agent::load_at_depth(path, 0)
+    }
+
+    fn load_at_depth(path: &Path, depth: usize) -> Result<Agent, Error> {
         let def = AgentDef::load(path)?;
         let base_dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-        Ok(Agent::new(def, &base_dir))
+        let mut agent = Agent::new(def, &base_dir);
+        agent.load_sub_agents(depth)?;
+        Ok(agent)
+    }
+
+    fn load_sub_agents(&mut self, depth: usize) -> Result<(), Error> {
+        for (name, spec) in &self.def.tools {
+            let Some(file) = &spec.agent else { continue };
+            if depth + 1 > MAX_AGENT_DEPTH {
+                return Err(Error::Definition(format!(
+                    "tool `{name}`: agents call agents more than {MAX_AGENT_DEPTH} deep (is there a cycle?)"
+                )));
+            }
+            let path = if file.is_absolute() { file.clone() } else { self.base_dir.join(file) };
+            let sub = Agent::load_at_depth(&path, depth + 1).map_err(|e| Error::Definition(format!("tool `{name}`: {e}")))?;
+            self.sub_agents.insert(name.clone(), Arc::new(sub));
+        }
+        Ok(())
     }
 }
 
@@ -68,6 +94,9 @@ pub enum Step {
         invalid: bool,
         idempotency_key: String,
         ms: f64,
+        /// What a sub-agent behind this tool spent, charged to this run's budget.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        spent: Option<Spent>,
     },
     /// A human's decision on a call that needed approval.
     Approval { call_id: String, approved: bool, note: Option<String> },
@@ -81,6 +110,15 @@ impl Step {
             Step::Approval { .. } => "approval",
         }
     }
+}
+
+/// What a sub-agent's run spent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Spent {
+    pub run_id: String,
+    pub model_calls: u32,
+    pub usage: Usage,
+    pub cost_usd: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,8 +219,13 @@ impl State {
                 self.messages.push(response.message.clone());
                 self.pending = response.message.tool_calls.clone();
             }
-            Step::Tool { call_id, output, is_error, invalid, ms, .. } => {
+            Step::Tool { call_id, output, is_error, invalid, ms, spent, .. } => {
                 self.active_ms += ms;
+                if let Some(spent) = spent {
+                    self.model_calls += spent.model_calls;
+                    self.usage.add(spent.usage);
+                    self.cost_usd += spent.cost_usd;
+                }
                 self.results.insert(call_id.clone(), (output.clone(), *is_error, *invalid));
             }
             Step::Approval { call_id, approved, note } => {
@@ -254,11 +297,16 @@ impl Runner {
 
     /// Starts a run of `agent` on `input`.
     pub async fn start(&self, agent: &Agent, input: &str, vars: &BTreeMap<String, String>) -> Result<Outcome, Error> {
+        let created_ms = now_ms();
+        let id = format!("run_{}", &keel_core::time_ordered_id(created_ms as u64, random()).replace('-', "")[..20]);
+        self.start_as(id, agent, input, vars).await
+    }
+
+    async fn start_as(&self, id: String, agent: &Agent, input: &str, vars: &BTreeMap<String, String>) -> Result<Outcome, Error> {
         let system = agent.def.render_instructions(vars)?;
         std::fs::create_dir_all(&agent.workspace)
             .map_err(|e| Error::Definition(format!("could not create the workspace {}: {e}", agent.workspace.display())))?;
         let created_ms = now_ms();
-        let id = format!("run_{}", &keel_core::time_ordered_id(created_ms as u64, random()).replace('-', "")[..20]);
         let started = Started {
             def: agent.def.clone(),
             system: system.clone(),
@@ -290,6 +338,7 @@ impl Runner {
             .map_err(|e| Error::Store(format!("run {run_id}: the stored agent definition is unreadable: {e}")))?;
         let mut agent = Agent::new(started.def, &started.base_dir);
         agent.workspace = started.workspace;
+        agent.load_sub_agents(0)?;
         Ok(agent)
     }
 
@@ -374,6 +423,17 @@ impl Runner {
         })
     }
 
+    /// What is left of the run's budget, as a budget for a sub-agent.
+    fn remaining(agent: &Agent, state: &State) -> Budget {
+        let budget = &agent.def.budget;
+        Budget {
+            max_steps: budget.max_steps.saturating_sub(state.model_calls),
+            max_tokens: budget.max_tokens.map(|max| max.saturating_sub(state.usage.total())),
+            max_cost_usd: budget.max_cost_usd.map(|max| (max - state.cost_usd).max(0.0)),
+            max_seconds: budget.max_seconds.map(|max| (max - state.active_ms / 1000.0).max(0.0)),
+        }
+    }
+
     /// Why the run may not make another model call, if it may not.
     fn over_budget(agent: &Agent, state: &State) -> Option<String> {
         let budget = &agent.def.budget;
@@ -429,7 +489,8 @@ impl Runner {
                     });
                 }
                 let todo: Vec<ToolCall> = state.pending.iter().filter(|call| !state.results.contains_key(&call.id)).cloned().collect();
-                let runs = todo.iter().map(|call| self.execute(live, call, state.approvals.get(&call.id).cloned()));
+                let remaining = Runner::remaining(agent, &state);
+                let runs = todo.iter().map(|call| self.execute(live, call, state.approvals.get(&call.id).cloned(), &remaining));
                 for (call, step) in todo.iter().zip(futures_util::future::join_all(runs).await) {
                     debug_assert!(matches!(&step, Ok(Step::Tool { call_id, .. }) if *call_id == call.id) || step.is_err());
                     state.apply(&step?);
@@ -493,10 +554,17 @@ impl Runner {
     }
 
     /// Runs one tool call and commits its result.
-    async fn execute(&self, live: &Live<'_>, call: &ToolCall, decision: Option<(bool, Option<String>)>) -> Result<Step, Error> {
+    async fn execute(
+        &self,
+        live: &Live<'_>,
+        call: &ToolCall,
+        decision: Option<(bool, Option<String>)>,
+        remaining: &Budget,
+    ) -> Result<Step, Error> {
         let agent = live.agent;
         let started = Instant::now();
         let idempotency_key = format!("{}:{}", live.id, call.id);
+        let mut spent = None;
         let (output, is_error, invalid) = match agent.tools.tools.get(&call.name) {
             None => {
                 let known: Vec<&str> = agent.tools.tools.keys().map(String::as_str).collect();
@@ -512,6 +580,13 @@ impl Runner {
                         Ok(()) => match decision {
                             Some((false, note)) => {
                                 (format!("a human denied this call{}", note.map(|n| format!(": {n}")).unwrap_or_default()), true, false)
+                            }
+                            _ if agent.sub_agents.contains_key(&call.name) => {
+                                let sub = agent.sub_agents[&call.name].clone();
+                                let request = value["request"].as_str().unwrap_or_default().to_string();
+                                let (result, child) = self.call_agent(live, call, &sub, &request, remaining).await?;
+                                spent = Some(child);
+                                (result.0, result.1, false)
                             }
                             _ => {
                                 let ctx = ToolContext {
@@ -541,6 +616,7 @@ impl Runner {
             invalid,
             idempotency_key,
             ms,
+            spent,
         };
         let seq = self.record(live, &step, RunStatus::Running)?;
         self.emit(RunEvent::ToolResult {
@@ -553,6 +629,85 @@ impl Runner {
             ms,
         });
         Ok(step)
+    }
+}
+
+/// A sub-agent's answer as a tool result: the text, and whether it is an error.
+type SubAnswer = (String, bool);
+
+impl Runner {
+    /// Runs a sub-agent for a tool call, on what is left of the caller's budget. Its run id is
+    /// the caller's run and call, so after a crash the same sub-run is resumed, not restarted.
+    fn call_agent<'a>(
+        &'a self,
+        live: &'a Live<'_>,
+        call: &'a ToolCall,
+        sub: &'a Arc<Agent>,
+        request: &'a str,
+        remaining: &'a Budget,
+    ) -> futures_util::future::BoxFuture<'a, Result<(SubAnswer, Spent), Error>> {
+        Box::pin(async move {
+            let child_id = format!("{}.{}", live.id, call.id);
+            let mut child = Agent::new(sub.def.clone(), &sub.base_dir);
+            child.workspace = sub.workspace.clone();
+            child.sub_agents = sub.sub_agents.clone();
+            // Tools added in Rust to the sub-agent come along.
+            for entry in sub.tools.tools.values() {
+                child.tools.insert(entry.tool.clone(), entry.approval, Some(entry.timeout.as_secs_f64()));
+            }
+            let own = &sub.def.budget;
+            child.def.budget = Budget {
+                max_steps: own.max_steps.min(remaining.max_steps.max(1)),
+                max_tokens: min_opt(own.max_tokens, remaining.max_tokens),
+                max_cost_usd: min_opt(own.max_cost_usd, remaining.max_cost_usd),
+                max_seconds: min_opt(own.max_seconds, remaining.max_seconds),
+            };
+            let outcome = match self.store.load_run(&child_id) {
+                Ok((record, _)) if record.status == "completed" || record.status == "stopped" => {
+                    let (_, steps) = self.store.load_run(&child_id)?;
+                    let mut state = State::default();
+                    for step in &steps {
+                        if let Ok(parsed) = serde_json::from_str::<Step>(&step.data) {
+                            state.apply(&parsed);
+                        }
+                    }
+                    Outcome {
+                        run_id: child_id.clone(),
+                        status: if record.status == "completed" { RunStatus::Completed } else { RunStatus::Stopped },
+                        output: record.output,
+                        reason: record.reason,
+                        waiting: Vec::new(),
+                        usage: state.usage,
+                        cost_usd: state.cost_usd,
+                        model_calls: state.model_calls,
+                    }
+                }
+                Ok(_) => self.resume(&child_id, &child).await?,
+                Err(keel_store::Error::NoRun(_)) => self.start_as(child_id.clone(), &child, request, &BTreeMap::new()).await?,
+                Err(err) => return Err(err.into()),
+            };
+            let spent = Spent { run_id: child_id.clone(), model_calls: outcome.model_calls, usage: outcome.usage, cost_usd: outcome.cost_usd };
+            let answer = outcome.output.clone().unwrap_or_default();
+            let result = match outcome.status {
+                RunStatus::Completed => (answer, false),
+                RunStatus::Stopped => (format!("the {} agent stopped ({}); its partial answer: {answer}", call.name, outcome.reason.unwrap_or_default()), true),
+                RunStatus::WaitingApproval => (
+                    format!("the {} agent is waiting for a human to approve a call in run {child_id}", call.name),
+                    true,
+                ),
+                RunStatus::Failed | RunStatus::Running => {
+                    (format!("the {} agent failed: {}", call.name, outcome.reason.unwrap_or_default()), true)
+                }
+            };
+            Ok((result, spent))
+        })
+    }
+}
+
+fn min_opt<T: PartialOrd>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if a < b { a } else { b }),
+        (a, b) => a.or(b),
     }
 }
 

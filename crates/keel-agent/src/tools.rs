@@ -88,6 +88,11 @@ impl ToolBox {
     pub fn from_definition(def: &AgentDef, base_dir: &Path) -> ToolBox {
         let mut tools = ToolBox::default();
         for (name, spec) in &def.tools {
+            if spec.agent.is_some() {
+                let description = spec.description.clone().unwrap_or_else(|| format!("Ask the {name} agent."));
+                tools.insert(Arc::new(AgentTool::new(name, &description)), spec.approval, spec.timeout_s);
+                continue;
+            }
             let tool: Arc<dyn Tool> = match name.as_str() {
                 "read_file" => Arc::new(BuiltIn::ReadFile),
                 "write_file" => Arc::new(BuiltIn::WriteFile),
@@ -292,6 +297,35 @@ async fn shell(command: &str, workspace: &Path, network: bool) -> Result<String,
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     )))
+}
+
+/// Another agent as a tool. The runtime runs it (on the caller's budget); this holds its
+/// name, description and arguments for the model.
+pub struct AgentTool {
+    def: ToolDef,
+}
+
+impl AgentTool {
+    pub fn new(name: &str, description: &str) -> AgentTool {
+        AgentTool {
+            def: ToolDef {
+                name: name.into(),
+                description: Some(description.into()),
+                parameters: json!({"type": "object", "properties": {"request": {"type": "string", "description": "What to ask, in full"}}, "required": ["request"], "additionalProperties": false}),
+                strict: None,
+            },
+        }
+    }
+}
+
+impl Tool for AgentTool {
+    fn def(&self) -> ToolDef {
+        self.def.clone()
+    }
+
+    fn call<'a>(&'a self, _arguments: Value, _ctx: &'a ToolContext) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(async { Err("this agent is not loaded here; run it through keel's runtime".to_string()) })
+    }
 }
 
 /// A tool declared in the agent file: a command that reads the arguments as JSON on its

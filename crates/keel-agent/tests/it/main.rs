@@ -273,3 +273,75 @@ async fn a_run_that_failed_on_its_model_resumes_once_the_model_is_back() {
     let (_, steps) = fx.store.load_run(&outcome.run_id).unwrap();
     assert_eq!(steps.iter().filter(|s| s.kind == "tool").count(), 1);
 }
+
+fn with_researcher(fx: &Fixture, parent_extra: &str, child_extra: &str) -> Agent {
+    let mut parent = fx.agent(&format!("{parent_extra}[tools.researcher]\nagent = \"researcher.toml\"\ndescription = \"Finds facts\"\n"));
+    let mut child_def = AgentDef::parse(&format!("name = \"researcher\"\nmodel = \"scripted\"\ninstructions = \"Find facts.\"\n{child_extra}")).unwrap();
+    child_def.workspace = Some(fx.dir.join("ws"));
+    parent.sub_agents.insert("researcher".into(), Arc::new(Agent::new(child_def, &fx.dir)));
+    parent
+}
+
+#[tokio::test]
+async fn an_agent_calls_another_as_a_tool_on_one_budget() {
+    let fx = Fixture::new("subagent");
+    let parent = with_researcher(&fx, "", "");
+    let model = Arc::new(Scripted::new([
+        Scripted::calls(&[("c1", "researcher", json!({"request": "What is the answer?"}))]),
+        Scripted::text("The answer is 42."),
+        Scripted::text("My researcher says 42."),
+    ]));
+    let outcome = fx.runner(model.clone()).start(&parent, "ask around", &vars()).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::Completed);
+    assert_eq!(outcome.output.as_deref(), Some("My researcher says 42."));
+    assert_eq!(outcome.model_calls, 3, "the sub-agent's calls count against the run");
+    let requests = model.requests.lock().unwrap().clone();
+    assert_eq!(requests[1].messages[0].text_content(), "Find facts.");
+    assert_eq!(requests[1].messages[1].text_content(), "What is the answer?");
+    assert_eq!(requests[2].messages.last().unwrap().text_content(), "The answer is 42.");
+    let child_id = format!("{}.c1", outcome.run_id);
+    let (child, _) = fx.store.load_run(&child_id).unwrap();
+    assert_eq!((child.agent.as_str(), child.status.as_str()), ("researcher", "completed"));
+}
+
+#[tokio::test]
+async fn a_sub_agent_gets_only_what_is_left_of_the_budget() {
+    let fx = Fixture::new("subbudget");
+    let parent = with_researcher(&fx, "[budget]\nmax_steps = 2\n", "[tools.list_dir]\n");
+    let model = Arc::new(Scripted::new([
+        Scripted::calls(&[("c1", "researcher", json!({"request": "dig"}))]),
+        Scripted::calls(&[("d1", "list_dir", json!({"path": "."}))]),
+        Scripted::calls(&[("d2", "list_dir", json!({"path": "."}))]),
+        Scripted::text("never reached"),
+    ]));
+    let outcome = fx.runner(model.clone()).start(&parent, "dig deep", &vars()).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::Stopped);
+    assert_eq!(outcome.reason.as_deref(), Some("budget: max_steps = 2 reached (2 model calls)"));
+    let (child, _) = fx.store.load_run(&format!("{}.c1", outcome.run_id)).unwrap();
+    assert_eq!(child.status, "stopped");
+    assert_eq!(child.reason.as_deref(), Some("budget: max_steps = 1 reached (1 model calls)"));
+    assert_eq!(model.remaining(), 2);
+}
+
+#[test]
+fn agent_files_load_their_sub_agents_and_refuse_a_cycle() {
+    let fx = Fixture::new("subfiles");
+    let write = |name: &str, other: &str| {
+        std::fs::write(
+            fx.dir.join(format!("{name}.toml")),
+            format!("name = \"{name}\"\nmodel = \"m\"\ninstructions = \"x\"\n[tools.{other}]\nagent = \"{other}.toml\"\n"),
+        )
+        .unwrap();
+    };
+    std::fs::write(fx.dir.join("leaf.toml"), "name = \"leaf\"\nmodel = \"m\"\ninstructions = \"x\"\n").unwrap();
+    write("boss", "leaf");
+    let boss = Agent::load(&fx.dir.join("boss.toml")).unwrap();
+    assert_eq!(boss.sub_agents["leaf"].def.name, "leaf");
+    write("ping", "pong");
+    write("pong", "ping");
+    let err = Agent::load(&fx.dir.join("ping.toml")).unwrap_err().to_string();
+    assert!(err.contains("more than 4 deep (is there a cycle?)"), "{err}");
+    write("lost", "nowhere");
+    let err = Agent::load(&fx.dir.join("lost.toml")).unwrap_err().to_string();
+    assert!(err.contains("tool `nowhere`") && err.contains("could not read"), "{err}");
+}
