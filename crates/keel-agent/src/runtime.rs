@@ -472,6 +472,19 @@ impl Runner {
                     })
                     .cloned()
                     .collect();
+                // Calls that need no decision run now; the rest wait for a human.
+                let todo: Vec<ToolCall> = state
+                    .pending
+                    .iter()
+                    .filter(|call| !state.results.contains_key(&call.id) && !waiting.iter().any(|w| w.id == call.id))
+                    .cloned()
+                    .collect();
+                let remaining = Runner::remaining(agent, &state);
+                let runs = todo.iter().map(|call| self.execute(live, call, state.approvals.get(&call.id).cloned(), &remaining));
+                for (call, step) in todo.iter().zip(futures_util::future::join_all(runs).await) {
+                    debug_assert!(matches!(&step, Ok(Step::Tool { call_id, .. }) if *call_id == call.id) || step.is_err());
+                    state.apply(&step?);
+                }
                 if !waiting.is_empty() {
                     self.store.set_run_status(&live.id, RunStatus::WaitingApproval.as_str(), None, None, now_ms())?;
                     for call in &waiting {
@@ -487,13 +500,6 @@ impl Runner {
                         cost_usd: state.cost_usd,
                         model_calls: state.model_calls,
                     });
-                }
-                let todo: Vec<ToolCall> = state.pending.iter().filter(|call| !state.results.contains_key(&call.id)).cloned().collect();
-                let remaining = Runner::remaining(agent, &state);
-                let runs = todo.iter().map(|call| self.execute(live, call, state.approvals.get(&call.id).cloned(), &remaining));
-                for (call, step) in todo.iter().zip(futures_util::future::join_all(runs).await) {
-                    debug_assert!(matches!(&step, Ok(Step::Tool { call_id, .. }) if *call_id == call.id) || step.is_err());
-                    state.apply(&step?);
                 }
                 state.settle();
                 if state.invalid_streak >= agent.def.max_invalid_tool_calls {

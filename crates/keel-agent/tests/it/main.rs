@@ -174,7 +174,9 @@ async fn approval_pauses_the_run_and_a_decision_resumes_it() {
     assert_eq!(paused.status, RunStatus::WaitingApproval);
     assert_eq!(paused.waiting.len(), 1);
     assert_eq!(paused.waiting[0].id, "c1");
-    assert_eq!(count.load(Ordering::SeqCst), 0, "nothing runs before the decision");
+    assert_eq!(count.load(Ordering::SeqCst), 0, "the call waiting for a decision does not run");
+    let (_, steps) = fx.store.load_run(&paused.run_id).unwrap();
+    assert_eq!(steps.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>(), ["model", "tool"], "the call that needs no decision ran");
     assert_eq!(fx.store.load_run(&paused.run_id).unwrap().0.status, "waiting_approval");
 
     // Resuming without a decision pauses again; a decision on another call is refused.

@@ -272,3 +272,43 @@ async fn an_agent_runs_on_the_local_model_through_keel_serve() {
         assert!(step["step"]["output"].as_str().unwrap().contains("notes.txt"), "{step}");
     }
 }
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// examples/agents/support, driven by the fake upstream in place of the local model: the
+/// refund waits for approval, then runs once.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_support_example_pauses_refunds_for_approval() {
+    let dir = temp_dir("example-support");
+    copy_dir(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/agents/support"), &dir);
+    let (upstream, _fake) = keel_server::fake::spawn(None).await.unwrap();
+    std::fs::write(dir.join("keel.toml"), config(&upstream.to_string(), "127.0.0.1:0", &[("local", "gpt-4o-mini")])).unwrap();
+    let keel_in = |args: &[&str]| {
+        keel().args(args).current_dir(&dir).env("KEEL_HOME", dir.join("home")).env("FAKE_KEY", "k").output().unwrap()
+    };
+    let paused = keel_in(&["agent", "run", "support.toml", "--var", "shop=Acme", "Order A-1002 arrived broken"]);
+    let text = stdout(&paused);
+    assert!(paused.status.success(), "{text}{}", String::from_utf8_lossy(&paused.stderr));
+    assert!(text.contains("lookup_order error"), "the fake asks for an order that does not exist: {text}");
+    assert!(text.contains("refund(") && text.contains("needs approval [call_fake_1]"), "{text}");
+    let run_id = text.split("keel runs approve ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    let missing_var = keel_in(&["agent", "run", "support.toml", "hi"]);
+    assert!(String::from_utf8_lossy(&missing_var.stderr).contains("--var shop="));
+
+    let approved = keel_in(&["runs", "approve", &run_id, "call_fake_1"]);
+    let text = stdout(&approved);
+    assert!(approved.status.success() && text.contains("✔ completed"), "{text}");
+    let log = std::fs::read_to_string(dir.join("workspace/refunds.log")).unwrap();
+    assert_eq!(log.lines().count(), 1);
+    assert!(log.starts_with(&format!("{run_id}:call_fake_1 ")), "{log}");
+}
