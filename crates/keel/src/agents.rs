@@ -183,22 +183,6 @@ fn status_cell(status: &str) -> Cell {
     Cell::new(status).color(color)
 }
 
-fn when(ms: i64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
 /// `keel runs list`.
 pub fn list(config: Option<&Path>, json: bool, limit: usize) -> anyhow::Result<()> {
     let store = open_store(config)?;
@@ -222,7 +206,7 @@ pub fn list(config: Option<&Path>, json: bool, limit: usize) -> anyhow::Result<(
                 Cell::new(&r.id),
                 Cell::new(&r.agent),
                 status_cell(&r.status),
-                Cell::new(when(r.created_ms)),
+                Cell::new(crate::commands::format_time(r.created_ms)),
                 Cell::new(short(&r.input, 50)),
             ]
         })

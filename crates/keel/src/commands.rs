@@ -171,7 +171,7 @@ pub fn models(config: Option<&Path>, as_json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn format_time(ms: i64) -> String {
+pub fn format_time(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let days = secs.div_euclid(86_400);
     let rem = secs.rem_euclid(86_400);

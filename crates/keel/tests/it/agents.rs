@@ -18,6 +18,32 @@ command = ["sh", "-c", "cat >> \"$KEEL_WORKSPACE/effects.log\"; echo >> \"$KEEL_
 parameters = { type = "object", properties = { entry = { type = "string" } }, required = ["entry"] }
 "#;
 
+/// A `keel serve` in `dir` on a free port, up and answering; killed when dropped.
+async fn serve(dir: &std::path::Path, envs: &[(&str, std::ffi::OsString)]) -> (tokio::process::Child, String) {
+    let listen = std::fs::read_to_string(dir.join("keel.toml")).unwrap();
+    let listen = listen.split("listen = \"").nth(1).unwrap().split('"').next().unwrap().to_string();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_keel"));
+    command.arg("serve").current_dir(dir).env("FAKE_KEY", "k").env("KEEL_LOG", "warn").stdout(Stdio::null()).kill_on_drop(true);
+    for (key, value) in envs {
+        command.env(key, value);
+    }
+    let child = command.spawn().unwrap();
+    let base = format!("http://{listen}");
+    let client = reqwest::Client::new();
+    for _ in 0..1200 {
+        if client.get(format!("{base}/health")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    (child, base)
+}
+
+fn free_listen() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    format!("127.0.0.1:{port}")
+}
+
 fn stdout(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -153,30 +179,14 @@ fn the_agent_bench_runs_many_runs_at_once_without_errors() {
 async fn agents_run_over_http_with_streamed_steps_and_approvals() {
     let dir = temp_dir("agent-http");
     let (upstream, _fake) = keel_server::fake::spawn(None).await.unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = free_listen();
     let mut cfg = config(&upstream.to_string(), &listen, &[("brain", "gpt-4o-mini")]);
     cfg.push_str("\n[agents]\ndir = \"agents\"\n");
     std::fs::write(dir.join("keel.toml"), cfg).unwrap();
     std::fs::create_dir_all(dir.join("agents")).unwrap();
     std::fs::write(dir.join("agents/clerk.toml"), format!("{AGENT}approval = \"required\"\n").replace("workspace = \"ws\"", "workspace = \"../ws\"")).unwrap();
-    let _child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keel"))
-        .arg("serve")
-        .current_dir(&dir)
-        .env("FAKE_KEY", "k")
-        .env("KEEL_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (_child, base) = serve(&dir, &[]).await;
     let client = reqwest::Client::new();
-    let base = format!("http://{listen}");
-    for _ in 0..600 {
-        if client.get(format!("{base}/health")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
     let post = |path: &str, body: serde_json::Value| client.post(format!("{base}{path}")).json(&body).send();
 
     let missing = post("/v1/agents/nobody/runs", serde_json::json!({"input": "hi"})).await.unwrap();
@@ -221,8 +231,7 @@ async fn agents_run_over_http_with_streamed_steps_and_approvals() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_runs_on_the_local_model_through_keel_serve() {
     let dir = temp_dir("agent-local");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = free_listen();
     std::fs::write(
         dir.join("keel.toml"),
         format!("[server]\nlisten = \"{listen}\"\n[store]\npath = \"keel.db\"\n[providers.local]\nkind = \"local\"\n[[models]]\nname = \"local\"\nroutes = [{{ provider = \"local\", model = \"smollm2-135m\" }}]\n[agents]\ndir = \"agents\"\n"),
@@ -235,23 +244,8 @@ async fn an_agent_runs_on_the_local_model_through_keel_serve() {
         "name = \"lister\"\nmodel = \"local\"\ninstructions = \"You answer questions about the files in the workspace. Use the list_dir tool with path \\\".\\\" to see them.\"\nworkspace = \"ws\"\ntemperature = 0.0\nmax_tokens = 96\n[budget]\nmax_steps = 3\n[tools.list_dir]\n",
     )
     .unwrap();
-    let _child = tokio::process::Command::new(env!("CARGO_BIN_EXE_keel"))
-        .arg("serve")
-        .current_dir(&dir)
-        .env("KEEL_LOG", "warn")
-        .env("KEEL_MODELS_DIR", crate::cli::real_models_dir())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (_child, base) = serve(&dir, &[("KEEL_MODELS_DIR", crate::cli::real_models_dir().into_os_string())]).await;
     let client = reqwest::Client::new();
-    let base = format!("http://{listen}");
-    for _ in 0..1200 {
-        if client.get(format!("{base}/health")).send().await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
     let response = client
         .post(format!("{base}/v1/agents/lister/runs"))
         .json(&serde_json::json!({"input": "Which files are in the workspace?"}))
