@@ -37,6 +37,10 @@ pub struct AgentDef {
     /// How many invalid tool calls in a row the model may make before the run stops.
     #[serde(default = "three")]
     pub max_invalid_tool_calls: u32,
+    /// How many turns in a row may make exactly the same tool calls before the run stops as
+    /// a loop.
+    #[serde(default = "three")]
+    pub max_repeated_turns: u32,
     /// Keep each model request under this many tokens (estimated) by leaving out the oldest
     /// turns; a tool call and its results are kept or left out together.
     #[serde(default)]

@@ -191,6 +191,9 @@ struct State {
     results: HashMap<String, (String, bool, bool)>,
     approvals: HashMap<String, (bool, Option<String>)>,
     invalid_streak: u32,
+    /// The last turn's calls (name and arguments) and how many turns in a row made them.
+    last_calls: Vec<(String, String)>,
+    repeat_streak: u32,
     last_text: Option<String>,
 }
 
@@ -240,6 +243,9 @@ impl State {
             return;
         }
         let mut all_invalid = true;
+        let calls: Vec<(String, String)> = self.pending.iter().map(|c| (c.name.clone(), c.arguments.clone())).collect();
+        self.repeat_streak = if calls == self.last_calls { self.repeat_streak + 1 } else { 1 };
+        self.last_calls = calls;
         for call in std::mem::take(&mut self.pending) {
             let (output, is_error, invalid) =
                 self.results.get(&call.id).cloned().unwrap_or_else(|| ("no result was recorded for this call".into(), true, false));
@@ -504,6 +510,11 @@ impl Runner {
                 state.settle();
                 if state.invalid_streak >= agent.def.max_invalid_tool_calls {
                     let reason = format!("the model made invalid tool calls {} times in a row", state.invalid_streak);
+                    return self.end(live, &state, RunStatus::Stopped, state.last_text.clone(), Some(reason));
+                }
+                if state.repeat_streak >= agent.def.max_repeated_turns.max(2) {
+                    let (name, _) = &state.last_calls[0];
+                    let reason = format!("loop: the model made the same call ({name}) {} turns in a row", state.repeat_streak);
                     return self.end(live, &state, RunStatus::Stopped, state.last_text.clone(), Some(reason));
                 }
             }

@@ -347,3 +347,15 @@ fn agent_files_load_their_sub_agents_and_refuse_a_cycle() {
     let err = Agent::load(&fx.dir.join("lost.toml")).unwrap_err().to_string();
     assert!(err.contains("tool `nowhere`") && err.contains("could not read"), "{err}");
 }
+
+#[tokio::test]
+async fn a_model_repeating_the_same_call_is_stopped_as_a_loop() {
+    let fx = Fixture::new("loop-detect");
+    let agent = fx.agent("[tools.list_dir]\n");
+    let same = || Scripted::calls(&[("c", "list_dir", json!({"path": "nowhere"}))]);
+    let model = Arc::new(Scripted::new([same(), same(), same(), same(), Scripted::text("never")]));
+    let outcome = fx.runner(model.clone()).start(&agent, "look", &vars()).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::Stopped);
+    assert_eq!(outcome.reason.as_deref(), Some("loop: the model made the same call (list_dir) 3 turns in a row"));
+    assert_eq!(model.remaining(), 2);
+}
