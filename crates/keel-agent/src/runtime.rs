@@ -179,6 +179,13 @@ struct Started {
     workspace: PathBuf,
 }
 
+impl Started {
+    fn of(record: &RunRecord) -> Result<Started, Error> {
+        serde_json::from_str(&record.definition)
+            .map_err(|e| Error::Store(format!("run {}: the stored agent definition is unreadable: {e}", record.id)))
+    }
+}
+
 /// The run rebuilt from its steps.
 #[derive(Debug, Default)]
 struct State {
@@ -235,6 +242,18 @@ impl State {
                 self.approvals.insert(call_id.clone(), (*approved, note.clone()));
             }
         }
+    }
+
+    /// Applies a run's stored steps in order; returns the state and the next step number.
+    fn replay(mut self, run_id: &str, steps: &[StepRecord]) -> Result<(State, i64), Error> {
+        let mut next_seq = 0;
+        for step in steps {
+            let parsed: Step = serde_json::from_str(&step.data)
+                .map_err(|e| Error::Store(format!("run {run_id}: step {} is unreadable: {e}", step.seq)))?;
+            self.apply(&parsed);
+            next_seq = step.seq + 1;
+        }
+        Ok((self, next_seq))
     }
 
     /// Puts the results of the pending calls after their assistant message, in call order.
@@ -340,8 +359,7 @@ impl Runner {
     /// caller's to add back).
     pub fn stored_agent(&self, run_id: &str) -> Result<Agent, Error> {
         let (record, _) = self.store.load_run(run_id)?;
-        let started: Started = serde_json::from_str(&record.definition)
-            .map_err(|e| Error::Store(format!("run {run_id}: the stored agent definition is unreadable: {e}")))?;
+        let started = Started::of(&record)?;
         let mut agent = Agent::new(started.def, &started.base_dir);
         agent.workspace = started.workspace;
         agent.load_sub_agents(0)?;
@@ -359,16 +377,8 @@ impl Runner {
             }
             _ => {}
         }
-        let started: Started = serde_json::from_str(&record.definition)
-            .map_err(|e| Error::Store(format!("run {run_id}: the stored agent definition is unreadable: {e}")))?;
-        let mut state = State::new(&started.system, &record.input);
-        let mut next_seq = 0;
-        for step in &steps {
-            let parsed: Step = serde_json::from_str(&step.data)
-                .map_err(|e| Error::Store(format!("run {run_id}: step {} is unreadable: {e}", step.seq)))?;
-            state.apply(&parsed);
-            next_seq = step.seq + 1;
-        }
+        let started = Started::of(&record)?;
+        let (state, next_seq) = State::new(&started.system, &record.input).replay(run_id, &steps)?;
         for call in &state.pending {
             if state.results.contains_key(&call.id) {
                 self.emit(RunEvent::ToolReused { call_id: call.id.clone(), name: call.name.clone() });
@@ -385,19 +395,13 @@ impl Runner {
         if record.status != RunStatus::WaitingApproval.as_str() {
             return Err(Error::NotWaiting { id: record.id, status: record.status });
         }
-        let mut state = State::default();
-        for step in &steps {
-            if let Ok(parsed) = serde_json::from_str::<Step>(&step.data) {
-                state.apply(&parsed);
-            }
-        }
+        let (state, seq) = State::default().replay(run_id, &steps)?;
         let waiting: Vec<&ToolCall> =
             state.pending.iter().filter(|c| !state.results.contains_key(&c.id) && !state.approvals.contains_key(&c.id)).collect();
         if !waiting.iter().any(|c| c.id == call_id) {
             let ids: Vec<&str> = waiting.iter().map(|c| c.id.as_str()).collect();
             return Err(Error::NoSuchCall { id: record.id, call: call_id.into(), waiting: ids.join(", ") });
         }
-        let seq = steps.last().map_or(0, |s| s.seq + 1);
         let step = Step::Approval { call_id: call_id.into(), approved, note };
         self.store.append_step(
             run_id,
@@ -680,14 +684,8 @@ impl Runner {
                 max_seconds: min_opt(own.max_seconds, remaining.max_seconds),
             };
             let outcome = match self.store.load_run(&child_id) {
-                Ok((record, _)) if record.status == "completed" || record.status == "stopped" => {
-                    let (_, steps) = self.store.load_run(&child_id)?;
-                    let mut state = State::default();
-                    for step in &steps {
-                        if let Ok(parsed) = serde_json::from_str::<Step>(&step.data) {
-                            state.apply(&parsed);
-                        }
-                    }
+                Ok((record, steps)) if record.status == "completed" || record.status == "stopped" => {
+                    let (state, _) = State::default().replay(&child_id, &steps)?;
                     Outcome {
                         run_id: child_id.clone(),
                         status: if record.status == "completed" { RunStatus::Completed } else { RunStatus::Stopped },
