@@ -27,6 +27,10 @@ pub struct AgentDef {
     pub budget: Budget,
     #[serde(default)]
     pub tools: BTreeMap<String, ToolSpec>,
+    /// MCP servers whose tools the agent may call, by a name of your choice; their tools
+    /// appear to the model as `NAME__TOOL`.
+    #[serde(default)]
+    pub mcp: BTreeMap<String, McpServerSpec>,
     /// A JSON Schema the final answer must satisfy (requested as structured output).
     #[serde(default)]
     pub output_schema: Option<serde_json::Value>,
@@ -115,6 +119,49 @@ pub struct ToolSpec {
     pub agent: Option<PathBuf>,
 }
 
+/// An MCP server: a command keel starts and talks to over stdio, or a Streamable HTTP URL.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServerSpec {
+    /// stdio: the program and its arguments (run from the agent file's folder).
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// stdio: extra environment variables; `${VAR}` takes VAR from keel's environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Streamable HTTP: the server's endpoint.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Streamable HTTP: extra request headers; `${VAR}` takes VAR from keel's environment,
+    /// so secrets stay out of the file (and out of stored runs).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Only these of the server's tools (all when absent).
+    #[serde(default)]
+    pub allow_tools: Option<Vec<String>>,
+    /// Approval for every tool of this server (per-tool settings below override it).
+    #[serde(default)]
+    pub approval: Approval,
+    /// Longest a tool call may take, in seconds (default 60).
+    #[serde(default)]
+    pub timeout_s: Option<f64>,
+    /// Longest the server may take to start and list its tools, in seconds (default 30).
+    #[serde(default)]
+    pub startup_timeout_s: Option<f64>,
+    /// Settings for single tools, by the server's name for them.
+    #[serde(default)]
+    pub tool: BTreeMap<String, McpToolSpec>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpToolSpec {
+    #[serde(default)]
+    pub approval: Option<Approval>,
+    #[serde(default)]
+    pub timeout_s: Option<f64>,
+}
+
 impl AgentDef {
     /// Reads and checks an agent file.
     pub fn load(path: &Path) -> Result<AgentDef, Error> {
@@ -161,6 +208,20 @@ impl AgentDef {
             }
             if name == "http_get" && spec.allow_hosts.is_empty() {
                 return Err("tool `http_get` needs `allow_hosts`: the hosts it may fetch from".into());
+            }
+        }
+        for (name, server) in &self.mcp {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') || name.contains("__") {
+                return Err(format!("mcp server name `{name}`: use letters, digits, `-` and single `_`"));
+            }
+            match (&server.command, &server.url) {
+                (Some(command), None) if command.is_empty() => return Err(format!("mcp.{name}: `command` is empty")),
+                (Some(_), None) => {}
+                (None, Some(url)) if !(url.starts_with("http://") || url.starts_with("https://")) => {
+                    return Err(format!("mcp.{name}: `url` must be an http:// or https:// URL, not `{url}`"));
+                }
+                (None, Some(_)) => {}
+                _ => return Err(format!("mcp.{name}: give exactly one of `command` (stdio) or `url` (Streamable HTTP)")),
             }
         }
         if self.budget.max_steps == 0 {
@@ -236,6 +297,15 @@ approval = "required"   # the run pauses until `keel runs approve RUN CALL`
 # [tools.researcher]
 # agent = "researcher.toml"
 # description = "Finds facts in the documents"
+
+# An MCP server (stdio or Streamable HTTP); its tools appear as `files__read_text_file`, …
+# [mcp.files]
+# command = ["npx", "-y", "@modelcontextprotocol/server-filesystem", "workspace"]
+# allow_tools = ["read_text_file", "list_directory"]
+# [mcp.tracker]
+# url = "https://mcp.example.com/mcp"
+# headers = {{ Authorization = "Bearer ${{TRACKER_TOKEN}}" }}
+# tool.create_issue.approval = "required"
 
 # Your own tool: a command that reads its arguments as JSON on standard input.
 # [tools.lookup_order]

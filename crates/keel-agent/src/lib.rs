@@ -3,12 +3,14 @@
 //! budget per run, and checkpoints every step so a run survives its process.
 
 pub mod definition;
+pub mod mcp;
 pub mod model;
 pub mod runtime;
 pub mod schema;
 pub mod tools;
 
-pub use definition::{AgentDef, Approval, Budget, ToolSpec};
+pub use definition::{AgentDef, Approval, Budget, McpServerSpec, McpToolSpec, ToolSpec};
+pub use mcp::McpServer;
 pub use model::{ChatModel, Reply, Scripted};
 pub use runtime::{Agent, Outcome, RunEvent, RunStatus, Runner, Step};
 pub use tools::{FunctionTool, Tool, ToolBox, ToolContext};

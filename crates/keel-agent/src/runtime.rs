@@ -470,6 +470,9 @@ impl Runner {
 
     async fn drive(&self, live: &Live<'_>, mut state: State) -> Result<Outcome, Error> {
         let agent = live.agent;
+        if let Err(err) = agent.tools.connect().await {
+            return self.end(live, &state, RunStatus::Failed, state.last_text.clone(), Some(err));
+        }
         loop {
             if !state.pending.is_empty() {
                 let waiting: Vec<ToolCall> = state
@@ -478,7 +481,7 @@ impl Runner {
                     .filter(|call| {
                         !state.results.contains_key(&call.id)
                             && !state.approvals.contains_key(&call.id)
-                            && agent.tools.tools.get(&call.name).is_some_and(|entry| entry.approval == Approval::Required)
+                            && agent.tools.get(&call.name).is_some_and(|entry| entry.approval == Approval::Required)
                     })
                     .cloned()
                     .collect();
@@ -586,9 +589,9 @@ impl Runner {
         let started = Instant::now();
         let idempotency_key = format!("{}:{}", live.id, call.id);
         let mut spent = None;
-        let (output, is_error, invalid) = match agent.tools.tools.get(&call.name) {
+        let (output, is_error, invalid) = match agent.tools.get(&call.name) {
             None => {
-                let known: Vec<&str> = agent.tools.tools.keys().map(String::as_str).collect();
+                let known = agent.tools.names();
                 (format!("unknown tool `{}`; the tools are: {}", call.name, known.join(", ")), true, true)
             }
             Some(entry) => {
@@ -676,6 +679,8 @@ impl Runner {
             for entry in sub.tools.tools.values() {
                 child.tools.insert(entry.tool.clone(), entry.approval, Some(entry.timeout.as_secs_f64()));
             }
+            // The sub-agent's MCP servers stay connected across its runs.
+            child.tools.mcp = sub.tools.mcp.clone();
             let own = &sub.def.budget;
             child.def.budget = Budget {
                 max_steps: own.max_steps.min(remaining.max_steps.max(1)),

@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
 use crate::definition::{AgentDef, Approval, ToolSpec};
+use crate::mcp::McpServer;
 
 /// Longest tool output handed to the model; the rest is cut with a note.
 const MAX_OUTPUT: usize = 32 * 1024;
@@ -71,10 +72,11 @@ pub struct Entry {
     pub timeout: Duration,
 }
 
-/// The tools of one agent, by name.
+/// The tools of one agent, by name: its own, and those of its MCP servers once connected.
 #[derive(Default)]
 pub struct ToolBox {
     pub tools: BTreeMap<String, Entry>,
+    pub mcp: Vec<Arc<McpServer>>,
 }
 
 impl std::fmt::Debug for ToolBox {
@@ -103,7 +105,33 @@ impl ToolBox {
             };
             tools.insert(tool, spec.approval, spec.timeout_s);
         }
+        tools.mcp = def.mcp.iter().map(|(name, spec)| Arc::new(McpServer::new(name, spec, base_dir))).collect();
         tools
+    }
+
+    /// Connects the MCP servers not yet connected and lists their tools.
+    pub async fn connect(&self) -> Result<(), String> {
+        let listed = futures_util::future::join_all(self.mcp.iter().map(|server| server.entries())).await;
+        for result in listed {
+            let entries = result?;
+            if let Some(clash) = entries.keys().find(|name| self.tools.contains_key(*name)) {
+                return Err(format!("the MCP tool `{clash}` has the name of a tool in the agent file"));
+            }
+        }
+        Ok(())
+    }
+
+    fn mcp_entries(&self) -> impl Iterator<Item = (&String, &Entry)> {
+        self.mcp.iter().filter_map(|server| server.connected_entries()).flatten()
+    }
+
+    /// A tool by the name the model knows it by.
+    pub fn get(&self, name: &str) -> Option<&Entry> {
+        self.tools.get(name).or_else(|| self.mcp_entries().find(|(n, _)| *n == name).map(|(_, entry)| entry))
+    }
+
+    pub fn names(&self) -> Vec<&str> {
+        self.tools.keys().chain(self.mcp_entries().map(|(n, _)| n)).map(String::as_str).collect()
     }
 
     pub fn insert(&mut self, tool: Arc<dyn Tool>, approval: Approval, timeout_s: Option<f64>) {
@@ -112,7 +140,7 @@ impl ToolBox {
     }
 
     pub fn defs(&self) -> Vec<ToolDef> {
-        self.tools.values().map(|entry| entry.tool.def()).collect()
+        self.tools.values().chain(self.mcp_entries().map(|(_, e)| e)).map(|entry| entry.tool.def()).collect()
     }
 }
 

@@ -359,3 +359,5 @@ async fn a_model_repeating_the_same_call_is_stopped_as_a_loop() {
     assert_eq!(outcome.reason.as_deref(), Some("loop: the model made the same call (list_dir) 3 turns in a row"));
     assert_eq!(model.remaining(), 2);
 }
+
+mod mcp;
