@@ -59,7 +59,7 @@ impl FakeState {
     }
 }
 
-type Fake = Arc<FakeState>;
+pub type Fake = Arc<FakeState>;
 
 pub fn router(state: Fake) -> axum::Router {
     axum::Router::new()

@@ -3,6 +3,7 @@
 //! router in keel-llm, and map the result; traces go to the store's batching writer.
 
 pub mod agents;
+pub mod mcp;
 pub mod error;
 pub mod fake;
 mod handlers;
@@ -46,7 +47,12 @@ pub type App = Arc<AppState>;
 
 /// The whole HTTP API.
 pub fn router(app: App, max_body_bytes: usize) -> axum::Router {
-    axum::Router::new()
+    let mut router = axum::Router::new();
+    // The agents as MCP tools, over Streamable HTTP.
+    if let Some(agents) = &app.agents {
+        router = router.nest_service("/mcp", mcp::AgentTools::new(agents.clone()).http_service());
+    }
+    router
         .route("/v1/chat/completions", post(handlers::chat_completions))
         .route("/v1/messages", post(handlers::messages))
         .route("/v1/messages/count_tokens", post(handlers::count_tokens))

@@ -5,6 +5,7 @@ mod agents;
 mod bench;
 mod commands;
 mod local;
+mod mcp;
 mod serve;
 mod settings;
 mod table;
@@ -101,6 +102,11 @@ enum Command {
         #[command(subcommand)]
         command: RunsCommand,
     },
+    /// MCP: serve keel's agents as MCP tools; list, read and prompt an agent's MCP servers.
+    Mcp {
+        #[command(subcommand)]
+        command: McpCommand,
+    },
     #[command(hide = true)]
     FakeUpstream {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -108,6 +114,47 @@ enum Command {
         /// Require this API key on every request.
         #[arg(long)]
         key: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum McpCommand {
+    /// Serve every agent file of a folder as an MCP tool (input: `request`, optional
+    /// `vars`; output: the agent's answer). Over stdio by default, for MCP clients that
+    /// start keel themselves; `--http ADDR` serves Streamable HTTP at http://ADDR/mcp.
+    /// (`keel serve` also serves them at /mcp when `[agents] dir` is set.)
+    Serve {
+        /// The folder of agent files (default: agents.dir of the config).
+        #[arg(long, value_name = "DIR")]
+        agents: Option<PathBuf>,
+        /// Serve Streamable HTTP on this address instead of stdio.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<SocketAddr>,
+        /// Pull the local models the config needs when they are not on disk yet.
+        #[arg(long)]
+        pull: bool,
+    },
+    /// Connect to every MCP server an agent file names and list its tools (as the agent
+    /// sees them), resources and prompts, with the protocol version each one speaks.
+    List {
+        /// The agent file.
+        agent: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read a resource of one of an agent's MCP servers.
+    Read {
+        agent: String,
+        server: String,
+        uri: String,
+    },
+    /// Get a prompt of one of an agent's MCP servers, filled with `--arg NAME=VALUE`.
+    Prompt {
+        agent: String,
+        server: String,
+        name: String,
+        #[arg(long = "arg", value_name = "NAME=VALUE")]
+        args: Vec<String>,
     },
 }
 
@@ -262,6 +309,14 @@ fn main() -> std::process::ExitCode {
                 RunsCommand::Resume { id, json } => agents::resume(cli.config.as_deref(), &id, json).await,
                 RunsCommand::Approve { id, call, note, json } => agents::decide(cli.config.as_deref(), &id, &call, true, note, json).await,
                 RunsCommand::Deny { id, call, note, json } => agents::decide(cli.config.as_deref(), &id, &call, false, note, json).await,
+            },
+            Command::Mcp { command } => match command {
+                McpCommand::Serve { agents, http, pull } => mcp::serve(cli.config.as_deref(), agents, http, pull).await,
+                McpCommand::List { agent, json } => mcp::list(&agents::find_agent(&agent)?, json).await,
+                McpCommand::Read { agent, server, uri } => mcp::read(&agents::find_agent(&agent)?, &server, &uri).await,
+                McpCommand::Prompt { agent, server, name, args } => {
+                    mcp::prompt(&agents::find_agent(&agent)?, &server, &name, &args).await
+                }
             },
             Command::FakeUpstream { listen, key } => commands::fake_upstream(listen, key).await,
         }

@@ -30,13 +30,9 @@ pub async fn run(config: Option<&Path>, listen: Option<SocketAddr>, pull: bool) 
     let store_path = settings.store_path();
     let store = Arc::new(Store::open(&store_path)?);
     let router = Arc::new(router);
-    let agents = match &config.agents.dir {
+    let agents = match settings.agents_dir() {
         None => None,
         Some(dir) => {
-            let dir = match settings.path.as_deref().and_then(std::path::Path::parent) {
-                Some(base) if dir.is_relative() => base.join(dir),
-                _ => dir.clone(),
-            };
             let agents = keel_server::agents::Agents::load(&dir, store.clone(), router.clone()).map_err(anyhow::Error::msg)?;
             tracing::info!(agents = ?agents, "serving agents from {}", dir.display());
             Some(Arc::new(agents))
@@ -85,7 +81,7 @@ pub async fn run(config: Option<&Path>, listen: Option<SocketAddr>, pull: bool) 
     Ok(())
 }
 
-async fn signalled(shutdown: CancellationToken) {
+pub(crate) async fn signalled(shutdown: CancellationToken) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

@@ -71,6 +71,15 @@ impl Settings {
         }
     }
 
+    /// The agents folder: `agents.dir` (relative to the config file), if set.
+    pub fn agents_dir(&self) -> Option<PathBuf> {
+        let dir = self.config.agents.dir.as_ref()?;
+        Some(match self.path.as_deref().and_then(Path::parent) {
+            Some(base) if dir.is_relative() => base.join(dir),
+            _ => dir.clone(),
+        })
+    }
+
     pub fn env(name: &str) -> Option<String> {
         std::env::var(name).ok()
     }

@@ -2,6 +2,7 @@
 
 mod agents;
 mod cli;
+mod mcp;
 mod shutdown;
 
 use std::path::{Path, PathBuf};
