@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
 use keel_core::{ChatRequest, ChatResponse, Message, ResponseFormat, Role, ToolCall, Usage};
-use keel_store::{CHECKPOINT_FORMAT, RunRecord, StepRecord, Store};
+use keel_store::{CHECKPOINT_FORMAT, RunRecord, SpanRecord, StepRecord, Store};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 
@@ -296,11 +296,99 @@ impl std::fmt::Debug for Runner {
     }
 }
 
-/// One run in progress.
+/// One run in progress (this process's stretch of it).
 struct Live<'a> {
     id: String,
     agent: &'a Agent,
     next_seq: AtomicI64,
+    /// The trace its spans go in: its own id, or its caller's trace for a sub-agent.
+    trace_id: String,
+    /// This stretch's `invoke_agent` span, and the span it hangs under (a caller's tool call).
+    span_id: String,
+    parent_span: Option<String>,
+    started: Instant,
+    start_ms: i64,
+    resumed: bool,
+}
+
+/// Where a run's spans go: (trace id, parent span id).
+type TraceParent = Option<(String, String)>;
+
+impl<'a> Live<'a> {
+    fn new(id: String, agent: &'a Agent, next_seq: i64, parent: TraceParent, resumed: bool) -> Live<'a> {
+        let (trace_id, parent_span) = match parent {
+            Some((trace, span)) => (trace, Some(span)),
+            None => (id.clone(), None),
+        };
+        Live {
+            span_id: format!("{id}@{next_seq}"),
+            id,
+            agent,
+            next_seq: AtomicI64::new(next_seq),
+            trace_id,
+            parent_span,
+            started: Instant::now(),
+            start_ms: now_ms(),
+            resumed,
+        }
+    }
+
+    fn span(&self, span_id: String, name: String, operation: &str, start_ms: i64, duration_ms: f64, ok: bool, attributes: serde_json::Value) -> SpanRecord {
+        SpanRecord {
+            trace_id: self.trace_id.clone(),
+            span_id,
+            parent_id: Some(self.span_id.clone()),
+            name,
+            operation: operation.into(),
+            run_id: self.id.clone(),
+            start_ms,
+            duration_ms,
+            status: if ok { "ok" } else { "error" }.into(),
+            attributes: attributes.to_string(),
+        }
+    }
+
+    /// The `chat` or `execute_tool` span of a step.
+    fn span_of(&self, seq: i64, step: &Step) -> Option<SpanRecord> {
+        let now = now_ms();
+        match step {
+            Step::Model { request, response, provider, cost_usd, ms } => Some(self.span(
+                format!("{}:{seq}", self.id),
+                format!("chat {}", request.model),
+                "chat",
+                now - *ms as i64,
+                *ms,
+                true,
+                serde_json::json!({
+                    "gen_ai.operation.name": "chat",
+                    "gen_ai.request.model": request.model,
+                    "gen_ai.response.model": response.model,
+                    "gen_ai.provider.name": provider,
+                    "gen_ai.usage.input_tokens": response.usage.input_tokens,
+                    "gen_ai.usage.output_tokens": response.usage.output_tokens,
+                    "gen_ai.response.finish_reasons": [response.finish_reason],
+                    "keel.cost_usd": cost_usd,
+                    "keel.step": seq,
+                }),
+            )),
+            Step::Tool { call_id, name, is_error, invalid, ms, .. } => Some(self.span(
+                format!("{}:{call_id}", self.id),
+                format!("execute_tool {name}"),
+                "execute_tool",
+                now - *ms as i64,
+                *ms,
+                !is_error,
+                serde_json::json!({
+                    "gen_ai.operation.name": "execute_tool",
+                    "gen_ai.tool.name": name,
+                    "gen_ai.tool.call.id": call_id,
+                    "keel.tool.invalid_arguments": invalid,
+                    "keel.step": seq,
+                }),
+            )),
+            Step::Approval { .. } => None,
+        }
+    }
 }
 
 impl Runner {
@@ -324,10 +412,10 @@ impl Runner {
     pub async fn start(&self, agent: &Agent, input: &str, vars: &BTreeMap<String, String>) -> Result<Outcome, Error> {
         let created_ms = now_ms();
         let id = format!("run_{}", &keel_core::time_ordered_id(created_ms as u64, random()).replace('-', "")[..20]);
-        self.start_as(id, agent, input, vars).await
+        self.start_as(id, agent, input, vars, None).await
     }
 
-    async fn start_as(&self, id: String, agent: &Agent, input: &str, vars: &BTreeMap<String, String>) -> Result<Outcome, Error> {
+    async fn start_as(&self, id: String, agent: &Agent, input: &str, vars: &BTreeMap<String, String>, parent: TraceParent) -> Result<Outcome, Error> {
         let system = agent.def.render_instructions(vars)?;
         std::fs::create_dir_all(&agent.workspace)
             .map_err(|e| Error::Definition(format!("could not create the workspace {}: {e}", agent.workspace.display())))?;
@@ -351,7 +439,7 @@ impl Runner {
             format: CHECKPOINT_FORMAT,
         })?;
         self.emit(RunEvent::Started { run_id: id.clone(), agent: agent.def.name.clone(), resumed: false });
-        let live = Live { id, agent, next_seq: AtomicI64::new(0) };
+        let live = Live::new(id, agent, 0, parent, false);
         self.drive(&live, State::new(&system, input)).await
     }
 
@@ -370,6 +458,10 @@ impl Runner {
     /// never run again. A run that failed on its model (an upstream down, a key revoked) can
     /// be resumed once the cause is fixed; completed and stopped runs are over.
     pub async fn resume(&self, run_id: &str, agent: &Agent) -> Result<Outcome, Error> {
+        self.resume_in(run_id, agent, None).await
+    }
+
+    async fn resume_in(&self, run_id: &str, agent: &Agent, parent: TraceParent) -> Result<Outcome, Error> {
         let (record, steps) = self.store.load_run(run_id)?;
         match record.status.as_str() {
             "completed" | "stopped" => {
@@ -385,7 +477,11 @@ impl Runner {
             }
         }
         self.emit(RunEvent::Started { run_id: record.id.clone(), agent: record.agent.clone(), resumed: true });
-        let live = Live { id: record.id, agent, next_seq: AtomicI64::new(next_seq) };
+        let parent = match parent {
+            Some(parent) => Some(parent),
+            None => self.store.trace_of_run(run_id)?.filter(|trace| trace != run_id).map(|trace| (trace, String::new())),
+        };
+        let live = Live::new(record.id, agent, next_seq, parent, true);
         self.drive(&live, state).await
     }
 
@@ -407,6 +503,7 @@ impl Runner {
             run_id,
             &StepRecord { seq, kind: step.kind().into(), created_ms: now_ms(), data: serde_json::to_string(&step).map_err(|e| Error::Store(e.to_string()))? },
             RunStatus::WaitingApproval.as_str(),
+            None,
         )?;
         Ok(())
     }
@@ -414,7 +511,8 @@ impl Runner {
     fn record(&self, live: &Live<'_>, step: &Step, status: RunStatus) -> Result<i64, Error> {
         let seq = live.next_seq.fetch_add(1, Ordering::SeqCst);
         let data = serde_json::to_string(step).map_err(|e| Error::Store(e.to_string()))?;
-        self.store.append_step(&live.id, &StepRecord { seq, kind: step.kind().into(), created_ms: now_ms(), data }, status.as_str())?;
+        let span = live.span_of(seq, step);
+        self.store.append_step(&live.id, &StepRecord { seq, kind: step.kind().into(), created_ms: now_ms(), data }, status.as_str(), span.as_ref())?;
         Ok(seq)
     }
 
@@ -468,7 +566,41 @@ impl Runner {
         None
     }
 
-    async fn drive(&self, live: &Live<'_>, mut state: State) -> Result<Outcome, Error> {
+    /// Runs the loop, then records this stretch of the run as its `invoke_agent` span.
+    async fn drive(&self, live: &Live<'_>, state: State) -> Result<Outcome, Error> {
+        let result = self.drive_steps(live, state).await;
+        let (ok, status, reason) = match &result {
+            Ok(outcome) => (!matches!(outcome.status, RunStatus::Failed), outcome.status.as_str(), outcome.reason.clone()),
+            Err(err) => (false, "error", Some(err.to_string())),
+        };
+        let span = SpanRecord {
+            trace_id: live.trace_id.clone(),
+            span_id: live.span_id.clone(),
+            parent_id: live.parent_span.clone().filter(|p| !p.is_empty()),
+            name: format!("invoke_agent {}", live.agent.def.name),
+            operation: "invoke_agent".into(),
+            run_id: live.id.clone(),
+            start_ms: live.start_ms,
+            duration_ms: live.started.elapsed().as_secs_f64() * 1000.0,
+            status: if ok { "ok" } else { "error" }.into(),
+            attributes: serde_json::json!({
+                "gen_ai.operation.name": "invoke_agent",
+                "gen_ai.agent.name": live.agent.def.name,
+                "gen_ai.request.model": live.agent.def.model,
+                "keel.run.id": live.id,
+                "keel.run.status": status,
+                "keel.run.reason": reason,
+                "keel.run.resumed": live.resumed,
+            })
+            .to_string(),
+        };
+        if let Err(err) = self.store.add_span(&span) {
+            tracing::warn!(run = %live.id, error = %err, "could not record the run's span");
+        }
+        result
+    }
+
+    async fn drive_steps(&self, live: &Live<'_>, mut state: State) -> Result<Outcome, Error> {
         let agent = live.agent;
         if let Err(err) = agent.tools.connect().await {
             return self.end(live, &state, RunStatus::Failed, state.last_text.clone(), Some(err));
@@ -672,6 +804,8 @@ impl Runner {
     ) -> futures_util::future::BoxFuture<'a, Result<(SubAnswer, Spent), Error>> {
         Box::pin(async move {
             let child_id = format!("{}.{}", live.id, call.id);
+            // The sub-run's spans hang under this tool call's span, in the caller's trace.
+            let parent = (live.trace_id.clone(), format!("{}:{}", live.id, call.id));
             let mut child = Agent::new(sub.def.clone(), &sub.base_dir);
             child.workspace = sub.workspace.clone();
             child.sub_agents = sub.sub_agents.clone();
@@ -702,8 +836,8 @@ impl Runner {
                         model_calls: state.model_calls,
                     }
                 }
-                Ok(_) => self.resume(&child_id, &child).await?,
-                Err(keel_store::Error::NoRun(_)) => self.start_as(child_id.clone(), &child, request, &BTreeMap::new()).await?,
+                Ok(_) => self.resume_in(&child_id, &child, Some(parent)).await?,
+                Err(keel_store::Error::NoRun(_)) => self.start_as(child_id.clone(), &child, request, &BTreeMap::new(), Some(parent)).await?,
                 Err(err) => return Err(err.into()),
             };
             let spent = Spent { run_id: child_id.clone(), model_calls: outcome.model_calls, usage: outcome.usage, cost_usd: outcome.cost_usd };

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
-pub use runs::{RunRecord, StepRecord, CHECKPOINT_FORMAT};
+pub use runs::{RunRecord, SpanRecord, StepRecord, CHECKPOINT_FORMAT};
 pub use writer::{TraceSink, TraceWriter};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -32,7 +32,7 @@ pub enum Error {
 }
 
 /// The schema version this keel writes; migrations run from any older one.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 const MIGRATIONS: &[&str] = &["
 CREATE TABLE traces (
@@ -81,6 +81,21 @@ CREATE TABLE run_steps (
     data TEXT NOT NULL,
     PRIMARY KEY (run_id, seq)
 );
+", "
+CREATE TABLE spans (
+    trace_id TEXT NOT NULL,
+    span_id TEXT NOT NULL,
+    parent_id TEXT,
+    name TEXT NOT NULL,
+    operation TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    start_ms INTEGER NOT NULL,
+    duration_ms REAL NOT NULL,
+    status TEXT NOT NULL,
+    attributes TEXT NOT NULL,
+    PRIMARY KEY (trace_id, span_id)
+);
+CREATE INDEX spans_run ON spans (run_id);
 "];
 
 /// One model call as keel saw it.

@@ -27,6 +27,26 @@ pub struct RunRecord {
     pub format: i64,
 }
 
+/// One span of an agent trace, after the OpenTelemetry GenAI conventions: `invoke_agent`
+/// for a run (each stretch of it a process ran), `chat` for a model call, `execute_tool` for
+/// a tool call. A sub-agent's spans are in its caller's trace, under the tool call.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SpanRecord {
+    pub trace_id: String,
+    pub span_id: String,
+    pub parent_id: Option<String>,
+    /// `{operation} {target}`, e.g. `chat gpt-4o`, `execute_tool refund`.
+    pub name: String,
+    pub operation: String,
+    pub run_id: String,
+    pub start_ms: i64,
+    pub duration_ms: f64,
+    /// `ok` or `error`.
+    pub status: String,
+    /// The span's attributes (`gen_ai.*`, `keel.*`) as a JSON object.
+    pub attributes: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StepRecord {
     pub seq: i64,
@@ -53,7 +73,7 @@ impl Store {
     }
 
     /// Appends a completed step and updates the run's status in one transaction.
-    pub fn append_step(&self, run_id: &str, step: &StepRecord, status: &str) -> Result<()> {
+    pub fn append_step(&self, run_id: &str, step: &StepRecord, status: &str, span: Option<&SpanRecord>) -> Result<()> {
         let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         tx.execute(
@@ -61,9 +81,53 @@ impl Store {
             params![run_id, step.seq, step.kind, step.created_ms, step.data],
         )
         .map_err(|e| self.err(e))?;
+        if let Some(span) = span {
+            insert_span(&tx, span).map_err(|e| self.err(e))?;
+        }
         tx.execute("UPDATE runs SET status = ?2, updated_ms = ?3 WHERE id = ?1", params![run_id, status, step.created_ms])
             .map_err(|e| self.err(e))?;
         tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// Records a span (again, if it was recorded before: the newer one wins).
+    pub fn add_span(&self, span: &SpanRecord) -> Result<()> {
+        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        insert_span(&conn, span).map(drop).map_err(|e| self.err(e))
+    }
+
+    /// Every span of a trace, in start order.
+    pub fn spans(&self, trace_id: &str) -> Result<Vec<SpanRecord>> {
+        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut stmt = conn
+            .prepare(
+                "SELECT trace_id, span_id, parent_id, name, operation, run_id, start_ms, duration_ms, status, attributes
+                 FROM spans WHERE trace_id = ?1 ORDER BY start_ms, rowid",
+            )
+            .map_err(|e| self.err(e))?;
+        stmt.query_map([trace_id], |row| {
+            Ok(SpanRecord {
+                trace_id: row.get(0)?,
+                span_id: row.get(1)?,
+                parent_id: row.get(2)?,
+                name: row.get(3)?,
+                operation: row.get(4)?,
+                run_id: row.get(5)?,
+                start_ms: row.get(6)?,
+                duration_ms: row.get(7)?,
+                status: row.get(8)?,
+                attributes: row.get(9)?,
+            })
+        })
+        .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+        .map_err(|e| self.err(e))
+    }
+
+    /// The trace a run belongs to (a sub-agent's run is in its caller's trace).
+    pub fn trace_of_run(&self, run_id: &str) -> Result<Option<String>> {
+        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        conn.query_row("SELECT trace_id FROM spans WHERE run_id = ?1 LIMIT 1", [run_id], |row| row.get(0))
+            .optional()
+            .map_err(|e| self.err(e))
     }
 
     /// Records how a run ended (or paused).
@@ -136,6 +200,25 @@ impl Store {
     }
 }
 
+fn insert_span(conn: &rusqlite::Connection, span: &SpanRecord) -> rusqlite::Result<usize> {
+    conn.execute(
+        "INSERT OR REPLACE INTO spans (trace_id, span_id, parent_id, name, operation, run_id, start_ms, duration_ms, status, attributes)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            span.trace_id,
+            span.span_id,
+            span.parent_id,
+            span.name,
+            span.operation,
+            span.run_id,
+            span.start_ms,
+            span.duration_ms,
+            span.status,
+            span.attributes
+        ],
+    )
+}
+
 fn run_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RunRecord> {
     Ok(RunRecord {
         id: row.get(0)?,
@@ -185,7 +268,7 @@ mod tests {
         store.create_run(&run("r1", CHECKPOINT_FORMAT)).unwrap();
         for seq in 0..3 {
             let step = StepRecord { seq, kind: "model".into(), created_ms: 10 + seq, data: format!("{{\"n\":{seq}}}") };
-            store.append_step("r1", &step, "running").unwrap();
+            store.append_step("r1", &step, "running", None).unwrap();
         }
         store.set_run_status("r1", "completed", Some("done"), None, 20).unwrap();
         let (record, steps) = store.load_run("r1").unwrap();
@@ -194,7 +277,7 @@ mod tests {
         assert_eq!(steps.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![0, 1, 2]);
         // A step number is written once: a replayed step is refused, not duplicated.
         let again = StepRecord { seq: 1, kind: "tool".into(), created_ms: 30, data: "{}".into() };
-        assert!(store.append_step("r1", &again, "running").is_err());
+        assert!(store.append_step("r1", &again, "running", None).is_err());
         assert_eq!(store.recent_runs(10).unwrap().len(), 1);
         assert!(matches!(store.load_run("nope"), Err(Error::NoRun(_))));
         let _ = std::fs::remove_dir_all(dir);

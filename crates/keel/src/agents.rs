@@ -269,6 +269,68 @@ pub fn show(config: Option<&Path>, id: &str, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `keel runs trace ID`: the spans of the run's trace as an indented tree.
+pub fn trace(config: Option<&Path>, id: &str, json: bool) -> anyhow::Result<()> {
+    let store = open_store(config)?;
+    store.load_run(id)?;
+    let trace_id = store.trace_of_run(id)?.with_context(|| format!("run {id} has no spans yet"))?;
+    let spans = store.spans(&trace_id)?;
+    if json {
+        let out: Vec<serde_json::Value> = spans
+            .iter()
+            .map(|s| {
+                let attributes: serde_json::Value = serde_json::from_str(&s.attributes).unwrap_or_default();
+                serde_json::json!({
+                    "trace_id": s.trace_id, "span_id": s.span_id, "parent_id": s.parent_id, "name": s.name,
+                    "run_id": s.run_id, "start_ms": s.start_ms, "duration_ms": s.duration_ms, "status": s.status,
+                    "attributes": attributes,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    let t0 = spans.iter().map(|s| s.start_ms).min().unwrap_or(0);
+    let known: std::collections::HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
+    let mut rows = Vec::new();
+    fn walk<'a>(
+        spans: &'a [keel_store::SpanRecord],
+        parent: Option<&str>,
+        known: &std::collections::HashSet<&str>,
+        depth: usize,
+        t0: i64,
+        rows: &mut Vec<Vec<Cell>>,
+    ) {
+        for span in spans.iter().filter(|s| match (s.parent_id.as_deref(), parent) {
+            (Some(p), Some(want)) => p == want,
+            // Roots: no parent, or a parent this trace does not hold (a stretch cut off by a crash).
+            (p, None) => p.is_none_or(|p| !known.contains(p)),
+            _ => false,
+        }) {
+            let attrs: serde_json::Value = serde_json::from_str(&span.attributes).unwrap_or_default();
+            let tokens = match (attrs["gen_ai.usage.input_tokens"].as_u64(), attrs["gen_ai.usage.output_tokens"].as_u64()) {
+                (Some(i), Some(o)) => format!("{i}+{o}"),
+                _ => String::new(),
+            };
+            let cost = attrs["keel.cost_usd"].as_f64().map_or(String::new(), |c| format!("{c:.4}"));
+            let mark = if span.status == "ok" { Cell::new("ok").color(table::GREEN) } else { Cell::new("error").color(table::RED) };
+            rows.push(vec![
+                Cell::new(format!("{}{}", "  ".repeat(depth), span.name)),
+                mark,
+                Cell::num(format!("{}", span.start_ms - t0)),
+                Cell::num(format!("{:.1}", span.duration_ms)),
+                Cell::num(tokens),
+                Cell::num(cost),
+            ]);
+            walk(spans, Some(&span.span_id), known, depth + 1, t0, rows);
+        }
+    }
+    walk(&spans, None, &known, 0, t0, &mut rows);
+    println!("trace {trace_id}");
+    print!("{}", table::render(&["SPAN", "STATUS", "AT MS", "MS", "TOKENS", "COST $"], &rows));
+    Ok(())
+}
+
 /// The agent file for `keel agent run NAME`: a path, or `NAME.toml` here or in `agents/`.
 pub fn find_agent(name: &str) -> anyhow::Result<PathBuf> {
     let given = PathBuf::from(name);

@@ -617,7 +617,8 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
         }
         per_step.push(started.elapsed().as_secs_f64() * 1e6 / steps_per_run as f64);
     }
-    // The checkpoint write alone: the same store, steps of the size the runs wrote.
+    // The checkpoint write alone: the same store, steps of the size the runs wrote, each with
+    // its span, as the runtime writes them.
     let (_, sample_steps) = store.load_run(&store.recent_runs(1)?[0].id)?;
     let checkpoint_run = keel_store::RunRecord {
         id: "bench-checkpoints".into(),
@@ -636,8 +637,20 @@ pub async fn agent(args: AgentArgs) -> anyhow::Result<()> {
     for seq in 0..2000i64 {
         let mut step = sample_steps[seq as usize % sample_steps.len()].clone();
         step.seq = seq;
+        let span = keel_store::SpanRecord {
+            trace_id: "bench-checkpoints".into(),
+            span_id: format!("bench-checkpoints:{seq}"),
+            parent_id: Some("bench-checkpoints@0".into()),
+            name: "chat bench".into(),
+            operation: "chat".into(),
+            run_id: "bench-checkpoints".into(),
+            start_ms: 0,
+            duration_ms: 1.0,
+            status: "ok".into(),
+            attributes: r#"{"gen_ai.operation.name":"chat","gen_ai.usage.input_tokens":10,"gen_ai.usage.output_tokens":5}"#.into(),
+        };
         let started = Instant::now();
-        store.append_step("bench-checkpoints", &step, "running")?;
+        store.append_step("bench-checkpoints", &step, "running", Some(&span))?;
         writes.push(started.elapsed().as_secs_f64() * 1e6);
     }
     let percentile = |values: &mut Vec<f64>, p: f64| {

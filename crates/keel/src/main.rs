@@ -217,6 +217,13 @@ enum RunsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A run's trace: its spans (invoke_agent, chat, execute_tool; sub-agents nested under
+    /// the call that ran them) as a tree with times, tokens and cost.
+    Trace {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Continue a run from its last completed step (after a crash or a pause); tool calls
     /// that already ran are not run again.
     Resume {
@@ -306,6 +313,7 @@ fn main() -> std::process::ExitCode {
             Command::Runs { command } => match command {
                 RunsCommand::List { json, limit } => agents::list(cli.config.as_deref(), json, limit),
                 RunsCommand::Show { id, json } => agents::show(cli.config.as_deref(), &id, json),
+                RunsCommand::Trace { id, json } => agents::trace(cli.config.as_deref(), &id, json),
                 RunsCommand::Resume { id, json } => agents::resume(cli.config.as_deref(), &id, json).await,
                 RunsCommand::Approve { id, call, note, json } => agents::decide(cli.config.as_deref(), &id, &call, true, note, json).await,
                 RunsCommand::Deny { id, call, note, json } => agents::decide(cli.config.as_deref(), &id, &call, false, note, json).await,

@@ -304,6 +304,26 @@ async fn an_agent_calls_another_as_a_tool_on_one_budget() {
     let child_id = format!("{}.c1", outcome.run_id);
     let (child, _) = fx.store.load_run(&child_id).unwrap();
     assert_eq!((child.agent.as_str(), child.status.as_str()), ("researcher", "completed"));
+
+    // One trace: the run, its model calls and tool call, and the sub-agent's run under the
+    // tool call that ran it.
+    let spans = fx.store.spans(&outcome.run_id).unwrap();
+    let tree: Vec<(String, Option<String>, String)> =
+        spans.iter().map(|s| (s.span_id.clone(), s.parent_id.clone(), s.name.clone())).collect();
+    let root = format!("{}@0", outcome.run_id);
+    let call = format!("{}:c1", outcome.run_id);
+    let find = |name: &str| tree.iter().find(|(_, _, n)| n == name).unwrap_or_else(|| panic!("no span {name}: {tree:?}")).clone();
+    assert_eq!(find("invoke_agent tester"), (root.clone(), None, "invoke_agent tester".into()));
+    assert_eq!(find("execute_tool researcher"), (call.clone(), Some(root.clone()), "execute_tool researcher".into()));
+    assert_eq!(find("invoke_agent researcher").1, Some(call));
+    let chats: Vec<_> = spans.iter().filter(|s| s.operation == "chat").collect();
+    assert_eq!(chats.len(), 3);
+    assert_eq!(chats.iter().filter(|s| s.run_id == child_id).count(), 1);
+    let attributes: serde_json::Value = serde_json::from_str(&chats[0].attributes).unwrap();
+    assert_eq!(attributes["gen_ai.request.model"], "scripted");
+    assert_eq!(attributes["gen_ai.usage.input_tokens"], 10);
+    assert_eq!(attributes["gen_ai.provider.name"], "scripted");
+    assert_eq!(fx.store.trace_of_run(&child_id).unwrap().as_deref(), Some(outcome.run_id.as_str()));
 }
 
 #[tokio::test]

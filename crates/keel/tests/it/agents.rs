@@ -117,6 +117,18 @@ async fn a_killed_run_resumes_from_its_last_step_without_repeating_a_tool_call()
     let table = stdout(&run(&["runs", "show", &run_id], &dir));
     assert!(table.contains("tool record") && table.contains("total:"), "{table}");
 
+    // The trace: the killed stretch's steps (its invoke_agent span never written, so they are
+    // roots), then the resumed stretch with its model call under it.
+    let trace = stdout(&run(&["runs", "trace", &run_id], &dir));
+    assert!(trace.contains("chat brain") && trace.contains("execute_tool record") && trace.contains("invoke_agent clerk"), "{trace}");
+    let spans: serde_json::Value = serde_json::from_slice(&run(&["runs", "trace", &run_id, "--json"], &dir).stdout).unwrap();
+    let spans = spans.as_array().unwrap();
+    let names: Vec<&str> = spans.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names.iter().filter(|n| **n == "chat brain").count(), 2, "{names:?}");
+    let resumed_span = spans.iter().find(|s| s["name"] == "invoke_agent clerk").unwrap();
+    assert_eq!(resumed_span["attributes"]["keel.run.resumed"], true);
+    assert_eq!(resumed_span["attributes"]["keel.run.status"], "completed");
+
     let again = run(&["runs", "resume", &run_id], &dir);
     assert!(String::from_utf8_lossy(&again.stderr).contains("has already ended (completed)"));
 }
