@@ -31,6 +31,10 @@ pub struct AgentDef {
     /// appear to the model as `NAME__TOOL`.
     #[serde(default)]
     pub mcp: BTreeMap<String, McpServerSpec>,
+    /// Long-term memory: facts kept across runs, recalled into context and editable with
+    /// the `memory_save` and `memory_search` tools (added when this is set).
+    #[serde(default)]
+    pub memory: Option<MemorySpec>,
     /// A JSON Schema the final answer must satisfy (requested as structured output).
     #[serde(default)]
     pub output_schema: Option<serde_json::Value>,
@@ -119,6 +123,56 @@ pub struct ToolSpec {
     pub agent: Option<PathBuf>,
 }
 
+/// Long-term memory settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemorySpec {
+    /// The embedding model alias facts are embedded with.
+    #[serde(default = "local_embed")]
+    pub embedding_model: String,
+    /// How many facts to recall into the context when a run starts (0: only on request).
+    #[serde(default = "five")]
+    pub recall: usize,
+    /// The run variable that names the user (facts about a user are shared by every agent
+    /// that serves them).
+    #[serde(default = "user_var")]
+    pub user_var: String,
+    /// Facts less similar than this to the request are not recalled (cosine, 0 to 1).
+    #[serde(default = "min_relevance")]
+    pub min_relevance: f64,
+    /// A fact's recency weight halves after this many days unused.
+    #[serde(default = "half_life_days")]
+    pub half_life_days: f64,
+}
+
+fn local_embed() -> String {
+    "local-embed".into()
+}
+fn five() -> usize {
+    5
+}
+fn user_var() -> String {
+    "user".into()
+}
+fn min_relevance() -> f64 {
+    0.3
+}
+fn half_life_days() -> f64 {
+    30.0
+}
+
+impl Default for MemorySpec {
+    fn default() -> MemorySpec {
+        MemorySpec {
+            embedding_model: local_embed(),
+            recall: five(),
+            user_var: user_var(),
+            min_relevance: min_relevance(),
+            half_life_days: half_life_days(),
+        }
+    }
+}
+
 /// An MCP server: a command keel starts and talks to over stdio, or a Streamable HTTP URL.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -188,6 +242,9 @@ impl AgentDef {
             return Err("`name` is empty".into());
         }
         for (name, spec) in &self.tools {
+            if crate::memory::TOOLS.contains(&name.as_str()) {
+                return Err(format!("tool `{name}` comes with [memory]; add a [memory] table instead of declaring it"));
+            }
             let built_in = BUILT_IN_TOOLS.contains(&name.as_str());
             if spec.agent.is_some() {
                 if built_in || spec.command.is_some() {
@@ -306,6 +363,12 @@ approval = "required"   # the run pauses until `keel runs approve RUN CALL`
 # url = "https://mcp.example.com/mcp"
 # headers = {{ Authorization = "Bearer ${{TRACKER_TOKEN}}" }}
 # tool.create_issue.approval = "required"
+
+# Long-term memory: facts recalled into context, saved and searched with the memory_save
+# and memory_search tools; facts about `--var user=…` are shared by the agents serving them.
+# [memory]
+# embedding_model = "local-embed"
+# recall = 5
 
 # Your own tool: a command that reads its arguments as JSON on standard input.
 # [tools.lookup_order]

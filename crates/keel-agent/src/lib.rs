@@ -4,13 +4,15 @@
 
 pub mod definition;
 pub mod mcp;
+pub mod memory;
 pub mod model;
 pub mod runtime;
 pub mod schema;
 pub mod tools;
 
-pub use definition::{AgentDef, Approval, Budget, McpServerSpec, McpToolSpec, ToolSpec};
+pub use definition::{AgentDef, Approval, Budget, McpServerSpec, McpToolSpec, MemorySpec, ToolSpec};
 pub use mcp::McpServer;
+pub use memory::Memory;
 pub use model::{ChatModel, Reply, Scripted};
 pub use runtime::{Agent, Outcome, RunEvent, RunStatus, Runner, Step};
 pub use tools::{FunctionTool, Tool, ToolBox, ToolContext};

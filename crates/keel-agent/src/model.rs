@@ -17,6 +17,12 @@ pub struct Reply {
 
 pub trait ChatModel: Send + Sync {
     fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<Reply, String>>;
+
+    /// Embeds texts with an embedding model alias (long-term memory).
+    fn embed<'a>(&'a self, model: &'a str, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, String>> {
+        let _ = texts;
+        Box::pin(async move { Err(format!("this model source has no embeddings (asked for `{model}`)")) })
+    }
 }
 
 impl ChatModel for keel_llm::Router {
@@ -26,6 +32,14 @@ impl ChatModel for keel_llm::Router {
             let response = result.map_err(|e| e.to_string())?;
             let cost_usd = self.prices.cost(&info.model, &response.usage);
             Ok(Reply { response, provider: info.provider, cost_usd })
+        })
+    }
+
+    fn embed<'a>(&'a self, model: &'a str, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, String>> {
+        Box::pin(async move {
+            let request = keel_core::EmbedRequest { model: model.into(), input: keel_core::EmbedInput::Texts(texts.to_vec()), dimensions: None, user: None };
+            let (result, _) = keel_llm::Router::embed(self, &request).await;
+            Ok(result.map_err(|e| e.to_string())?.vectors)
         })
     }
 }
@@ -73,7 +87,22 @@ fn response(message: Message, finish_reason: FinishReason) -> ChatResponse {
     }
 }
 
+/// Scripted embeddings: each lower-cased word hashed into one of 256 buckets, so texts that
+/// share words are similar. Deterministic, for tests of what the runtime does with vectors.
+fn bag_of_words(text: &str) -> Vec<f32> {
+    let mut vector = vec![0.0f32; 256];
+    for word in text.split(|c: char| !c.is_alphanumeric()).filter(|w| w.len() > 2) {
+        let hash = word.to_lowercase().bytes().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100000001b3));
+        vector[(hash % 256) as usize] += 1.0;
+    }
+    vector
+}
+
 impl ChatModel for Scripted {
+    fn embed<'a>(&'a self, _model: &'a str, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, String>> {
+        Box::pin(async move { Ok(texts.iter().map(|t| bag_of_words(t)).collect()) })
+    }
+
     fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<Reply, String>> {
         self.requests.lock().unwrap_or_else(|p| p.into_inner()).push(request.clone());
         let next = self.replies.lock().unwrap_or_else(|p| p.into_inner()).pop_front();

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::UnboundedSender;
 
 use crate::definition::{AgentDef, Approval, Budget};
+use crate::memory::Memory;
 use crate::model::ChatModel;
 use crate::tools::{ToolBox, ToolContext};
 use crate::{Error, schema};
@@ -174,7 +175,11 @@ pub enum RunEvent {
 #[derive(Debug, Serialize, Deserialize)]
 struct Started {
     def: AgentDef,
+    /// The system prompt as sent, recalled memories included.
     system: String,
+    /// The user the run serves (long-term memory), from the run's variables.
+    #[serde(default)]
+    user: Option<String>,
     base_dir: PathBuf,
     workspace: PathBuf,
 }
@@ -309,13 +314,15 @@ struct Live<'a> {
     started: Instant,
     start_ms: i64,
     resumed: bool,
+    /// The user the run serves, for long-term memory.
+    user: Option<String>,
 }
 
 /// Where a run's spans go: (trace id, parent span id).
 type TraceParent = Option<(String, String)>;
 
 impl<'a> Live<'a> {
-    fn new(id: String, agent: &'a Agent, next_seq: i64, parent: TraceParent, resumed: bool) -> Live<'a> {
+    fn new(id: String, agent: &'a Agent, next_seq: i64, parent: TraceParent, resumed: bool, user: Option<String>) -> Live<'a> {
         let (trace_id, parent_span) = match parent {
             Some((trace, span)) => (trace, Some(span)),
             None => (id.clone(), None),
@@ -330,6 +337,7 @@ impl<'a> Live<'a> {
             started: Instant::now(),
             start_ms: now_ms(),
             resumed,
+            user,
         }
     }
 
@@ -416,13 +424,25 @@ impl Runner {
     }
 
     async fn start_as(&self, id: String, agent: &Agent, input: &str, vars: &BTreeMap<String, String>, parent: TraceParent) -> Result<Outcome, Error> {
-        let system = agent.def.render_instructions(vars)?;
+        let mut system = agent.def.render_instructions(vars)?;
+        let user = agent.def.memory.as_ref().and_then(|spec| vars.get(&spec.user_var)).cloned();
+        if let Some(spec) = agent.def.memory.as_ref().filter(|spec| spec.recall > 0) {
+            let memory = Memory { store: &self.store, model: &*self.model, spec, agent: &agent.def.name, user: user.as_deref() };
+            let recalled = memory.search(input, spec.recall).await.map_err(Error::Definition)?;
+            if !recalled.is_empty() {
+                system.push_str("\n\nWhat you remember from earlier conversations (it may be out of date):\n");
+                for fact in &recalled {
+                    system.push_str(&format!("- {} [{}]\n", fact.memory.text, fact.memory.id));
+                }
+            }
+        }
         std::fs::create_dir_all(&agent.workspace)
             .map_err(|e| Error::Definition(format!("could not create the workspace {}: {e}", agent.workspace.display())))?;
         let created_ms = now_ms();
         let started = Started {
             def: agent.def.clone(),
             system: system.clone(),
+            user: user.clone(),
             base_dir: agent.base_dir.clone(),
             workspace: agent.workspace.clone(),
         };
@@ -439,7 +459,7 @@ impl Runner {
             format: CHECKPOINT_FORMAT,
         })?;
         self.emit(RunEvent::Started { run_id: id.clone(), agent: agent.def.name.clone(), resumed: false });
-        let live = Live::new(id, agent, 0, parent, false);
+        let live = Live::new(id, agent, 0, parent, false, user);
         self.drive(&live, State::new(&system, input)).await
     }
 
@@ -481,7 +501,7 @@ impl Runner {
             Some(parent) => Some(parent),
             None => self.store.trace_of_run(run_id)?.filter(|trace| trace != run_id).map(|trace| (trace, String::new())),
         };
-        let live = Live::new(record.id, agent, next_seq, parent, true);
+        let live = Live::new(record.id, agent, next_seq, parent, true, started.user);
         self.drive(&live, state).await
     }
 
@@ -737,6 +757,14 @@ impl Runner {
                             Some((false, note)) => {
                                 (format!("a human denied this call{}", note.map(|n| format!(": {n}")).unwrap_or_default()), true, false)
                             }
+                            _ if agent.def.memory.is_some() && crate::memory::TOOLS.contains(&call.name.as_str()) => {
+                                let spec = agent.def.memory.as_ref().expect("checked above");
+                                let memory = Memory { store: &self.store, model: &*self.model, spec, agent: &agent.def.name, user: live.user.as_deref() };
+                                match memory.call(&call.name, &value, &live.id).await {
+                                    Ok(output) => (output, false, false),
+                                    Err(err) => (err, true, false),
+                                }
+                            }
                             _ if agent.sub_agents.contains_key(&call.name) => {
                                 let sub = agent.sub_agents[&call.name].clone();
                                 let request = value["request"].as_str().unwrap_or_default().to_string();
@@ -837,7 +865,14 @@ impl Runner {
                     }
                 }
                 Ok(_) => self.resume_in(&child_id, &child, Some(parent)).await?,
-                Err(keel_store::Error::NoRun(_)) => self.start_as(child_id.clone(), &child, request, &BTreeMap::new(), Some(parent)).await?,
+                Err(keel_store::Error::NoRun(_)) => {
+                    // The sub-agent serves the same user.
+                    let mut vars = BTreeMap::new();
+                    if let (Some(spec), Some(user)) = (&child.def.memory, &live.user) {
+                        vars.insert(spec.user_var.clone(), user.clone());
+                    }
+                    self.start_as(child_id.clone(), &child, request, &vars, Some(parent)).await?
+                }
                 Err(err) => return Err(err.into()),
             };
             let spent = Spent { run_id: child_id.clone(), model_calls: outcome.model_calls, usage: outcome.usage, cost_usd: outcome.cost_usd };

@@ -105,6 +105,11 @@ impl ToolBox {
             };
             tools.insert(tool, spec.approval, spec.timeout_s);
         }
+        if def.memory.is_some() {
+            for def in crate::memory::tool_defs() {
+                tools.insert(Arc::new(AgentTool { def }), Approval::Never, None);
+            }
+        }
         tools.mcp = def.mcp.iter().map(|(name, spec)| Arc::new(McpServer::new(name, spec, base_dir))).collect();
         tools
     }
@@ -327,8 +332,8 @@ async fn shell(command: &str, workspace: &Path, network: bool) -> Result<String,
     )))
 }
 
-/// Another agent as a tool. The runtime runs it (on the caller's budget); this holds its
-/// name, description and arguments for the model.
+/// A tool the runtime runs itself: another agent (on the caller's budget) or a memory tool.
+/// This holds its name, description and arguments for the model.
 pub struct AgentTool {
     def: ToolDef,
 }

@@ -1,6 +1,7 @@
 //! keel's embedded store: one SQLite file in WAL mode holding traces and agent runs, and
 //! the batching writer that keeps trace writes off the request path.
 
+mod memory;
 mod runs;
 mod writer;
 
@@ -10,6 +11,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
+pub use memory::MemoryRecord;
 pub use runs::{RunRecord, SpanRecord, StepRecord, CHECKPOINT_FORMAT};
 pub use writer::{TraceSink, TraceWriter};
 
@@ -29,6 +31,8 @@ pub enum Error {
     CheckpointFormat { id: String, found: i64, oldest: i64, known: i64, hint: &'static str },
     #[error("no run {0}")]
     NoRun(String),
+    #[error("no memory {0}")]
+    NoMemory(String),
 }
 
 /// The schema version this keel writes; migrations run from any older one.
@@ -96,6 +100,22 @@ CREATE TABLE spans (
     PRIMARY KEY (trace_id, span_id)
 );
 CREATE INDEX spans_run ON spans (run_id);
+", "
+CREATE TABLE memories (
+    id TEXT PRIMARY KEY,
+    agent TEXT NOT NULL,
+    user_id TEXT,
+    text TEXT NOT NULL,
+    importance REAL NOT NULL,
+    embedding BLOB NOT NULL,
+    model TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    used_ms INTEGER NOT NULL,
+    uses INTEGER NOT NULL DEFAULT 0,
+    run_id TEXT
+);
+CREATE INDEX memories_agent ON memories (agent);
+CREATE INDEX memories_user ON memories (user_id);
 "];
 
 /// One model call as keel saw it.

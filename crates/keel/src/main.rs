@@ -6,6 +6,7 @@ mod bench;
 mod commands;
 mod local;
 mod mcp;
+mod memory;
 mod serve;
 mod settings;
 mod table;
@@ -102,6 +103,11 @@ enum Command {
         #[command(subcommand)]
         command: RunsCommand,
     },
+    /// Long-term memory: list, search, add, edit and forget the facts agents keep.
+    Memory {
+        #[command(subcommand)]
+        command: MemoryCommand,
+    },
     /// MCP: serve keel's agents as MCP tools; list, read and prompt an agent's MCP servers.
     Mcp {
         #[command(subcommand)]
@@ -115,6 +121,68 @@ enum Command {
         #[arg(long)]
         key: Option<String>,
     },
+}
+
+#[derive(Debug, clap::Args)]
+struct MemoryScope {
+    /// The agent whose memory (its own facts, and those about the user).
+    #[arg(long)]
+    agent: Option<String>,
+    /// The user the facts are about.
+    #[arg(long)]
+    user: Option<String>,
+    /// The embedding model alias facts are embedded with.
+    #[arg(long, default_value = "local-embed")]
+    embedding_model: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum MemoryCommand {
+    /// Every fact kept (for one agent and user with --agent/--user), newest first.
+    List {
+        #[command(flatten)]
+        scope: MemoryScope,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The facts that best fit a query, ranked as an agent recalls them (relevance,
+    /// recency of use, importance).
+    Search {
+        query: String,
+        #[command(flatten)]
+        scope: MemoryScope,
+        #[arg(short = 'k', default_value_t = 5)]
+        k: usize,
+        #[arg(long)]
+        pull: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keep a fact for an agent (about --user when given); a fact close to one already kept
+    /// updates it.
+    Add {
+        text: String,
+        #[command(flatten)]
+        scope: MemoryScope,
+        /// 1 (trivial) to 10 (essential).
+        #[arg(long, default_value_t = 5)]
+        importance: u8,
+        #[arg(long)]
+        pull: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a fact's words (it is embedded again) or importance.
+    Edit {
+        id: String,
+        text: String,
+        #[arg(long)]
+        importance: Option<u8>,
+        #[arg(long)]
+        pull: bool,
+    },
+    /// Remove a fact.
+    Forget { id: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -318,6 +386,19 @@ fn main() -> std::process::ExitCode {
                 RunsCommand::Approve { id, call, note, json } => agents::decide(cli.config.as_deref(), &id, &call, true, note, json).await,
                 RunsCommand::Deny { id, call, note, json } => agents::decide(cli.config.as_deref(), &id, &call, false, note, json).await,
             },
+            Command::Memory { command } => {
+                let scope = |s: MemoryScope| memory::Scope { agent: s.agent, user: s.user, embedding_model: s.embedding_model };
+                let config = cli.config.as_deref();
+                match command {
+                    MemoryCommand::List { scope: s, json } => memory::list(config, &scope(s), json),
+                    MemoryCommand::Search { query, scope: s, k, pull, json } => memory::search(config, &scope(s), &query, k, pull, json).await,
+                    MemoryCommand::Add { text, scope: s, importance, pull, json } => {
+                        memory::add(config, &scope(s), &text, importance, pull, json).await
+                    }
+                    MemoryCommand::Edit { id, text, importance, pull } => memory::edit(config, &id, &text, importance, pull).await,
+                    MemoryCommand::Forget { id } => memory::forget(config, &id),
+                }
+            }
             Command::Mcp { command } => match command {
                 McpCommand::Serve { agents, http, pull } => mcp::serve(cli.config.as_deref(), agents, http, pull).await,
                 McpCommand::List { agent, json } => mcp::list(&agents::find_agent(&agent)?, json).await,

@@ -381,3 +381,68 @@ async fn a_model_repeating_the_same_call_is_stopped_as_a_loop() {
 }
 
 mod mcp;
+
+#[tokio::test]
+async fn memories_are_saved_recalled_for_the_same_user_and_kept_apart_for_others() {
+    let fx = Fixture::new("memory");
+    let memory = "[memory]\nmin_relevance = 0.1\n";
+    let clerk = fx.agent(memory);
+    let with_user = |user: &str| BTreeMap::from([("who".to_string(), "x".to_string()), ("user".to_string(), user.to_string())]);
+    let model = Arc::new(Scripted::new([
+        Scripted::calls(&[
+            ("m1", "memory_save", json!({"fact": "Ada wants invoices in euros", "importance": 8})),
+            ("m2", "memory_save", json!({"fact": "The billing office closes at five", "about": "agent"})),
+        ]),
+        Scripted::calls(&[("m3", "memory_save", json!({"fact": "Ada wants invoices in euros!"}))]),
+        Scripted::text("noted"),
+    ]));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let outcome = fx.runner(model.clone()).with_events(tx).start(&clerk, "remember my currency", &with_user("ada")).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::Completed);
+    let mut outputs = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        if let RunEvent::ToolResult { output, is_error, .. } = event {
+            assert!(!is_error, "{output}");
+            outputs.push(output);
+        }
+    }
+    assert!(outputs[0].starts_with("saved mem_") && outputs[0].ends_with("(about the user)"), "{outputs:?}");
+    assert!(outputs[1].ends_with("(for this agent)"), "{outputs:?}");
+    // The same fact again updates the one kept, instead of adding a near-duplicate.
+    assert!(outputs[2].starts_with("updated mem_"), "{outputs:?}");
+    assert_eq!(fx.store.memories(None, None, true).unwrap().len(), 2);
+    assert!(model.requests.lock().unwrap()[0].tools.iter().any(|t| t.name == "memory_search"));
+
+    // Another agent serving Ada recalls the fact about her into its context, not the first
+    // agent's own fact; the same agent for Bob recalls nothing about Ada.
+    let other = {
+        let mut def = AgentDef::parse(&format!("name = \"other\"\nmodel = \"scripted\"\ninstructions = \"Help.\"\n{memory}")).unwrap();
+        def.workspace = Some(fx.dir.join("ws"));
+        Agent::new(def, &fx.dir)
+    };
+    let model = Arc::new(Scripted::new([Scripted::text("euros"), Scripted::text("no idea")]));
+    fx.runner(model.clone()).start(&other, "which currency for invoices and when does billing close", &with_user("ada")).await.unwrap();
+    fx.runner(model.clone()).start(&other, "which currency for invoices", &with_user("bob")).await.unwrap();
+    let requests = model.requests.lock().unwrap().clone();
+    let system = requests[0].messages[0].text_content();
+    assert!(system.contains("What you remember") && system.contains("Ada wants invoices in euros!"), "{system}");
+    assert!(!system.contains("billing office"), "another agent's own facts stay its own: {system}");
+    assert!(!requests[1].messages[0].text_content().contains("euros"), "Bob does not see Ada's facts");
+
+    // memory_search finds it; a user fact without a user is refused with a reason.
+    let model = Arc::new(Scripted::new([
+        Scripted::calls(&[("s1", "memory_search", json!({"query": "when does the billing office close, and invoices?"})), ("s2", "memory_save", json!({"fact": "x y z", "about": "user"}))]),
+        Scripted::text("done"),
+    ]));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    fx.runner(model).with_events(tx).start(&clerk, "look it up", &vars()).await.unwrap();
+    let mut results = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        if let RunEvent::ToolResult { output, is_error, .. } = event {
+            results.push((output, is_error));
+        }
+    }
+    // Without a user, only the agent's own facts are searched.
+    assert!(results[0].0.contains("billing office") && !results[0].0.contains("euros"), "{results:?}");
+    assert!(results[1].1 && results[1].0.contains("no user is known for this run"), "{results:?}");
+}

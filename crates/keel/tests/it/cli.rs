@@ -139,3 +139,46 @@ fn zero_config_chat_runs_the_local_model() {
     let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert!(listed.as_array().unwrap().iter().any(|m| m["name"] == "smollm2-135m" && m["kind"] == "chat"));
 }
+
+/// Long-term memory through the CLI, embedded by the real all-MiniLM-L6-v2 model.
+#[test]
+fn memory_keeps_searches_edits_and_forgets_facts_with_real_embeddings() {
+    let dir = temp_dir("memory");
+    let keel = |args: &[&str]| {
+        crate::keel().args(args).current_dir(&dir).env("KEEL_HOME", dir.join("home")).env("KEEL_MODELS_DIR", real_models_dir()).output().unwrap()
+    };
+    for args in [
+        &["memory", "add", "Ada prefers invoices in euros", "--agent", "billing", "--user", "ada", "--importance", "8"][..],
+        &["memory", "add", "The Berlin office closes at 5pm on Fridays", "--agent", "billing"],
+        &["memory", "add", "Bob is allergic to peanuts", "--agent", "chef", "--user", "bob"],
+    ] {
+        let out = keel(args);
+        assert!(out.status.success() && stdout(&out).starts_with("saved mem_"), "{}{}", stdout(&out), stderr(&out));
+    }
+    // A paraphrase close enough is the same fact: updated, not added.
+    let again = keel(&["memory", "add", "Ada prefers invoices in euros.", "--agent", "billing", "--user", "ada", "--json"]);
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(again["updated"], true);
+
+    let search = |user: &str| -> Vec<String> {
+        let out = keel(&["memory", "search", "which currency should the invoice be in?", "--agent", "billing", "--user", user, "--json"]);
+        let found: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", stderr(&out)));
+        found.as_array().unwrap().iter().map(|f| f["text"].as_str().unwrap().to_string()).collect()
+    };
+    let for_ada = search("ada");
+    assert_eq!(for_ada[0], "Ada prefers invoices in euros.", "the relevant fact ranks first: {for_ada:?}");
+    assert!(!search("bob").iter().any(|t| t.contains("Ada")), "Bob's agent does not see Ada's facts");
+
+    let listed: serde_json::Value = serde_json::from_slice(&keel(&["memory", "list", "--json"]).stdout).unwrap();
+    let listed = listed.as_array().unwrap();
+    assert_eq!(listed.len(), 3);
+    let berlin = listed.iter().find(|m| m["text"].as_str().unwrap().contains("Berlin")).unwrap()["id"].as_str().unwrap().to_string();
+    assert!(keel(&["memory", "edit", &berlin, "The Berlin office closes at 4pm on Fridays"]).status.success());
+    let table = stdout(&keel(&["memory", "list", "--agent", "billing"]));
+    assert!(table.contains("closes at 4pm") && !table.contains("5pm"), "{table}");
+    assert!(keel(&["memory", "forget", &berlin]).status.success());
+    let gone = keel(&["memory", "forget", &berlin]);
+    assert!(!gone.status.success() && stderr(&gone).contains(&format!("no memory {berlin}")));
+    let bad = keel(&["memory", "add", "x", "--agent", "a", "--importance", "11"]);
+    assert!(stderr(&bad).contains("--importance is 1 (trivial) to 10 (essential)"), "{}", stderr(&bad));
+}
