@@ -27,6 +27,11 @@ pub struct AgentDef {
     pub budget: Budget,
     #[serde(default)]
     pub tools: BTreeMap<String, ToolSpec>,
+    /// Agents this one may hand the conversation over to: the model gets a
+    /// `transfer_to_NAME` tool, and the named agent carries on the same run (same
+    /// conversation, same budget) and gives the final answer.
+    #[serde(default)]
+    pub handoffs: BTreeMap<String, HandoffSpec>,
     /// MCP servers whose tools the agent may call, by a name of your choice; their tools
     /// appear to the model as `NAME__TOOL`.
     #[serde(default)]
@@ -121,6 +126,17 @@ pub struct ToolSpec {
     /// returns its answer, on this run's budget.
     #[serde(default)]
     pub agent: Option<PathBuf>,
+}
+
+/// A handoff target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandoffSpec {
+    /// The agent file (relative to this one).
+    pub agent: PathBuf,
+    /// When to hand over, for the model.
+    #[serde(default)]
+    pub description: Option<String>,
 }
 
 /// Long-term memory settings.
@@ -267,6 +283,14 @@ impl AgentDef {
                 return Err("tool `http_get` needs `allow_hosts`: the hosts it may fetch from".into());
             }
         }
+        for name in self.handoffs.keys() {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                return Err(format!("handoff name `{name}`: use letters, digits, `-` and `_`"));
+            }
+            if self.tools.contains_key(&format!("transfer_to_{name}")) {
+                return Err(format!("tool `transfer_to_{name}` clashes with the handoff `{name}`"));
+            }
+        }
         for (name, server) in &self.mcp {
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') || name.contains("__") {
                 return Err(format!("mcp server name `{name}`: use letters, digits, `-` and single `_`"));
@@ -363,6 +387,12 @@ approval = "required"   # the run pauses until `keel runs approve RUN CALL`
 # url = "https://mcp.example.com/mcp"
 # headers = {{ Authorization = "Bearer ${{TRACKER_TOKEN}}" }}
 # tool.create_issue.approval = "required"
+
+# Hand the conversation over to another agent (the model gets `transfer_to_billing`); it
+# carries on the same run and budget and gives the final answer.
+# [handoffs.billing]
+# agent = "billing.toml"
+# description = "Questions about invoices and refunds"
 
 # Long-term memory: facts recalled into context, saved and searched with the memory_save
 # and memory_search tools; facts about `--var user=…` are shared by the agents serving them.

@@ -10,7 +10,7 @@ pub mod runtime;
 pub mod schema;
 pub mod tools;
 
-pub use definition::{AgentDef, Approval, Budget, McpServerSpec, McpToolSpec, MemorySpec, ToolSpec};
+pub use definition::{AgentDef, Approval, Budget, HandoffSpec, McpServerSpec, McpToolSpec, MemorySpec, ToolSpec};
 pub use mcp::McpServer;
 pub use memory::Memory;
 pub use model::{ChatModel, Reply, Scripted};

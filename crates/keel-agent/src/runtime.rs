@@ -29,6 +29,13 @@ pub struct Agent {
     pub base_dir: PathBuf,
     /// Agents this one calls as tools, by tool name.
     pub sub_agents: BTreeMap<String, Arc<Agent>>,
+    /// Handoff tools (`transfer_to_NAME`) and the agent (by name) each hands over to.
+    pub handoffs: BTreeMap<String, String>,
+    /// Every agent a run of this one can be handed over to, by name (a handoff's handoffs
+    /// included); held by the agent a run starts with.
+    pub team: BTreeMap<String, Arc<Agent>>,
+    /// The file it was read from, if any.
+    pub file: Option<PathBuf>,
 }
 
 /// How deep agents may call agents that call agents.
@@ -45,20 +52,88 @@ impl Agent {
     pub fn new(def: AgentDef, base_dir: &Path) -> Agent {
         let workspace = def.workspace.clone().unwrap_or_else(|| base_dir.join("workspace"));
         let tools = ToolBox::from_definition(&def, base_dir);
-        Agent { def, tools, workspace, base_dir: base_dir.to_path_buf(), sub_agents: BTreeMap::new() }
+        Agent { def, tools, workspace, base_dir: base_dir.to_path_buf(), sub_agents: BTreeMap::new(), handoffs: BTreeMap::new(), team: BTreeMap::new(), file: None }
+    }
+
+    /// Lets this agent hand the conversation over to `to` (a Rust-built agent; files name
+    /// theirs under `[handoffs]`).
+    pub fn add_handoff(&mut self, name: &str, to: Agent) {
+        let description = format!("Hand the conversation over to the {name} agent.");
+        let def = keel_core::ToolDef {
+            name: format!("transfer_to_{name}"),
+            description: Some(format!("{description} It takes over from here and answers the user.")),
+            parameters: serde_json::json!({"type": "object", "properties": {"reason": {"type": "string"}}, "additionalProperties": false}),
+            strict: None,
+        };
+        self.tools.insert(Arc::new(crate::tools::AgentTool::from_def(def)), Approval::Never, None);
+        self.handoffs.insert(format!("transfer_to_{name}"), to.def.name.clone());
+        let to = Arc::new(to);
+        for (member, agent) in &to.team {
+            self.team.entry(member.clone()).or_insert_with(|| agent.clone());
+        }
+        self.team.insert(to.def.name.clone(), to);
+    }
+
+    /// The agent of the team named `name` (this one when it is its own name).
+    fn member(&self, name: Option<&str>) -> &Agent {
+        match name {
+            Some(name) if name != self.def.name => self.team.get(name).map_or(self, |a| a.as_ref()),
+            _ => self,
+        }
     }
 
     /// Reads an agent file, and the agent files its tools name.
     pub fn load(path: &Path) -> Result<Agent, Error> {
-        Agent::load_at_depth(path, 0)
+        Agent::load_at_depth(path, 0, true)
     }
 
-    fn load_at_depth(path: &Path, depth: usize) -> Result<Agent, Error> {
+    /// Reads an agent file with its sub-agents, and with its handoff team when `team`.
+    fn load_at_depth(path: &Path, depth: usize, team: bool) -> Result<Agent, Error> {
         let def = AgentDef::load(path)?;
         let base_dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
         let mut agent = Agent::new(def, &base_dir);
+        agent.file = Some(path.to_path_buf());
         agent.load_sub_agents(depth)?;
+        if team {
+            agent.load_team(path)?;
+        }
         Ok(agent)
+    }
+
+    /// Loads every agent reachable through handoffs (cycles welcome: B may hand back to A).
+    fn load_team(&mut self, path: &Path) -> Result<(), Error> {
+        let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+        let mut seen: BTreeMap<PathBuf, String> = BTreeMap::from([(canonical(path), self.def.name.clone())]);
+        let mut queue: Vec<(PathBuf, AgentDef)> = vec![(self.base_dir.clone(), self.def.clone())];
+        let mut team: BTreeMap<String, Agent> = BTreeMap::new();
+        let mut links: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        while let Some((base, def)) = queue.pop() {
+            for (name, spec) in &def.handoffs {
+                let file = if spec.agent.is_absolute() { spec.agent.clone() } else { base.join(&spec.agent) };
+                let key = canonical(&file);
+                let target = match seen.get(&key) {
+                    Some(target) => target.clone(),
+                    None => {
+                        let member = Agent::load_at_depth(&file, 1, false).map_err(|e| Error::Definition(format!("handoff `{name}`: {e}")))?;
+                        let target = member.def.name.clone();
+                        if target == self.def.name || team.contains_key(&target) {
+                            return Err(Error::Definition(format!("handoff `{name}`: two agents of the team are named `{target}`")));
+                        }
+                        seen.insert(key, target.clone());
+                        queue.push((member.base_dir.clone(), member.def.clone()));
+                        team.insert(target.clone(), member);
+                        target
+                    }
+                };
+                links.entry(def.name.clone()).or_default().insert(format!("transfer_to_{name}"), target);
+            }
+        }
+        self.handoffs = links.remove(&self.def.name).unwrap_or_default();
+        for (name, mut member) in team {
+            member.handoffs = links.remove(&name).unwrap_or_default();
+            self.team.insert(name, Arc::new(member));
+        }
+        Ok(())
     }
 
     fn load_sub_agents(&mut self, depth: usize) -> Result<(), Error> {
@@ -70,7 +145,7 @@ impl Agent {
                 )));
             }
             let path = if file.is_absolute() { file.clone() } else { self.base_dir.join(file) };
-            let sub = Agent::load_at_depth(&path, depth + 1).map_err(|e| Error::Definition(format!("tool `{name}`: {e}")))?;
+            let sub = Agent::load_at_depth(&path, depth + 1, true).map_err(|e| Error::Definition(format!("tool `{name}`: {e}")))?;
             self.sub_agents.insert(name.clone(), Arc::new(sub));
         }
         Ok(())
@@ -98,6 +173,9 @@ pub enum Step {
         /// What a sub-agent behind this tool spent, charged to this run's budget.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         spent: Option<Spent>,
+        /// The agent this call handed the conversation to.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        handoff: Option<String>,
     },
     /// A human's decision on a call that needed approval.
     Approval { call_id: String, approved: bool, note: Option<String> },
@@ -180,6 +258,12 @@ struct Started {
     /// The user the run serves (long-term memory), from the run's variables.
     #[serde(default)]
     user: Option<String>,
+    /// The system prompts of the agents the run can be handed to, by name.
+    #[serde(default)]
+    systems: BTreeMap<String, String>,
+    /// The agent file the run started from.
+    #[serde(default)]
+    file: Option<PathBuf>,
     base_dir: PathBuf,
     workspace: PathBuf,
 }
@@ -207,6 +291,8 @@ struct State {
     last_calls: Vec<(String, String)>,
     repeat_streak: u32,
     last_text: Option<String>,
+    /// The agent the conversation was handed to last (none: the one the run started with).
+    active: Option<String>,
 }
 
 impl State {
@@ -234,8 +320,11 @@ impl State {
                 self.messages.push(response.message.clone());
                 self.pending = response.message.tool_calls.clone();
             }
-            Step::Tool { call_id, output, is_error, invalid, ms, spent, .. } => {
+            Step::Tool { call_id, output, is_error, invalid, ms, spent, handoff, .. } => {
                 self.active_ms += ms;
+                if let Some(to) = handoff {
+                    self.active = Some(to.clone());
+                }
                 if let Some(spent) = spent {
                     self.model_calls += spent.model_calls;
                     self.usage.add(spent.usage);
@@ -316,13 +405,15 @@ struct Live<'a> {
     resumed: bool,
     /// The user the run serves, for long-term memory.
     user: Option<String>,
+    /// Handoff targets' system prompts.
+    systems: BTreeMap<String, String>,
 }
 
 /// Where a run's spans go: (trace id, parent span id).
 type TraceParent = Option<(String, String)>;
 
 impl<'a> Live<'a> {
-    fn new(id: String, agent: &'a Agent, next_seq: i64, parent: TraceParent, resumed: bool, user: Option<String>) -> Live<'a> {
+    fn new(id: String, agent: &'a Agent, next_seq: i64, parent: TraceParent, resumed: bool, user: Option<String>, systems: BTreeMap<String, String>) -> Live<'a> {
         let (trace_id, parent_span) = match parent {
             Some((trace, span)) => (trace, Some(span)),
             None => (id.clone(), None),
@@ -338,6 +429,7 @@ impl<'a> Live<'a> {
             start_ms: now_ms(),
             resumed,
             user,
+            systems,
         }
     }
 
@@ -438,11 +530,17 @@ impl Runner {
         }
         std::fs::create_dir_all(&agent.workspace)
             .map_err(|e| Error::Definition(format!("could not create the workspace {}: {e}", agent.workspace.display())))?;
+        let mut systems = BTreeMap::new();
+        for (name, member) in &agent.team {
+            systems.insert(name.clone(), member.def.render_instructions(vars)?);
+        }
         let created_ms = now_ms();
         let started = Started {
             def: agent.def.clone(),
             system: system.clone(),
             user: user.clone(),
+            systems,
+            file: agent.file.clone(),
             base_dir: agent.base_dir.clone(),
             workspace: agent.workspace.clone(),
         };
@@ -459,7 +557,7 @@ impl Runner {
             format: CHECKPOINT_FORMAT,
         })?;
         self.emit(RunEvent::Started { run_id: id.clone(), agent: agent.def.name.clone(), resumed: false });
-        let live = Live::new(id, agent, 0, parent, false, user);
+        let live = Live::new(id, agent, 0, parent, false, user, started.systems);
         self.drive(&live, State::new(&system, input)).await
     }
 
@@ -471,6 +569,10 @@ impl Runner {
         let mut agent = Agent::new(started.def, &started.base_dir);
         agent.workspace = started.workspace;
         agent.load_sub_agents(0)?;
+        if let Some(file) = started.file.filter(|_| !agent.def.handoffs.is_empty()) {
+            // The handoff team is read again from its files.
+            agent.load_team(&file)?;
+        }
         Ok(agent)
     }
 
@@ -501,7 +603,7 @@ impl Runner {
             Some(parent) => Some(parent),
             None => self.store.trace_of_run(run_id)?.filter(|trace| trace != run_id).map(|trace| (trace, String::new())),
         };
-        let live = Live::new(record.id, agent, next_seq, parent, true, started.user);
+        let live = Live::new(record.id, agent, next_seq, parent, true, started.user, started.systems);
         self.drive(&live, state).await
     }
 
@@ -621,11 +723,13 @@ impl Runner {
     }
 
     async fn drive_steps(&self, live: &Live<'_>, mut state: State) -> Result<Outcome, Error> {
-        let agent = live.agent;
-        if let Err(err) = agent.tools.connect().await {
-            return self.end(live, &state, RunStatus::Failed, state.last_text.clone(), Some(err));
-        }
+        // The budget is the run's, whoever holds the conversation.
+        let root = live.agent;
         loop {
+            let agent = root.member(state.active.as_deref());
+            if let Err(err) = agent.tools.connect().await {
+                return self.end(live, &state, RunStatus::Failed, state.last_text.clone(), Some(err));
+            }
             if !state.pending.is_empty() {
                 let waiting: Vec<ToolCall> = state
                     .pending
@@ -644,8 +748,8 @@ impl Runner {
                     .filter(|call| !state.results.contains_key(&call.id) && !waiting.iter().any(|w| w.id == call.id))
                     .cloned()
                     .collect();
-                let remaining = Runner::remaining(agent, &state);
-                let runs = todo.iter().map(|call| self.execute(live, call, state.approvals.get(&call.id).cloned(), &remaining));
+                let remaining = Runner::remaining(root, &state);
+                let runs = todo.iter().map(|call| self.execute(live, agent, call, state.approvals.get(&call.id).cloned(), &remaining));
                 for (call, step) in todo.iter().zip(futures_util::future::join_all(runs).await) {
                     debug_assert!(matches!(&step, Ok(Step::Tool { call_id, .. }) if *call_id == call.id) || step.is_err());
                     state.apply(&step?);
@@ -677,12 +781,24 @@ impl Runner {
                     return self.end(live, &state, RunStatus::Stopped, state.last_text.clone(), Some(reason));
                 }
             }
-            if let Some(reason) = Runner::over_budget(agent, &state) {
+            // A handoff may have changed who speaks: the next request is theirs.
+            let agent = root.member(state.active.as_deref());
+            if let Some(reason) = Runner::over_budget(root, &state) {
                 return self.end(live, &state, RunStatus::Stopped, state.last_text.clone(), Some(reason));
+            }
+            let mut messages = trim(&state.messages, agent.def.max_context_tokens);
+            if let Some(system) = state.active.as_ref().and_then(|name| live.systems.get(name)) {
+                match messages.first_mut() {
+                    Some(first) if first.role == Role::System => *first = Message::text(Role::System, system),
+                    _ => messages.insert(0, Message::text(Role::System, system)),
+                }
+            }
+            if let Err(err) = agent.tools.connect().await {
+                return self.end(live, &state, RunStatus::Failed, state.last_text.clone(), Some(err));
             }
             let request = ChatRequest {
                 model: agent.def.model.clone(),
-                messages: trim(&state.messages, agent.def.max_context_tokens),
+                messages,
                 tools: agent.tools.defs(),
                 temperature: agent.def.temperature,
                 max_tokens: agent.def.max_tokens,
@@ -733,12 +849,13 @@ impl Runner {
     async fn execute(
         &self,
         live: &Live<'_>,
+        agent: &Agent,
         call: &ToolCall,
         decision: Option<(bool, Option<String>)>,
         remaining: &Budget,
     ) -> Result<Step, Error> {
-        let agent = live.agent;
         let started = Instant::now();
+        let mut handoff = None;
         let idempotency_key = format!("{}:{}", live.id, call.id);
         let mut spent = None;
         let (output, is_error, invalid) = match agent.tools.get(&call.name) {
@@ -756,6 +873,11 @@ impl Runner {
                         Ok(()) => match decision {
                             Some((false, note)) => {
                                 (format!("a human denied this call{}", note.map(|n| format!(": {n}")).unwrap_or_default()), true, false)
+                            }
+                            _ if agent.handoffs.contains_key(&call.name) => {
+                                let to = agent.handoffs[&call.name].clone();
+                                handoff = Some(to.clone());
+                                (format!("handed over to {to}; {to} carries on the conversation"), false, false)
                             }
                             _ if agent.def.memory.is_some() && crate::memory::TOOLS.contains(&call.name.as_str()) => {
                                 let spec = agent.def.memory.as_ref().expect("checked above");
@@ -801,6 +923,7 @@ impl Runner {
             idempotency_key,
             ms,
             spent,
+            handoff,
         };
         let seq = self.record(live, &step, RunStatus::Running)?;
         self.emit(RunEvent::ToolResult {
@@ -837,6 +960,8 @@ impl Runner {
             let mut child = Agent::new(sub.def.clone(), &sub.base_dir);
             child.workspace = sub.workspace.clone();
             child.sub_agents = sub.sub_agents.clone();
+            child.handoffs = sub.handoffs.clone();
+            child.team = sub.team.clone();
             // Tools added in Rust to the sub-agent come along.
             for entry in sub.tools.tools.values() {
                 child.tools.insert(entry.tool.clone(), entry.approval, Some(entry.timeout.as_secs_f64()));

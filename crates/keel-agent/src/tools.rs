@@ -105,6 +105,16 @@ impl ToolBox {
             };
             tools.insert(tool, spec.approval, spec.timeout_s);
         }
+        for (name, spec) in &def.handoffs {
+            let description = spec.description.clone().unwrap_or_else(|| format!("Hand the conversation over to the {name} agent."));
+            let def = ToolDef {
+                name: format!("transfer_to_{name}"),
+                description: Some(format!("{description} It takes over from here and answers the user.")),
+                parameters: json!({"type": "object", "properties": {"reason": {"type": "string", "description": "Why, in a few words"}}, "additionalProperties": false}),
+                strict: None,
+            };
+            tools.insert(Arc::new(AgentTool { def }), Approval::Never, None);
+        }
         if def.memory.is_some() {
             for def in crate::memory::tool_defs() {
                 tools.insert(Arc::new(AgentTool { def }), Approval::Never, None);
@@ -339,6 +349,10 @@ pub struct AgentTool {
 }
 
 impl AgentTool {
+    pub fn from_def(def: ToolDef) -> AgentTool {
+        AgentTool { def }
+    }
+
     pub fn new(name: &str, description: &str) -> AgentTool {
         AgentTool {
             def: ToolDef {

@@ -446,3 +446,51 @@ async fn memories_are_saved_recalled_for_the_same_user_and_kept_apart_for_others
     assert!(results[0].0.contains("billing office") && !results[0].0.contains("euros"), "{results:?}");
     assert!(results[1].1 && results[1].0.contains("no user is known for this run"), "{results:?}");
 }
+
+#[tokio::test]
+async fn a_handoff_passes_the_conversation_to_another_agent_that_finishes_the_run() {
+    let fx = Fixture::new("handoff");
+    std::fs::write(
+        fx.dir.join("triage.toml"),
+        "name = \"triage\"\nmodel = \"scripted\"\ninstructions = \"Route {{who}}.\"\nworkspace = \"ws\"\n[budget]\nmax_steps = 3\n[handoffs.billing]\nagent = \"billing.toml\"\ndescription = \"Invoices and refunds\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        fx.dir.join("billing.toml"),
+        "name = \"billing\"\nmodel = \"scripted\"\ninstructions = \"You do billing for {{who}}.\"\nworkspace = \"ws\"\n[tools.list_dir]\n[handoffs.triage]\nagent = \"triage.toml\"\n",
+    )
+    .unwrap();
+    let triage = Agent::load(&fx.dir.join("triage.toml")).unwrap();
+    assert_eq!(triage.team.keys().collect::<Vec<_>>(), ["billing"], "the cycle back to triage loads once");
+
+    // The model behind billing is down right after the handoff: the run fails, and resumes
+    // with billing still holding the conversation.
+    let model = Arc::new(Scripted::new([Scripted::calls(&[("h1", "transfer_to_billing", json!({"reason": "an invoice"}))])]));
+    let outcome = fx.runner(model.clone()).start(&triage, "Why is my invoice in dollars?", &vars()).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::Failed);
+    let offered: Vec<String> = model.requests.lock().unwrap()[0].tools.iter().map(|t| t.name.clone()).collect();
+    assert_eq!(offered, ["transfer_to_billing"]);
+
+    let model = Arc::new(Scripted::new([
+        Scripted::calls(&[("l1", "list_dir", json!({"path": "."}))]),
+        Scripted::text("Billing here: it will be in euros from now on."),
+        Scripted::text("never reached"),
+    ]));
+    let outcome = fx.runner(model.clone()).resume(&outcome.run_id, &triage).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::Completed);
+    assert_eq!(outcome.output.as_deref(), Some("Billing here: it will be in euros from now on."));
+    let requests = model.requests.lock().unwrap().clone();
+    // Billing's own instructions and tools, and the whole conversation so far.
+    assert_eq!(requests[0].messages[0].text_content(), "You do billing for Ada.");
+    assert_eq!(requests[0].messages[1].text_content(), "Why is my invoice in dollars?");
+    assert_eq!(requests[0].messages[2].tool_calls[0].name, "transfer_to_billing");
+    assert!(requests[0].messages[3].text_content().contains("handed over to billing"));
+    let mut tools: Vec<String> = requests[0].tools.iter().map(|t| t.name.clone()).collect();
+    tools.sort();
+    assert_eq!(tools, ["list_dir", "transfer_to_triage"]);
+    // One budget for the run: triage's max_steps = 3 counted every model call.
+    assert_eq!(outcome.model_calls, 3);
+    assert_eq!(model.remaining(), 1);
+    let (_, steps) = fx.store.load_run(&outcome.run_id).unwrap();
+    assert!(steps.iter().any(|s| s.data.contains("\"handoff\":\"billing\"")));
+}
