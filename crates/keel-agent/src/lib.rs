@@ -9,6 +9,7 @@ pub mod model;
 pub mod runtime;
 pub mod schema;
 pub mod tools;
+pub mod workflow;
 
 pub use definition::{AgentDef, Approval, Budget, HandoffSpec, McpServerSpec, McpToolSpec, MemorySpec, ToolSpec};
 pub use mcp::McpServer;
@@ -16,6 +17,7 @@ pub use memory::Memory;
 pub use model::{ChatModel, Reply, Scripted};
 pub use runtime::{Agent, Outcome, RunEvent, RunStatus, Runner, Step};
 pub use tools::{FunctionTool, Tool, ToolBox, ToolContext};
+pub use workflow::{Workflow, WorkflowDef, WorkflowOutcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

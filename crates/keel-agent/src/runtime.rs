@@ -373,13 +373,13 @@ impl State {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Runs agents against a model and a store.
 pub struct Runner {
-    store: Arc<Store>,
+    pub(crate) store: Arc<Store>,
     model: Arc<dyn ChatModel>,
     events: Option<UnboundedSender<RunEvent>>,
 }
@@ -510,9 +510,7 @@ impl Runner {
 
     /// Starts a run of `agent` on `input`.
     pub async fn start(&self, agent: &Agent, input: &str, vars: &BTreeMap<String, String>) -> Result<Outcome, Error> {
-        let created_ms = now_ms();
-        let id = format!("run_{}", &keel_core::time_ordered_id(created_ms as u64, random()).replace('-', "")[..20]);
-        self.start_as(id, agent, input, vars, None).await
+        self.start_as(run_id(), agent, input, vars, None).await
     }
 
     async fn start_as(&self, id: String, agent: &Agent, input: &str, vars: &BTreeMap<String, String>, parent: TraceParent) -> Result<Outcome, Error> {
@@ -614,10 +612,20 @@ impl Runner {
             return Err(Error::NotWaiting { id: record.id, status: record.status });
         }
         let (state, seq) = State::default().replay(run_id, &steps)?;
-        let waiting: Vec<&ToolCall> =
-            state.pending.iter().filter(|c| !state.results.contains_key(&c.id) && !state.approvals.contains_key(&c.id)).collect();
+        let open: Vec<&ToolCall> = state.pending.iter().filter(|c| !state.results.contains_key(&c.id)).collect();
+        let waiting: Vec<&ToolCall> = open.iter().copied().filter(|c| !state.approvals.contains_key(&c.id)).collect();
         if !waiting.iter().any(|c| c.id == call_id) {
-            let ids: Vec<&str> = waiting.iter().map(|c| c.id.as_str()).collect();
+            // The call may be a sub-agent's: its run is this run's id and the calling call's.
+            let mut ids: Vec<String> = Vec::new();
+            for call in &open {
+                let child = format!("{run_id}.{}", call.id);
+                match self.decide(&child, call_id, approved, note.clone()) {
+                    Ok(()) => return Ok(()),
+                    Err(Error::NoSuchCall { waiting, .. }) => ids.extend(waiting.split(", ").filter(|w| !w.is_empty()).map(String::from)),
+                    Err(_) => {}
+                }
+            }
+            ids.splice(0..0, waiting.iter().filter(|c| !self.is_sub_agent_call(run_id, c)).map(|c| c.id.clone()));
             return Err(Error::NoSuchCall { id: record.id, call: call_id.into(), waiting: ids.join(", ") });
         }
         let step = Step::Approval { call_id: call_id.into(), approved, note };
@@ -628,6 +636,11 @@ impl Runner {
             None,
         )?;
         Ok(())
+    }
+
+    /// Whether a call of a run is a sub-agent's that is waiting (its run exists and waits).
+    fn is_sub_agent_call(&self, run_id: &str, call: &ToolCall) -> bool {
+        self.store.load_run(&format!("{run_id}.{}", call.id)).is_ok_and(|(record, _)| record.status == RunStatus::WaitingApproval.as_str())
     }
 
     fn record(&self, live: &Live<'_>, step: &Step, status: RunStatus) -> Result<i64, Error> {
@@ -750,20 +763,33 @@ impl Runner {
                     .collect();
                 let remaining = Runner::remaining(root, &state);
                 let runs = todo.iter().map(|call| self.execute(live, agent, call, state.approvals.get(&call.id).cloned(), &remaining));
-                for (call, step) in todo.iter().zip(futures_util::future::join_all(runs).await) {
-                    debug_assert!(matches!(&step, Ok(Step::Tool { call_id, .. }) if *call_id == call.id) || step.is_err());
-                    state.apply(&step?);
+                let mut in_sub_runs = Vec::new();
+                for (call, executed) in todo.iter().zip(futures_util::future::join_all(runs).await) {
+                    match executed? {
+                        Executed::Step(step) => {
+                            debug_assert!(matches!(&step, Step::Tool { call_id, .. } if *call_id == call.id));
+                            state.apply(&step);
+                        }
+                        Executed::Waiting { run_id, calls } => in_sub_runs.push((call.name.clone(), run_id, calls)),
+                    }
                 }
-                if !waiting.is_empty() {
+                if !waiting.is_empty() || !in_sub_runs.is_empty() {
                     self.store.set_run_status(&live.id, RunStatus::WaitingApproval.as_str(), None, None, now_ms())?;
                     for call in &waiting {
                         self.emit(RunEvent::WaitingApproval { call_id: call.id.clone(), name: call.name.clone(), arguments: call.arguments.clone() });
                     }
+                    let mut what: Vec<String> = waiting.iter().map(|c| c.name.clone()).collect();
+                    for (agent, run_id, calls) in &in_sub_runs {
+                        let names: Vec<&str> = calls.iter().map(|c| c.name.as_str()).collect();
+                        what.push(format!("{} in the {agent} agent's run {run_id}", names.join(", ")));
+                    }
+                    // A sub-agent's waiting calls are decided through this run too.
+                    let waiting: Vec<ToolCall> = waiting.into_iter().chain(in_sub_runs.into_iter().flat_map(|(_, _, calls)| calls)).collect();
                     return Ok(Outcome {
                         run_id: live.id.clone(),
                         status: RunStatus::WaitingApproval,
                         output: state.last_text.clone(),
-                        reason: Some(format!("waiting for approval of {}", waiting.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", "))),
+                        reason: Some(format!("waiting for approval of {}", what.join(", "))),
                         waiting,
                         usage: state.usage,
                         cost_usd: state.cost_usd,
@@ -845,7 +871,8 @@ impl Runner {
         }
     }
 
-    /// Runs one tool call and commits its result.
+    /// Runs one tool call and commits its result; a sub-agent that stops to wait for a human
+    /// leaves the call without a result, and the run waits with it.
     async fn execute(
         &self,
         live: &Live<'_>,
@@ -853,7 +880,7 @@ impl Runner {
         call: &ToolCall,
         decision: Option<(bool, Option<String>)>,
         remaining: &Budget,
-    ) -> Result<Step, Error> {
+    ) -> Result<Executed, Error> {
         let started = Instant::now();
         let mut handoff = None;
         let idempotency_key = format!("{}:{}", live.id, call.id);
@@ -890,9 +917,13 @@ impl Runner {
                             _ if agent.sub_agents.contains_key(&call.name) => {
                                 let sub = agent.sub_agents[&call.name].clone();
                                 let request = value["request"].as_str().unwrap_or_default().to_string();
-                                let (result, child) = self.call_agent(live, call, &sub, &request, remaining).await?;
-                                spent = Some(child);
-                                (result.0, result.1, false)
+                                match self.call_agent(live, call, &sub, &request, remaining).await? {
+                                    SubResult::Answer(result, child) => {
+                                        spent = Some(child);
+                                        (result.0, result.1, false)
+                                    }
+                                    SubResult::Waiting { run_id, calls } => return Ok(Executed::Waiting { run_id, calls }),
+                                }
                             }
                             _ => {
                                 let ctx = ToolContext {
@@ -935,12 +966,24 @@ impl Runner {
             is_error,
             ms,
         });
-        Ok(step)
+        Ok(Executed::Step(step))
     }
 }
 
 /// A sub-agent's answer as a tool result: the text, and whether it is an error.
 type SubAnswer = (String, bool);
+
+enum SubResult {
+    Answer(SubAnswer, Spent),
+    /// The sub-agent's run waits for a human.
+    Waiting { run_id: String, calls: Vec<ToolCall> },
+}
+
+/// What running a call came to.
+enum Executed {
+    Step(Step),
+    Waiting { run_id: String, calls: Vec<ToolCall> },
+}
 
 impl Runner {
     /// Runs a sub-agent for a tool call, on what is left of the caller's budget. Its run id is
@@ -952,11 +995,49 @@ impl Runner {
         sub: &'a Arc<Agent>,
         request: &'a str,
         remaining: &'a Budget,
-    ) -> futures_util::future::BoxFuture<'a, Result<(SubAnswer, Spent), Error>> {
+    ) -> futures_util::future::BoxFuture<'a, Result<SubResult, Error>> {
         Box::pin(async move {
             let child_id = format!("{}.{}", live.id, call.id);
             // The sub-run's spans hang under this tool call's span, in the caller's trace.
             let parent = (live.trace_id.clone(), format!("{}:{}", live.id, call.id));
+            // The sub-agent serves the same user.
+            let mut vars = BTreeMap::new();
+            if let (Some(spec), Some(user)) = (&sub.def.memory, &live.user) {
+                vars.insert(spec.user_var.clone(), user.clone());
+            }
+            let outcome = self.run_child(&child_id, sub, request, remaining, &vars, parent, None).await?;
+            if outcome.status == RunStatus::WaitingApproval {
+                return Ok(SubResult::Waiting { run_id: child_id, calls: outcome.waiting });
+            }
+            let spent = Spent { run_id: child_id.clone(), model_calls: outcome.model_calls, usage: outcome.usage, cost_usd: outcome.cost_usd };
+            let answer = outcome.output.clone().unwrap_or_default();
+            let result = match outcome.status {
+                RunStatus::Completed => (answer, false),
+                RunStatus::Stopped => (format!("the {} agent stopped ({}); its partial answer: {answer}", call.name, outcome.reason.unwrap_or_default()), true),
+                RunStatus::Failed | RunStatus::Running | RunStatus::WaitingApproval => {
+                    (format!("the {} agent failed: {}", call.name, outcome.reason.unwrap_or_default()), true)
+                }
+            };
+            Ok(SubResult::Answer(result, spent))
+        })
+    }
+
+    /// Runs `sub` as the run `child_id` on what is left of a budget: started if new, resumed
+    /// if it was cut off, and its recorded outcome reused if it already ended, so a caller
+    /// that crashed never runs it twice. `output_schema` overrides the agent's own.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run_child<'a>(
+        &'a self,
+        child_id: &'a str,
+        sub: &'a Arc<Agent>,
+        request: &'a str,
+        remaining: &'a Budget,
+        vars: &'a BTreeMap<String, String>,
+        parent: (String, String),
+        output_schema: Option<serde_json::Value>,
+    ) -> futures_util::future::BoxFuture<'a, Result<Outcome, Error>> {
+        Box::pin(async move {
+            let child_id = child_id.to_string();
             let mut child = Agent::new(sub.def.clone(), &sub.base_dir);
             child.workspace = sub.workspace.clone();
             child.sub_agents = sub.sub_agents.clone();
@@ -968,6 +1049,9 @@ impl Runner {
             }
             // The sub-agent's MCP servers stay connected across its runs.
             child.tools.mcp = sub.tools.mcp.clone();
+            if output_schema.is_some() {
+                child.def.output_schema = output_schema;
+            }
             let own = &sub.def.budget;
             child.def.budget = Budget {
                 max_steps: own.max_steps.min(remaining.max_steps.max(1)),
@@ -990,30 +1074,10 @@ impl Runner {
                     }
                 }
                 Ok(_) => self.resume_in(&child_id, &child, Some(parent)).await?,
-                Err(keel_store::Error::NoRun(_)) => {
-                    // The sub-agent serves the same user.
-                    let mut vars = BTreeMap::new();
-                    if let (Some(spec), Some(user)) = (&child.def.memory, &live.user) {
-                        vars.insert(spec.user_var.clone(), user.clone());
-                    }
-                    self.start_as(child_id.clone(), &child, request, &vars, Some(parent)).await?
-                }
+                Err(keel_store::Error::NoRun(_)) => self.start_as(child_id.clone(), &child, request, vars, Some(parent)).await?,
                 Err(err) => return Err(err.into()),
             };
-            let spent = Spent { run_id: child_id.clone(), model_calls: outcome.model_calls, usage: outcome.usage, cost_usd: outcome.cost_usd };
-            let answer = outcome.output.clone().unwrap_or_default();
-            let result = match outcome.status {
-                RunStatus::Completed => (answer, false),
-                RunStatus::Stopped => (format!("the {} agent stopped ({}); its partial answer: {answer}", call.name, outcome.reason.unwrap_or_default()), true),
-                RunStatus::WaitingApproval => (
-                    format!("the {} agent is waiting for a human to approve a call in run {child_id}", call.name),
-                    true,
-                ),
-                RunStatus::Failed | RunStatus::Running => {
-                    (format!("the {} agent failed: {}", call.name, outcome.reason.unwrap_or_default()), true)
-                }
-            };
-            Ok((result, spent))
+            Ok(outcome)
         })
     }
 }
@@ -1073,6 +1137,11 @@ pub fn trim(messages: &[Message], limit: Option<u64>) -> Vec<Message> {
     }
     out.extend(kept.into_iter().flatten().cloned());
     out
+}
+
+/// A new run id: time-ordered, so runs list in the order they started.
+pub(crate) fn run_id() -> String {
+    format!("run_{}", &keel_core::time_ordered_id(now_ms() as u64, random()).replace('-', "")[..20])
 }
 
 fn random() -> u128 {

@@ -381,6 +381,7 @@ async fn a_model_repeating_the_same_call_is_stopped_as_a_loop() {
 }
 
 mod mcp;
+mod workflows;
 
 #[tokio::test]
 async fn memories_are_saved_recalled_for_the_same_user_and_kept_apart_for_others() {
@@ -493,4 +494,34 @@ async fn a_handoff_passes_the_conversation_to_another_agent_that_finishes_the_ru
     assert_eq!(model.remaining(), 1);
     let (_, steps) = fx.store.load_run(&outcome.run_id).unwrap();
     assert!(steps.iter().any(|s| s.data.contains("\"handoff\":\"billing\"")));
+}
+
+#[tokio::test]
+async fn a_sub_agent_waiting_for_approval_pauses_its_caller_and_is_decided_through_it() {
+    let fx = Fixture::new("subapproval");
+    let parent = with_researcher(&fx, "", "[tools.write_file]\napproval = \"required\"\n");
+    let model = Arc::new(Scripted::new([
+        Scripted::calls(&[("c1", "researcher", json!({"request": "write the report"}))]),
+        Scripted::calls(&[("w1", "write_file", json!({"path": "report.md", "content": "# Report"}))]),
+        Scripted::text("The report is written."),
+        Scripted::text("Done: the researcher wrote it."),
+    ]));
+    let runner = fx.runner(model.clone());
+    let outcome = runner.start(&parent, "get me a report", &vars()).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::WaitingApproval);
+    assert_eq!(outcome.waiting.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(), ["w1"]);
+    let reason = outcome.reason.unwrap();
+    assert!(reason.contains(&format!("write_file in the researcher agent's run {}.c1", outcome.run_id)), "{reason}");
+    assert!(!fx.dir.join("ws/report.md").exists());
+
+    // Decided through the caller's run id, then the caller resumes and the sub-agent with it.
+    let err = runner.decide(&outcome.run_id, "nope", true, None).unwrap_err().to_string();
+    assert!(err.contains("it waits for: w1"), "{err}");
+    runner.decide(&outcome.run_id, "w1", true, Some("fine".into())).unwrap();
+    let done = runner.resume(&outcome.run_id, &parent).await.unwrap();
+    assert_eq!(done.status, RunStatus::Completed, "{:?}", done.reason);
+    assert_eq!(done.output.as_deref(), Some("Done: the researcher wrote it."));
+    assert_eq!(std::fs::read_to_string(fx.dir.join("ws/report.md")).unwrap(), "# Report");
+    assert_eq!(done.model_calls, 4);
+    assert_eq!(model.remaining(), 0);
 }
