@@ -43,6 +43,10 @@ pub struct AgentDef {
     /// A JSON Schema the final answer must satisfy (requested as structured output).
     #[serde(default)]
     pub output_schema: Option<serde_json::Value>,
+    /// The run's first model call must call this tool (`"any"`: some tool); later calls
+    /// choose freely. Keeps small models from answering before they look anything up.
+    #[serde(default)]
+    pub first_tool: Option<String>,
     #[serde(default)]
     pub temperature: Option<f64>,
     #[serde(default)]
@@ -290,6 +294,13 @@ impl AgentDef {
             if self.tools.contains_key(&format!("transfer_to_{name}")) {
                 return Err(format!("tool `transfer_to_{name}` clashes with the handoff `{name}`"));
             }
+        }
+        if let Some(first) = &self.first_tool
+            && first != "any"
+            && !self.tools.contains_key(first)
+            && !self.mcp.keys().any(|server| first.starts_with(&format!("{server}__")))
+        {
+            return Err(format!("first_tool = \"{first}\" is not one of the agent's tools"));
         }
         for (name, server) in &self.mcp {
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') || name.contains("__") {

@@ -496,6 +496,10 @@ impl Runner {
         Runner { store, model, events: None }
     }
 
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
     /// Sends every [`RunEvent`] to `events` as it happens.
     pub fn with_events(mut self, events: UnboundedSender<RunEvent>) -> Runner {
         self.events = Some(events);
@@ -822,9 +826,15 @@ impl Runner {
             if let Err(err) = agent.tools.connect().await {
                 return self.end(live, &state, RunStatus::Failed, state.last_text.clone(), Some(err));
             }
+            let tool_choice = match &agent.def.first_tool {
+                Some(first) if state.model_calls == 0 && first == "any" => Some(keel_core::ToolChoice::Required),
+                Some(first) if state.model_calls == 0 => Some(keel_core::ToolChoice::Function(first.clone())),
+                _ => None,
+            };
             let request = ChatRequest {
                 model: agent.def.model.clone(),
                 messages,
+                tool_choice,
                 tools: agent.tools.defs(),
                 temperature: agent.def.temperature,
                 max_tokens: agent.def.max_tokens,

@@ -426,8 +426,10 @@ impl Tool for CommandTool {
             if output.status.success() {
                 Ok(truncate(stdout))
             } else {
+                // What it printed on either stream explains the failure.
                 let stderr = String::from_utf8_lossy(&output.stderr);
-                Err(truncate(format!("the tool failed ({}): {}", output.status, stderr.trim_end())))
+                let said: Vec<&str> = [stdout.as_str(), stderr.trim_end()].into_iter().filter(|s| !s.is_empty()).collect();
+                Err(truncate(format!("the tool failed ({}): {}", output.status, said.join("\n"))))
             }
         })
     }

@@ -149,9 +149,61 @@ pub async fn run(config: Option<&Path>, file: &Path, input: &str, vars: &[String
     finish(ctx, outcome, json).await
 }
 
+/// `keel workflow run FILE --set FIELD=VALUE…`.
+pub async fn run_workflow(config: Option<&Path>, file: &Path, sets: &[String], json: bool, pull: bool) -> anyhow::Result<()> {
+    let workflow = keel_agent::Workflow::load(file)?;
+    let mut inputs = serde_json::Map::new();
+    for (field, value) in parse_vars(sets).map_err(|_| anyhow::anyhow!("--set takes FIELD=VALUE"))? {
+        // A string field takes the text as is; other fields take JSON (numbers, lists, …).
+        let is_text = workflow.def.state.get(&field).is_none_or(|schema| schema["type"] == "string");
+        let value = if is_text { serde_json::Value::String(value) } else { serde_json::from_str(&value).with_context(|| format!("--set {field}: not JSON"))? };
+        inputs.insert(field, value);
+    }
+    let ctx = context(config, json, pull).await?;
+    let outcome = ctx.runner.run_workflow(&workflow, &inputs).await;
+    finish_workflow(ctx, outcome, json).await
+}
+
+async fn finish_workflow(ctx: RunContext, outcome: Result<keel_agent::WorkflowOutcome, keel_agent::Error>, json: bool) -> anyhow::Result<()> {
+    let RunContext { runner, printer, .. } = ctx;
+    drop(runner);
+    let _ = printer.await;
+    let outcome = outcome?;
+    if json {
+        println!("{}", serde_json::to_string(&outcome)?);
+    } else {
+        let (mark, color) = match outcome.status {
+            RunStatus::Completed => ("✔ workflow completed", table::GREEN),
+            RunStatus::WaitingApproval => ("⏸ workflow waiting", table::YELLOW),
+            RunStatus::Stopped => ("■ workflow stopped", table::YELLOW),
+            _ => ("✘ workflow failed", table::RED),
+        };
+        println!(
+            "{} (run {}, {} supersteps, {} model calls, ${:.4}){}",
+            table::paint(mark, color),
+            outcome.run_id,
+            outcome.supersteps,
+            outcome.model_calls,
+            outcome.cost_usd,
+            outcome.reason.as_ref().map(|r| format!(": {r}")).unwrap_or_default()
+        );
+        println!("state: {}", serde_json::to_string_pretty(&outcome.state)?);
+    }
+    match outcome.status {
+        RunStatus::Failed => bail!("workflow run {} failed: {}", outcome.run_id, outcome.reason.unwrap_or_default()),
+        _ => Ok(()),
+    }
+}
+
 /// `keel runs resume ID`.
 pub async fn resume(config: Option<&Path>, id: &str, json: bool) -> anyhow::Result<()> {
     let ctx = context(config, json, false).await?;
+    let (record, _) = ctx.runner.store().load_run(id)?;
+    if keel_agent::workflow::is_workflow_run(&record) {
+        let workflow = ctx.runner.stored_workflow(id)?;
+        let outcome = ctx.runner.resume_workflow(id, &workflow).await;
+        return finish_workflow(ctx, outcome, json).await;
+    }
     let agent = ctx.runner.stored_agent(id)?;
     let outcome = ctx.runner.resume(id, &agent).await;
     finish(ctx, outcome, json).await
@@ -219,6 +271,9 @@ pub fn list(config: Option<&Path>, json: bool, limit: usize) -> anyhow::Result<(
 pub fn show(config: Option<&Path>, id: &str, json: bool) -> anyhow::Result<()> {
     let store = open_store(config)?;
     let (record, steps) = store.load_run(id)?;
+    if keel_agent::workflow::is_workflow_run(&record) {
+        return show_workflow(&record, &steps, json);
+    }
     let parsed: Vec<(i64, Step)> = steps
         .iter()
         .map(|s| serde_json::from_str::<Step>(&s.data).map(|step| (s.seq, step)).with_context(|| format!("step {} is unreadable", s.seq)))
@@ -266,6 +321,38 @@ pub fn show(config: Option<&Path>, id: &str, json: bool) -> anyhow::Result<()> {
         println!("output: {output}");
     }
     println!("{}", table::paint(&format!("the exact requests and responses: keel runs show {} --json", record.id), table::DIM));
+    Ok(())
+}
+
+fn show_workflow(record: &keel_store::RunRecord, steps: &[keel_store::StepRecord], json: bool) -> anyhow::Result<()> {
+    let parsed: Vec<serde_json::Value> = steps.iter().map(|s| serde_json::from_str(&s.data)).collect::<Result<_, _>>()?;
+    if json {
+        let value = serde_json::json!({
+            "id": record.id, "workflow": record.agent, "status": record.status, "input": record.input,
+            "output": record.output, "reason": record.reason, "created_ms": record.created_ms, "supersteps": parsed,
+        });
+        println!("{}", serde_json::to_string_pretty(&value)?);
+        return Ok(());
+    }
+    println!("workflow run {} · {} · {}", record.id, record.agent, status_cell(&record.status).text);
+    let mut rows = Vec::new();
+    for step in &parsed {
+        for ran in step["ran"].as_array().into_iter().flatten() {
+            rows.push(vec![
+                Cell::num(step["number"].to_string()),
+                Cell::new(ran["node"].as_str().unwrap_or_default()),
+                Cell::new(ran["run_id"].as_str().unwrap_or_default()).color(table::DIM),
+                Cell::new(short(ran["output"].as_str().unwrap_or_default(), 70)),
+            ]);
+        }
+    }
+    print!("{}", table::render(&["STEP", "NODE", "RUN", "ANSWER"], &rows));
+    if let Some(last) = parsed.last() {
+        println!("state: {}", last["state"]);
+    }
+    if let Some(reason) = &record.reason {
+        println!("reason: {reason}");
+    }
     Ok(())
 }
 

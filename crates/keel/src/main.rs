@@ -98,6 +98,11 @@ enum Command {
         #[command(subcommand)]
         command: AgentCommand,
     },
+    /// Workflows: agents as nodes of a graph over a typed state.
+    Workflow {
+        #[command(subcommand)]
+        command: WorkflowCommand,
+    },
     /// Agent runs: list, inspect, approve or deny a paused call, resume after a crash.
     Runs {
         #[command(subcommand)]
@@ -183,6 +188,23 @@ enum MemoryCommand {
     },
     /// Remove a fact.
     Forget { id: String },
+}
+
+#[derive(Debug, Subcommand)]
+enum WorkflowCommand {
+    /// Run a workflow file: nodes run agents, edges (with `when` conditions) say what runs
+    /// next; several ready nodes run at once. Prints each node's steps, then the state.
+    Run {
+        /// The workflow file.
+        workflow: PathBuf,
+        /// Set a state field at the start (text for string fields, JSON for the others).
+        #[arg(long = "set", value_name = "FIELD=VALUE")]
+        sets: Vec<String>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        pull: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -377,6 +399,9 @@ fn main() -> std::process::ExitCode {
             Command::Agent { command: AgentCommand::Run { agent, input, vars, json, pull } } => {
                 let file = agents::find_agent(&agent)?;
                 agents::run(cli.config.as_deref(), &file, &input, &vars, json, pull).await
+            }
+            Command::Workflow { command: WorkflowCommand::Run { workflow, sets, json, pull } } => {
+                agents::run_workflow(cli.config.as_deref(), &workflow, &sets, json, pull).await
             }
             Command::Runs { command } => match command {
                 RunsCommand::List { json, limit } => agents::list(cli.config.as_deref(), json, limit),

@@ -382,6 +382,7 @@ async fn a_model_repeating_the_same_call_is_stopped_as_a_loop() {
 
 mod mcp;
 mod workflows;
+mod examples;
 
 #[tokio::test]
 async fn memories_are_saved_recalled_for_the_same_user_and_kept_apart_for_others() {
