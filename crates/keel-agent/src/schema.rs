@@ -7,7 +7,16 @@
 use serde_json::Value;
 
 pub fn validate(schema: &Value, value: &Value) -> Result<(), String> {
-    check(schema, value, "")
+    check(schema, schema, value, "")
+}
+
+/// A local `$ref` (`#/$defs/Name`, `#/definitions/Name`) resolved against the root schema.
+fn resolve<'a>(root: &'a Value, reference: &str) -> Option<&'a Value> {
+    let path = reference.strip_prefix('#')?;
+    if path.is_empty() {
+        return Some(root);
+    }
+    root.pointer(path)
 }
 
 fn type_matches(name: &str, value: &Value) -> bool {
@@ -27,7 +36,11 @@ fn at(pointer: &str) -> &str {
     if pointer.is_empty() { "the arguments" } else { pointer }
 }
 
-fn check(schema: &Value, value: &Value, pointer: &str) -> Result<(), String> {
+fn check(root: &Value, schema: &Value, value: &Value, pointer: &str) -> Result<(), String> {
+    if let Some(reference) = schema.get("$ref").and_then(Value::as_str) {
+        let target = resolve(root, reference).ok_or_else(|| format!("the schema refers to `{reference}`, which it does not define"))?;
+        return check(root, target, value, pointer);
+    }
     let Some(schema) = schema.as_object() else { return Ok(()) };
     match schema.get("type") {
         Some(Value::String(name)) if !type_matches(name, value) => {
@@ -86,7 +99,7 @@ fn check(schema: &Value, value: &Value, pointer: &str) -> Result<(), String> {
         }
         if let Some(item_schema) = schema.get("items") {
             for (idx, item) in items.iter().enumerate() {
-                check(item_schema, item, &format!("{pointer}/{idx}"))?;
+                check(root, item_schema, item, &format!("{pointer}/{idx}"))?;
             }
         }
     }
@@ -101,13 +114,13 @@ fn check(schema: &Value, value: &Value, pointer: &str) -> Result<(), String> {
         }
         for (name, field) in object {
             match properties.and_then(|p| p.get(name)) {
-                Some(field_schema) => check(field_schema, field, &format!("{pointer}/{name}"))?,
+                Some(field_schema) => check(root, field_schema, field, &format!("{pointer}/{name}"))?,
                 None => match schema.get("additionalProperties") {
                     Some(Value::Bool(false)) => {
                         let known: Vec<&String> = properties.map(|p| p.keys().collect()).unwrap_or_default();
                         return Err(format!("{} has an unknown field `{name}` (known: {known:?})", at(pointer)));
                     }
-                    Some(extra @ Value::Object(_)) => check(extra, field, &format!("{pointer}/{name}"))?,
+                    Some(extra @ Value::Object(_)) => check(root, extra, field, &format!("{pointer}/{name}"))?,
                     _ => {}
                 },
             }
@@ -115,12 +128,12 @@ fn check(schema: &Value, value: &Value, pointer: &str) -> Result<(), String> {
     }
     if let Some(all) = schema.get("allOf").and_then(Value::as_array) {
         for sub in all {
-            check(sub, value, pointer)?;
+            check(root, sub, value, pointer)?;
         }
     }
     for keyword in ["anyOf", "oneOf"] {
         if let Some(options) = schema.get(keyword).and_then(Value::as_array) {
-            let errors: Vec<String> = options.iter().filter_map(|sub| check(sub, value, pointer).err()).collect();
+            let errors: Vec<String> = options.iter().filter_map(|sub| check(root, sub, value, pointer).err()).collect();
             if errors.len() == options.len() {
                 return Err(format!("{} matches none of the allowed shapes ({})", at(pointer), errors.join("; ")));
             }

@@ -52,6 +52,37 @@ where
     }
 }
 
+/// A tool whose arguments are a Rust type: its JSON Schema is derived from the type
+/// (`schemars`, doc comments become descriptions) and the model's arguments arrive parsed.
+///
+/// ```ignore
+/// #[derive(serde::Deserialize, schemars::JsonSchema)]
+/// struct Weather { /// The city, e.g. "Lisbon"
+///     city: String, days: Option<u8> }
+/// let tool = keel_agent::tools::typed("weather", "Forecast for a city", |args: Weather, _ctx| Box::pin(async move {
+///     Ok(format!("sunny in {}", args.city))
+/// }));
+/// ```
+pub fn typed<A, F>(name: &str, description: &str, run: F) -> Arc<dyn Tool>
+where
+    A: serde::de::DeserializeOwned + schemars::JsonSchema + Send + 'static,
+    F: Fn(A, ToolContext) -> BoxFuture<'static, Result<String, String>> + Send + Sync + 'static,
+{
+    // Sub-schemas inline: some providers (and local grammars) do not follow `$ref`.
+    let generator = schemars::generate::SchemaSettings::draft2020_12().with(|s| s.inline_subschemas = true).into_generator();
+    let mut parameters = serde_json::to_value(generator.into_root_schema_for::<A>()).unwrap_or_else(|_| json!({"type": "object"}));
+    if let Some(object) = parameters.as_object_mut() {
+        object.remove("$schema");
+        object.remove("title");
+    }
+    Arc::new(FunctionTool::new(name, description, parameters, move |arguments: Value, ctx: ToolContext| {
+        match serde_json::from_value::<A>(arguments) {
+            Ok(args) => run(args, ctx),
+            Err(err) => Box::pin(async move { Err(format!("invalid arguments: {err}")) }),
+        }
+    }))
+}
+
 impl<F> Tool for FunctionTool<F>
 where
     F: Fn(Value, ToolContext) -> BoxFuture<'static, Result<String, String>> + Send + Sync,

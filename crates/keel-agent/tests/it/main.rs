@@ -526,3 +526,64 @@ async fn a_sub_agent_waiting_for_approval_pauses_its_caller_and_is_decided_throu
     assert_eq!(done.model_calls, 4);
     assert_eq!(model.remaining(), 0);
 }
+
+/// Arguments of a typed tool: the schema the model sees comes from this type.
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+struct Forecast {
+    /// The city, e.g. "Lisbon".
+    city: String,
+    /// How many days ahead (1 to 7).
+    #[schemars(range(min = 1, max = 7))]
+    days: Option<u8>,
+    units: Units,
+}
+
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum Units {
+    Metric,
+    Imperial,
+}
+
+#[tokio::test]
+async fn a_typed_rust_tool_gets_its_schema_from_its_type_and_its_arguments_parsed() {
+    let fx = Fixture::new("typed");
+    let mut agent = fx.agent("");
+    agent.tools.insert(
+        keel_agent::tools::typed("forecast", "The weather ahead", |args: Forecast, _ctx| {
+            Box::pin(async move {
+                let unit = match args.units {
+                    Units::Metric => "°C",
+                    Units::Imperial => "°F",
+                };
+                Ok(format!("{}: 21{unit} for {} days", args.city, args.days.unwrap_or(1)))
+            })
+        }),
+        Approval::Never,
+        None,
+    );
+    let model = Arc::new(Scripted::new([
+        Scripted::calls(&[
+            ("f1", "forecast", json!({"city": "Lisbon", "days": 3, "units": "metric"})),
+            ("f2", "forecast", json!({"city": "Lisbon", "units": "kelvin"})),
+            ("f3", "forecast", json!({"city": "Lisbon", "days": 30, "units": "metric"})),
+        ]),
+        Scripted::text("Sunny."),
+    ]));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    fx.runner(model.clone()).with_events(tx).start(&agent, "weather?", &vars()).await.unwrap();
+    let schema = model.requests.lock().unwrap()[0].tools.iter().find(|t| t.name == "forecast").unwrap().parameters.clone();
+    assert_eq!(schema["required"], json!(["city", "units"]));
+    assert_eq!(schema["properties"]["city"]["description"], "The city, e.g. \"Lisbon\".");
+    assert_eq!(schema["properties"]["units"]["enum"], json!(["metric", "imperial"]), "inlined, no $ref: {schema}");
+    let mut results = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        if let RunEvent::ToolResult { output, is_error, .. } = event {
+            results.push((output, is_error));
+        }
+    }
+    assert_eq!(results[0], ("Lisbon: 21°C for 3 days".to_string(), false));
+    assert!(results[1].1 && results[1].0.contains("/units"), "an enum outside the type: {:?}", results[1]);
+    assert!(results[2].1 && results[2].0.contains("/days"), "a range from the type: {:?}", results[2]);
+}
