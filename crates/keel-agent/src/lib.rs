@@ -29,6 +29,8 @@ pub enum Error {
     Store(String),
     #[error("run {id} has already ended ({status}{}); start a new run", if reason.is_empty() { String::new() } else { format!(": {reason}") })]
     Finished { id: String, status: String, reason: String },
+    #[error("run {id} is being driven by another process ({holder}); wait for it, or try again once that process has ended")]
+    Busy { id: String, holder: String },
     #[error("run {id} is not waiting for approval (it is {status})")]
     NotWaiting { id: String, status: String },
     #[error("run {id} is not waiting for call {call}; it waits for: {waiting}")]

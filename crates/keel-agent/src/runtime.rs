@@ -705,9 +705,12 @@ impl Runner {
         None
     }
 
-    /// Runs the loop, then records this stretch of the run as its `invoke_agent` span.
+    /// Runs the loop under the run's lease, then records this stretch of the run as its
+    /// `invoke_agent` span.
     async fn drive(&self, live: &Live<'_>, state: State) -> Result<Outcome, Error> {
+        let lease = Lease::take(&self.store, &live.id)?;
         let result = self.drive_steps(live, state).await;
+        drop(lease);
         let (ok, status, reason) = match &result {
             Ok(outcome) => (!matches!(outcome.status, RunStatus::Failed), outcome.status.as_str(), outcome.reason.clone()),
             Err(err) => (false, "error", Some(err.to_string())),
@@ -977,6 +980,66 @@ impl Runner {
             ms,
         });
         Ok(Executed::Step(step))
+    }
+}
+
+/// How long a run's lease lasts without renewal, and how often it is renewed.
+const LEASE_MS: i64 = 30_000;
+const LEASE_RENEW: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The right to drive one run: two processes resuming the same run at once would both run
+/// its pending tool calls. Held in the store with an expiry, renewed while the run goes on;
+/// a holder on this machine whose process is gone is passed over at once.
+pub(crate) struct Lease {
+    store: Arc<Store>,
+    run_id: String,
+    owner: String,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+fn host() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "localhost".into())
+}
+
+/// Whether a lease holder (`host:pid:token`) is a process of this machine that has ended.
+fn holder_is_gone(holder: &str) -> bool {
+    let mut parts = holder.splitn(3, ':');
+    let (Some(holder_host), Some(pid)) = (parts.next(), parts.next()) else { return true };
+    holder_host == host() && !Path::new("/proc").join(pid).exists() && Path::new("/proc/self").exists()
+}
+
+impl Lease {
+    pub(crate) fn take(store: &Arc<Store>, run_id: &str) -> Result<Lease, Error> {
+        let owner = format!("{}:{}:{:x}", host(), std::process::id(), random() as u64);
+        let now = now_ms();
+        if let Some(holder) = store.acquire_lease(run_id, &owner, now, now + LEASE_MS, &holder_is_gone)? {
+            return Err(Error::Busy { id: run_id.into(), holder });
+        }
+        let renewer = {
+            let (store, run_id, owner) = (store.clone(), run_id.to_string(), owner.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(LEASE_RENEW);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    if let Err(err) = store.renew_lease(&run_id, &owner, now_ms() + LEASE_MS) {
+                        tracing::warn!(run = %run_id, error = %err, "could not renew the run's lease");
+                    }
+                }
+            })
+        };
+        Ok(Lease { store: store.clone(), run_id: run_id.into(), owner, renewer })
+    }
+
+}
+
+/// Given back when the drive ends, however it ends (a task cancelled mid-run included).
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renewer.abort();
+        if let Err(err) = self.store.release_lease(&self.run_id, &self.owner) {
+            tracing::warn!(run = %self.run_id, error = %err, "could not release the run's lease");
+        }
     }
 }
 

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::definition::Budget;
-use crate::runtime::{Agent, RunStatus, Runner, now_ms, run_id};
+use crate::runtime::{Agent, Lease, RunStatus, Runner, now_ms, run_id};
 use crate::{Error, schema};
 
 /// One name or several.
@@ -348,7 +348,14 @@ impl Runner {
         self.drive_workflow(workflow, run_id, at, next_seq).await
     }
 
-    async fn drive_workflow(&self, workflow: &Workflow, id: &str, mut at: Superstep, mut seq: i64) -> Result<WorkflowOutcome, Error> {
+    async fn drive_workflow(&self, workflow: &Workflow, id: &str, at: Superstep, seq: i64) -> Result<WorkflowOutcome, Error> {
+        let lease = Lease::take(&self.store, id)?;
+        let result = self.drive_supersteps(workflow, id, at, seq).await;
+        drop(lease);
+        result
+    }
+
+    async fn drive_supersteps(&self, workflow: &Workflow, id: &str, mut at: Superstep, mut seq: i64) -> Result<WorkflowOutcome, Error> {
         let started = std::time::Instant::now();
         let start_ms = now_ms();
         let span_id = format!("{id}@{seq}");

@@ -116,6 +116,9 @@ CREATE TABLE memories (
 );
 CREATE INDEX memories_agent ON memories (agent);
 CREATE INDEX memories_user ON memories (user_id);
+", "
+ALTER TABLE runs ADD COLUMN lease_owner TEXT;
+ALTER TABLE runs ADD COLUMN lease_until INTEGER;
 "];
 
 /// One model call as keel saw it.

@@ -130,6 +130,45 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// Takes the lease on a run, so only one process drives it: granted when the run has
+    /// no lease, its lease ran out, it is `owner`'s already, or `stale` says its holder is
+    /// gone (a process that died). Returns the holder when the lease is someone else's.
+    pub fn acquire_lease(&self, run_id: &str, owner: &str, now_ms: i64, until_ms: i64, stale: &dyn Fn(&str) -> bool) -> Result<Option<String>> {
+        let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(|e| self.err(e))?;
+        let held: Option<(Option<String>, Option<i64>)> = tx
+            .query_row("SELECT lease_owner, lease_until FROM runs WHERE id = ?1", [run_id], |row| Ok((row.get(0)?, row.get(1)?)))
+            .optional()
+            .map_err(|e| self.err(e))?;
+        let Some((holder, until)) = held else { return Err(Error::NoRun(run_id.to_string())) };
+        if let Some(holder) = holder
+            && holder != owner
+            && until.is_some_and(|until| until > now_ms)
+            && !stale(&holder)
+        {
+            return Ok(Some(holder));
+        }
+        tx.execute("UPDATE runs SET lease_owner = ?2, lease_until = ?3 WHERE id = ?1", params![run_id, owner, until_ms]).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))?;
+        Ok(None)
+    }
+
+    /// Extends a lease `owner` holds.
+    pub fn renew_lease(&self, run_id: &str, owner: &str, until_ms: i64) -> Result<()> {
+        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        conn.execute("UPDATE runs SET lease_until = ?3 WHERE id = ?1 AND lease_owner = ?2", params![run_id, owner, until_ms])
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
+    /// Gives a lease back.
+    pub fn release_lease(&self, run_id: &str, owner: &str) -> Result<()> {
+        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        conn.execute("UPDATE runs SET lease_owner = NULL, lease_until = NULL WHERE id = ?1 AND lease_owner = ?2", params![run_id, owner])
+            .map(drop)
+            .map_err(|e| self.err(e))
+    }
+
     /// Records how a run ended (or paused).
     pub fn set_run_status(&self, run_id: &str, status: &str, output: Option<&str>, reason: Option<&str>, now_ms: i64) -> Result<()> {
         let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());

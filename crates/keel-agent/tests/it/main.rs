@@ -244,6 +244,7 @@ async fn a_run_cut_off_mid_way_resumes_without_repeating_tool_calls() {
     }
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     task.abort();
+    let _ = task.await; // cancelled: the drive and its lease are gone
     let run_id = run_id.unwrap();
     assert_eq!(fx.store.load_run(&run_id).unwrap().0.status, "running");
     assert_eq!(count.load(Ordering::SeqCst), 2);
@@ -586,4 +587,32 @@ async fn a_typed_rust_tool_gets_its_schema_from_its_type_and_its_arguments_parse
     assert_eq!(results[0], ("Lisbon: 21°C for 3 days".to_string(), false));
     assert!(results[1].1 && results[1].0.contains("/units"), "an enum outside the type: {:?}", results[1]);
     assert!(results[2].1 && results[2].0.contains("/days"), "a range from the type: {:?}", results[2]);
+}
+
+#[tokio::test]
+async fn a_run_driven_by_a_live_process_is_not_resumed_by_another() {
+    let fx = Fixture::new("lease");
+    let agent = fx.agent("");
+    let down = Arc::new(Scripted::new([]));
+    let outcome = fx.runner(down).start(&agent, "hi", &vars()).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::Failed);
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let never_gone = |_: &str| false;
+
+    // Another live process (this test's, under another token) holds it: refused, with who.
+    let holder = format!("{host}:{}:elsewhere", std::process::id());
+    assert_eq!(fx.store.acquire_lease(&outcome.run_id, &holder, now, now + 60_000, &never_gone).unwrap(), None);
+    let err = fx.runner(Arc::new(Scripted::new([Scripted::text("x")]))).resume(&outcome.run_id, &agent).await.unwrap_err();
+    assert!(matches!(err, keel_agent::Error::Busy { .. }), "{err}");
+    assert!(err.to_string().contains(&holder), "{err}");
+
+    // A holder whose process has ended is passed over at once.
+    fx.store.release_lease(&outcome.run_id, &holder).unwrap();
+    let dead = format!("{host}:4000000000:gone");
+    fx.store.acquire_lease(&outcome.run_id, &dead, now, now + 60_000, &never_gone).unwrap();
+    let resumed = fx.runner(Arc::new(Scripted::new([Scripted::text("back")]))).resume(&outcome.run_id, &agent).await.unwrap();
+    assert_eq!(resumed.status, RunStatus::Completed);
+    // And the lease is given back when the run ends.
+    assert_eq!(fx.store.acquire_lease(&outcome.run_id, &holder, now, now + 1, &never_gone).unwrap(), None);
 }
