@@ -318,3 +318,75 @@ async fn the_support_example_pauses_refunds_for_approval() {
     assert_eq!(log.lines().count(), 1);
     assert!(log.starts_with(&format!("{run_id}:call_fake_1 ")), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_workflow_runs_from_the_cli_and_shows_its_supersteps() {
+    let dir = temp_dir("workflow");
+    let (upstream, _fake) = keel_server::fake::spawn(None).await.unwrap();
+    std::fs::write(dir.join("keel.toml"), config(&upstream.to_string(), "127.0.0.1:0", &[("brain", "gpt-4o-mini")])).unwrap();
+    for name in ["classify", "docs", "history", "writer"] {
+        std::fs::write(dir.join(format!("{name}.toml")), format!("name = \"{name}\"\nmodel = \"brain\"\ninstructions = \"You are {name}.\"\nworkspace = \"ws\"\n")).unwrap();
+    }
+    std::fs::write(
+        dir.join("triage.toml"),
+        r#"
+name = "triage"
+start = "classify"
+[state]
+ticket = { type = "string" }
+priority = { type = "integer" }
+category = { type = "string", enum = ["question", "refund"] }
+notes = { type = "array", items = { type = "string" } }
+answer = { type = "string" }
+[nodes.classify]
+agent = "classify.toml"
+input = "Classify: {{ticket}}"
+output = "category"
+[nodes.docs]
+agent = "docs.toml"
+input = "docs for {{ticket}}"
+output = "notes"
+[nodes.history]
+agent = "history.toml"
+input = "history for {{ticket}}"
+output = "notes"
+[nodes.writer]
+agent = "writer.toml"
+input = "answer with {{notes}}"
+output = "answer"
+[[edges]]
+from = "classify"
+to = ["docs", "history"]
+when = "category == 'question' and priority > 1"
+[[edges]]
+from = ["docs", "history"]
+to = "writer"
+"#,
+    )
+    .unwrap();
+    let keel_in = |args: &[&str]| keel().args(args).current_dir(&dir).env("KEEL_HOME", dir.join("home")).env("FAKE_KEY", "k").output().unwrap();
+    let out = keel_in(&["workflow", "run", "triage.toml", "--set", "ticket=reset is slow", "--set", "priority=2", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let outcome: serde_json::Value = serde_json::from_str(stdout(&out).lines().last().unwrap()).unwrap();
+    assert_eq!(outcome["status"], "completed");
+    assert_eq!(outcome["supersteps"], 3);
+    assert_eq!(outcome["state"]["category"], "question");
+    assert_eq!(outcome["state"]["notes"], serde_json::json!(["echo: docs for reset is slow", "echo: history for reset is slow"]));
+    assert_eq!(outcome["state"]["answer"], "echo: answer with [\"echo: docs for reset is slow\",\"echo: history for reset is slow\"]");
+    let run_id = outcome["run_id"].as_str().unwrap();
+
+    let shown = stdout(&keel_in(&["runs", "show", run_id]));
+    assert!(shown.contains("workflow run") && shown.contains("history") && shown.contains("writer"), "{shown}");
+    let trace = stdout(&keel_in(&["runs", "trace", run_id]));
+    assert!(trace.contains("invoke_workflow triage") && trace.contains("  invoke_agent docs"), "{trace}");
+
+    // Low priority: the condition is false, so the run ends after classifying.
+    let out = keel_in(&["workflow", "run", "triage.toml", "--set", "ticket=x", "--set", "priority=1", "--json"]);
+    let outcome: serde_json::Value = serde_json::from_str(stdout(&out).lines().last().unwrap()).unwrap();
+    assert_eq!(outcome["supersteps"], 1);
+    // Bad input says what is wrong.
+    let bad = keel_in(&["workflow", "run", "triage.toml", "--set", "priority=high"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--set priority: not JSON"), "{}", String::from_utf8_lossy(&bad.stderr));
+    let bad = keel_in(&["workflow", "run", "triage.toml", "--set", "colour=red"]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("`colour` is not a state field of triage"));
+}
