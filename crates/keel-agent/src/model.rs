@@ -18,6 +18,12 @@ pub struct Reply {
 pub trait ChatModel: Send + Sync {
     fn chat<'a>(&'a self, request: &'a ChatRequest) -> BoxFuture<'a, Result<Reply, String>>;
 
+    /// Like `chat`, handing each piece of the answer's text to `on_text` as it arrives.
+    fn chat_streamed<'a>(&'a self, request: &'a ChatRequest, on_text: &'a (dyn Fn(&str) + Send + Sync)) -> BoxFuture<'a, Result<Reply, String>> {
+        let _ = on_text;
+        self.chat(request)
+    }
+
     /// Embeds texts with an embedding model alias (long-term memory).
     fn embed<'a>(&'a self, model: &'a str, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, String>> {
         let _ = texts;
@@ -30,6 +36,25 @@ impl ChatModel for keel_llm::Router {
         Box::pin(async move {
             let (result, info) = keel_llm::Router::chat(self, request).await;
             let response = result.map_err(|e| e.to_string())?;
+            let cost_usd = self.prices.cost(&info.model, &response.usage);
+            Ok(Reply { response, provider: info.provider, cost_usd })
+        })
+    }
+
+    fn chat_streamed<'a>(&'a self, request: &'a ChatRequest, on_text: &'a (dyn Fn(&str) + Send + Sync)) -> BoxFuture<'a, Result<Reply, String>> {
+        Box::pin(async move {
+            use futures_util::StreamExt;
+            let (stream, info) = keel_llm::Router::chat_stream(self, request).await;
+            let mut stream = stream.map_err(|e| e.to_string())?;
+            let mut collected = keel_core::chat::StreamCollector::default();
+            while let Some(event) = stream.next().await {
+                let event = event.map_err(|e| e.to_string())?;
+                if let keel_core::StreamEvent::TextDelta(text) = &event {
+                    on_text(text);
+                }
+                collected.push(&event);
+            }
+            let response = collected.into_response();
             let cost_usd = self.prices.cost(&info.model, &response.usage);
             Ok(Reply { response, provider: info.provider, cost_usd })
         })

@@ -241,6 +241,8 @@ pub struct Outcome {
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum RunEvent {
     Started { run_id: String, agent: String, resumed: bool },
+    /// A piece of the model's answer as it is written (only when events are watched).
+    Delta { text: String },
     ModelCall { step: i64, text: String, tool_calls: Vec<ToolCall>, usage: Usage, cost_usd: Option<f64>, ms: f64 },
     ToolResult { step: i64, call_id: String, name: String, arguments: String, output: String, is_error: bool, ms: f64 },
     /// A recorded result reused on resume instead of running the call again.
@@ -849,7 +851,17 @@ impl Runner {
                 ..ChatRequest::default()
             };
             let started = Instant::now();
-            let reply = match self.model.chat(&request).await {
+            let reply = match &self.events {
+                // Watched: the answer streams out as it is written.
+                Some(events) => {
+                    let on_text = |text: &str| {
+                        let _ = events.send(RunEvent::Delta { text: text.to_string() });
+                    };
+                    self.model.chat_streamed(&request, &on_text).await
+                }
+                None => self.model.chat(&request).await,
+            };
+            let reply = match reply {
                 Ok(reply) => reply,
                 Err(err) => {
                     return self.end(live, &state, RunStatus::Failed, state.last_text.clone(), Some(format!("the model call failed: {err}")));

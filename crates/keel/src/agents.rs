@@ -49,13 +49,14 @@ async fn context(config: Option<&Path>, json: bool, pull: bool) -> anyhow::Resul
     let store = Arc::new(Store::open(&settings.store_path())?);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let printer = tokio::spawn(async move {
+        let mut streaming = false;
         while let Some(event) = rx.recv().await {
             if json {
                 if let Ok(line) = serde_json::to_string(&event) {
                     println!("{line}");
                 }
             } else {
-                print_event(&event);
+                streaming = print_event(&event, streaming);
             }
         }
     });
@@ -67,8 +68,23 @@ fn short(text: &str, max: usize) -> String {
     if flat.chars().count() > max { format!("{}…", flat.chars().take(max).collect::<String>()) } else { flat }
 }
 
-fn print_event(event: &RunEvent) {
+/// Prints one event; `streaming` says whether the model's text is being printed as it comes
+/// (so the step's summary does not print it again). Returns the new `streaming`.
+fn print_event(event: &RunEvent, streaming: bool) -> bool {
+    use std::io::Write;
+    if let RunEvent::Delta { text } = event {
+        if !streaming {
+            print!("    ");
+        }
+        print!("{}", text.replace('\n', "\n    "));
+        let _ = std::io::stdout().flush();
+        return true;
+    }
+    if streaming {
+        println!();
+    }
     match event {
+        RunEvent::Delta { .. } => {}
         RunEvent::Started { run_id, agent, resumed } => {
             let verb = if *resumed { "resumed" } else { "started" };
             println!("{} {verb} run {run_id} (agent {agent})", table::paint("▶", table::BOLD));
@@ -81,7 +97,7 @@ fn print_event(event: &RunEvent) {
                 usage.input_tokens + usage.output_tokens,
                 ms
             );
-            if !text.trim().is_empty() {
+            if !streaming && !text.trim().is_empty() {
                 println!("    {}", short(text, 200));
             }
             for call in tool_calls {
@@ -110,6 +126,7 @@ fn print_event(event: &RunEvent) {
             }
         }
     }
+    false
 }
 
 async fn finish(ctx: RunContext, outcome: Result<Outcome, keel_agent::Error>, json: bool) -> anyhow::Result<()> {

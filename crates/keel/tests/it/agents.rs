@@ -370,6 +370,9 @@ to = "writer"
     let outcome: serde_json::Value = serde_json::from_str(stdout(&out).lines().last().unwrap()).unwrap();
     assert_eq!(outcome["status"], "completed");
     assert_eq!(outcome["supersteps"], 3);
+    // Answers stream out as they are written, piece by piece.
+    let deltas = stdout(&out).lines().filter(|l| l.starts_with("{\"event\":\"delta\"")).count();
+    assert!(deltas > 3, "{}", stdout(&out));
     assert_eq!(outcome["state"]["category"], "question");
     assert_eq!(outcome["state"]["notes"], serde_json::json!(["echo: docs for reset is slow", "echo: history for reset is slow"]));
     assert_eq!(outcome["state"]["answer"], "echo: answer with [\"echo: docs for reset is slow\",\"echo: history for reset is slow\"]");
