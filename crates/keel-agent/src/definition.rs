@@ -257,7 +257,7 @@ impl AgentDef {
         Ok(def)
     }
 
-    fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         if self.name.trim().is_empty() {
             return Err("`name` is empty".into());
         }

@@ -15,7 +15,7 @@ pub use definition::{AgentDef, Approval, Budget, HandoffSpec, McpServerSpec, Mcp
 pub use mcp::McpServer;
 pub use memory::Memory;
 pub use model::{ChatModel, Reply, Scripted};
-pub use runtime::{Agent, Outcome, RunEvent, RunStatus, Runner, Step};
+pub use runtime::{Agent, AgentBuilder, Outcome, RunEvent, RunStatus, Runner, Step};
 pub use tools::{FunctionTool, Tool, ToolBox, ToolContext};
 pub use workflow::{Workflow, WorkflowDef, WorkflowOutcome};
 

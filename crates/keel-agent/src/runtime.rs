@@ -1286,3 +1286,137 @@ mod tests {
         assert_eq!(tiny.len(), 2 + 1 + 3);
     }
 }
+
+/// Builds an agent in Rust, as an agent file would describe it.
+///
+/// ```ignore
+/// let agent = Agent::builder("helper", "gpt-4o")
+///     .instructions("Be brief.")
+///     .builtin("read_file")
+///     .tool(my_tool)
+///     .max_steps(8)
+///     .build()?;
+/// ```
+pub struct AgentBuilder {
+    def: AgentDef,
+    base_dir: PathBuf,
+    tools: Vec<(Arc<dyn crate::Tool>, Approval, Option<f64>)>,
+    handoffs: Vec<(String, Agent)>,
+    agents: Vec<(String, String, Agent)>,
+}
+
+impl Agent {
+    pub fn builder(name: &str, model: &str) -> AgentBuilder {
+        let def = AgentDef::parse(&format!("name = {name:?}\nmodel = {model:?}\ninstructions = \"\"\n")).unwrap_or_else(|_| {
+            AgentDef::parse("name = \"agent\"\nmodel = \"local\"\ninstructions = \"\"\n").expect("a minimal agent parses")
+        });
+        let mut def = def;
+        def.name = name.into();
+        AgentBuilder { def, base_dir: PathBuf::from("."), tools: Vec::new(), handoffs: Vec::new(), agents: Vec::new() }
+    }
+}
+
+impl AgentBuilder {
+    /// The system prompt; `{{name}}` placeholders are filled from the run's variables.
+    pub fn instructions(mut self, text: &str) -> Self {
+        self.def.instructions = text.into();
+        self
+    }
+
+    pub fn description(mut self, text: &str) -> Self {
+        self.def.description = Some(text.into());
+        self
+    }
+
+    /// The folder file tools and `shell` work in (default: `./workspace`).
+    pub fn workspace(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.def.workspace = Some(dir.into());
+        self
+    }
+
+    pub fn budget(mut self, budget: Budget) -> Self {
+        self.def.budget = budget;
+        self
+    }
+
+    pub fn max_steps(mut self, steps: u32) -> Self {
+        self.def.budget.max_steps = steps;
+        self
+    }
+
+    /// A built-in tool by name (`read_file`, `write_file`, `list_dir`, `shell`, …), with its
+    /// settings.
+    pub fn builtin_with(mut self, name: &str, spec: crate::ToolSpec) -> Self {
+        self.def.tools.insert(name.into(), spec);
+        self
+    }
+
+    pub fn builtin(self, name: &str) -> Self {
+        self.builtin_with(name, crate::ToolSpec::default())
+    }
+
+    /// A tool written in Rust.
+    pub fn tool(mut self, tool: Arc<dyn crate::Tool>) -> Self {
+        self.tools.push((tool, Approval::Never, None));
+        self
+    }
+
+    /// A tool written in Rust whose calls wait for a human's approval.
+    pub fn tool_needing_approval(mut self, tool: Arc<dyn crate::Tool>) -> Self {
+        self.tools.push((tool, Approval::Required, None));
+        self
+    }
+
+    pub fn mcp(mut self, name: &str, spec: crate::McpServerSpec) -> Self {
+        self.def.mcp.insert(name.into(), spec);
+        self
+    }
+
+    pub fn memory(mut self, spec: crate::MemorySpec) -> Self {
+        self.def.memory = Some(spec);
+        self
+    }
+
+    /// A JSON Schema the final answer must satisfy.
+    pub fn output_schema(mut self, schema: serde_json::Value) -> Self {
+        self.def.output_schema = Some(schema);
+        self
+    }
+
+    pub fn temperature(mut self, temperature: f64) -> Self {
+        self.def.temperature = Some(temperature);
+        self
+    }
+
+    /// Lets the model hand the conversation to `to` (`transfer_to_NAME`).
+    pub fn handoff(mut self, name: &str, to: Agent) -> Self {
+        self.handoffs.push((name.into(), to));
+        self
+    }
+
+    /// Another agent as a tool `name`: it answers a request on this run's budget.
+    pub fn agent_tool(mut self, name: &str, description: &str, agent: Agent) -> Self {
+        self.agents.push((name.into(), description.into(), agent));
+        self
+    }
+
+    /// The agent, checked as an agent file would be.
+    pub fn build(self) -> Result<Agent, Error> {
+        let AgentBuilder { mut def, base_dir, tools, handoffs, agents } = self;
+        for (name, description, _) in &agents {
+            def.tools.insert(name.clone(), crate::ToolSpec { description: Some(description.clone()), agent: Some(PathBuf::from(format!("{name}.toml"))), ..Default::default() });
+        }
+        def.check().map_err(Error::Definition)?;
+        let mut agent = Agent::new(def, &base_dir);
+        for (tool, approval, timeout) in tools {
+            agent.tools.insert(tool, approval, timeout);
+        }
+        for (name, _, sub) in agents {
+            agent.sub_agents.insert(name, Arc::new(sub));
+        }
+        for (name, to) in handoffs {
+            agent.add_handoff(&name, to);
+        }
+        Ok(agent)
+    }
+}

@@ -616,3 +616,36 @@ async fn a_run_driven_by_a_live_process_is_not_resumed_by_another() {
     // And the lease is given back when the run ends.
     assert_eq!(fx.store.acquire_lease(&outcome.run_id, &holder, now, now + 1, &never_gone).unwrap(), None);
 }
+
+#[tokio::test]
+async fn agents_built_in_rust_run_like_agent_files() {
+    let fx = Fixture::new("builder");
+    let count = Arc::new(AtomicUsize::new(0));
+    let helper = Agent::builder("helper", "scripted").instructions("You help.").build().unwrap();
+    let agent = Agent::builder("boss", "scripted")
+        .instructions("You are the boss of {{who}}.")
+        .workspace(fx.dir.join("ws"))
+        .builtin("list_dir")
+        .tool(counter(count.clone()))
+        .agent_tool("helper", "Ask the helper", helper)
+        .max_steps(5)
+        .build()
+        .unwrap();
+    let model = Arc::new(Scripted::new([
+        Scripted::calls(&[("c1", "charge", json!({"amount": 3})), ("c2", "helper", json!({"request": "hi"}))]),
+        Scripted::text("helped"),
+        Scripted::text("all done"),
+    ]));
+    let outcome = fx.runner(model.clone()).start(&agent, "go", &vars()).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::Completed, "{:?}", outcome.reason);
+    assert_eq!(outcome.output.as_deref(), Some("all done"));
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    let requests = model.requests.lock().unwrap();
+    assert_eq!(requests[0].messages[0].text_content(), "You are the boss of Ada.");
+    let mut tools: Vec<&str> = requests[0].tools.iter().map(|t| t.name.as_str()).collect();
+    tools.sort();
+    assert_eq!(tools, ["charge", "helper", "list_dir"]);
+    // The builder checks what an agent file would be checked for.
+    let err = Agent::builder("x", "m").builtin("http_get").build().unwrap_err().to_string();
+    assert!(err.contains("allow_hosts"), "{err}");
+}
