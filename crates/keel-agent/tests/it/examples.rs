@@ -4,10 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use keel_agent::{Agent, RunEvent, RunStatus, Scripted};
+use keel_agent::{Agent, RunStatus, Scripted};
 use serde_json::json;
 
-use super::Fixture;
+use super::{Fixture, run_watched};
 
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
@@ -33,15 +33,8 @@ fn example(fx: &Fixture, name: &str) -> PathBuf {
 }
 
 async fn run(fx: &Fixture, agent: &Agent, model: Arc<Scripted>, input: &str) -> (keel_agent::Outcome, Vec<(String, String, bool)>) {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let outcome = fx.runner(model).with_events(tx).start(agent, input, &Default::default()).await.unwrap();
-    let mut results = Vec::new();
-    while let Ok(event) = rx.try_recv() {
-        if let RunEvent::ToolResult { name, output, is_error, .. } = event {
-            results.push((name, output, is_error));
-        }
-    }
-    (outcome, results)
+    let (outcome, ran) = run_watched(fx, agent, model, input, &Default::default()).await;
+    (outcome, ran.into_iter().map(|r| (r.name, r.output, r.is_error)).collect())
 }
 
 #[tokio::test]

@@ -43,6 +43,28 @@ impl Drop for Fixture {
     }
 }
 
+/// A finished tool call as a run reported it.
+#[derive(Debug, Clone, PartialEq)]
+struct Ran {
+    call_id: String,
+    name: String,
+    output: String,
+    is_error: bool,
+}
+
+/// Starts a run while watching it; returns the outcome and every tool result, in order.
+async fn run_watched(fx: &Fixture, agent: &Agent, model: Arc<dyn ChatModel>, input: &str, vars: &BTreeMap<String, String>) -> (keel_agent::Outcome, Vec<Ran>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let outcome = fx.runner(model).with_events(tx).start(agent, input, vars).await.unwrap();
+    let mut results = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        if let RunEvent::ToolResult { call_id, name, output, is_error, .. } = event {
+            results.push(Ran { call_id, name, output, is_error });
+        }
+    }
+    (outcome, results)
+}
+
 fn vars() -> BTreeMap<String, String> {
     BTreeMap::from([("who".to_string(), "Ada".to_string())])
 }

@@ -6,10 +6,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use keel_agent::{RunEvent, RunStatus, Scripted};
+use keel_agent::{RunStatus, Scripted};
 use serde_json::json;
 
-use super::{Fixture, vars};
+use super::{Fixture, run_watched, vars};
 
 /// The npm packages `scripts/setup` installs.
 fn servers() -> PathBuf {
@@ -25,17 +25,10 @@ fn toml_str(path: &std::path::Path) -> String {
     format!("{:?}", path.display().to_string())
 }
 
-/// Runs `agent` on a script and returns the outcome with every tool result, by call id.
+/// Runs `agent` on a script: the outcome, and every tool result as (call id, output, error).
 async fn run(fx: &Fixture, agent: &keel_agent::Agent, model: Arc<Scripted>) -> (keel_agent::Outcome, Vec<(String, String, bool)>) {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let outcome = fx.runner(model).with_events(tx).start(agent, "go", &vars()).await.unwrap();
-    let mut results = Vec::new();
-    while let Ok(event) = rx.try_recv() {
-        if let RunEvent::ToolResult { call_id, output, is_error, .. } = event {
-            results.push((call_id, output, is_error));
-        }
-    }
-    (outcome, results)
+    let (outcome, ran) = run_watched(fx, agent, model, "go", &vars()).await;
+    (outcome, ran.into_iter().map(|r| (r.call_id, r.output, r.is_error)).collect())
 }
 
 #[tokio::test]
