@@ -548,7 +548,8 @@ impl Runner {
             base_dir: agent.base_dir.clone(),
             workspace: agent.workspace.clone(),
         };
-        self.store.create_run(&RunRecord {
+        let owner = Lease::owner();
+        self.store.create_leased_run(&RunRecord {
             id: id.clone(),
             agent: agent.def.name.clone(),
             created_ms,
@@ -559,10 +560,11 @@ impl Runner {
             reason: None,
             definition: serde_json::to_string(&started).map_err(|e| Error::Store(e.to_string()))?,
             format: CHECKPOINT_FORMAT,
-        })?;
+        }, Some(&owner), Some(created_ms + LEASE_MS))?;
+        let lease = Lease::held(&self.store, &id, owner);
         self.emit(RunEvent::Started { run_id: id.clone(), agent: agent.def.name.clone(), resumed: false });
         let live = Live::new(id, agent, 0, parent, false, user, started.systems);
-        self.drive(&live, State::new(&system, input)).await
+        self.drive(&live, State::new(&system, input), Some(lease)).await
     }
 
     /// The agent a stored run started with (built-in and command tools; Rust tools are the
@@ -608,7 +610,7 @@ impl Runner {
             None => self.store.trace_of_run(run_id)?.filter(|trace| trace != run_id).map(|trace| (trace, String::new())),
         };
         let live = Live::new(record.id, agent, next_seq, parent, true, started.user, started.systems);
-        self.drive(&live, state).await
+        self.drive(&live, state, None).await
     }
 
     /// Records a human's decision on a call a run is waiting for.
@@ -709,10 +711,12 @@ impl Runner {
 
     /// Runs the loop under the run's lease, then records this stretch of the run as its
     /// `invoke_agent` span.
-    async fn drive(&self, live: &Live<'_>, state: State) -> Result<Outcome, Error> {
-        let lease = Lease::take(&self.store, &live.id)?;
+    async fn drive(&self, live: &Live<'_>, state: State, lease: Option<Lease>) -> Result<Outcome, Error> {
+        let lease = match lease {
+            Some(lease) => lease,
+            None => Lease::take(&self.store, &live.id)?,
+        };
         let result = self.drive_steps(live, state).await;
-        drop(lease);
         let (ok, status, reason) = match &result {
             Ok(outcome) => (!matches!(outcome.status, RunStatus::Failed), outcome.status.as_str(), outcome.reason.clone()),
             Err(err) => (false, "error", Some(err.to_string())),
@@ -738,9 +742,7 @@ impl Runner {
             })
             .to_string(),
         };
-        if let Err(err) = self.store.add_span(&span) {
-            tracing::warn!(run = %live.id, error = %err, "could not record the run's span");
-        }
+        lease.close(&span);
         result
     }
 
@@ -1007,6 +1009,8 @@ pub(crate) struct Lease {
     run_id: String,
     owner: String,
     renewer: tokio::task::JoinHandle<()>,
+    /// Given back already (with the drive's span).
+    closed: bool,
 }
 
 fn host() -> String {
@@ -1021,12 +1025,22 @@ fn holder_is_gone(holder: &str) -> bool {
 }
 
 impl Lease {
+    /// A new lease holder's name: this machine, this process, and this drive.
+    pub(crate) fn owner() -> String {
+        format!("{}:{}:{:x}", host(), std::process::id(), random() as u64)
+    }
+
     pub(crate) fn take(store: &Arc<Store>, run_id: &str) -> Result<Lease, Error> {
-        let owner = format!("{}:{}:{:x}", host(), std::process::id(), random() as u64);
+        let owner = Lease::owner();
         let now = now_ms();
         if let Some(holder) = store.acquire_lease(run_id, &owner, now, now + LEASE_MS, &holder_is_gone)? {
             return Err(Error::Busy { id: run_id.into(), holder });
         }
+        Ok(Lease::held(store, run_id, owner))
+    }
+
+    /// A lease taken when the run was created (`Store::create_leased_run`).
+    pub(crate) fn held(store: &Arc<Store>, run_id: &str, owner: String) -> Lease {
         let renewer = {
             let (store, run_id, owner) = (store.clone(), run_id.to_string(), owner.clone());
             tokio::spawn(async move {
@@ -1040,14 +1054,25 @@ impl Lease {
                 }
             })
         };
-        Ok(Lease { store: store.clone(), run_id: run_id.into(), owner, renewer })
+        Lease { store: store.clone(), run_id: run_id.into(), owner, renewer, closed: false }
     }
 
+    /// Gives the lease back and records the drive's span, in one write.
+    pub(crate) fn close(mut self, span: &SpanRecord) {
+        self.renewer.abort();
+        self.closed = true;
+        if let Err(err) = self.store.close_drive(&self.run_id, &self.owner, span) {
+            tracing::warn!(run = %self.run_id, error = %err, "could not record the run's span and give its lease back");
+        }
+    }
 }
 
 /// Given back when the drive ends, however it ends (a task cancelled mid-run included).
 impl Drop for Lease {
     fn drop(&mut self) {
+        if self.closed {
+            return;
+        }
         self.renewer.abort();
         if let Err(err) = self.store.release_lease(&self.run_id, &self.owner) {
             tracing::warn!(run = %self.run_id, error = %err, "could not release the run's lease");

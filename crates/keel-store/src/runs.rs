@@ -59,17 +59,32 @@ pub struct StepRecord {
 
 impl Store {
     pub fn create_run(&self, run: &RunRecord) -> Result<()> {
+        self.create_leased_run(run, None, None)
+    }
+
+    /// Creates a run with its lease already held by `owner` (no second write to take it).
+    pub fn create_leased_run(&self, run: &RunRecord, owner: Option<&str>, until_ms: Option<i64>) -> Result<()> {
         let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         conn.execute(
-            "INSERT INTO runs (id, agent, created_ms, updated_ms, status, input, output, reason, definition, format)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO runs (id, agent, created_ms, updated_ms, status, input, output, reason, definition, format, lease_owner, lease_until)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             params![
                 run.id, run.agent, run.created_ms, run.updated_ms, run.status, run.input, run.output, run.reason,
-                run.definition, run.format
+                run.definition, run.format, owner, until_ms
             ],
         )
         .map_err(|e| self.err(e))?;
         Ok(())
+    }
+
+    /// Ends a stretch of driving a run in one write: its span recorded, its lease given back.
+    pub fn close_drive(&self, run_id: &str, owner: &str, span: &SpanRecord) -> Result<()> {
+        let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        insert_span(&tx, span).map_err(|e| self.err(e))?;
+        tx.execute("UPDATE runs SET lease_owner = NULL, lease_until = NULL WHERE id = ?1 AND lease_owner = ?2", params![run_id, owner])
+            .map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
     }
 
     /// Appends a completed step and updates the run's status in one transaction.
