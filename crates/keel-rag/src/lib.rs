@@ -1,0 +1,540 @@
+//! keel-rag: collections of documents, chunked by structure, embedded through keel's
+//! gateway, indexed twice — BM25 (tantivy, English stemming) and vectors — under the same
+//! chunk ids, searched alone or fused (reciprocal rank fusion, one vote per document).
+//!
+//! A collection is a folder: `meta.db` (SQLite: documents, chunks, vectors — the truth) and
+//! `bm25/` (tantivy). Every change is committed to SQLite first; the BM25 index is checked
+//! against it when the collection opens and rebuilt if they disagree, so an interrupted
+//! ingest leaves a consistent collection that the next ingest completes.
+
+pub mod chunk;
+pub mod eval;
+mod index;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use futures_util::future::BoxFuture;
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+pub use chunk::{Chunk, Kind, Limits};
+pub use index::Bm25;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("collection `{0}` does not exist; create it with: keel rag ingest PATH --collection {0}")]
+    NoCollection(String),
+    #[error("collection `{name}` was embedded with `{have}` ({dim} dimensions); it cannot be searched or extended with `{want}`. Use --embedding-model {have}, or a new collection")]
+    ModelMismatch { name: String, have: String, dim: usize, want: String },
+    #[error("collection `{name}`: {message}; rebuild it with: keel rag rebuild {name}")]
+    Corrupt { name: String, message: String },
+    #[error("the query is empty")]
+    EmptyQuery,
+    #[error("embedding failed: {0}")]
+    Embed(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+type Result<T> = std::result::Result<T, Error>;
+
+fn io(e: impl std::fmt::Display) -> Error {
+    Error::Io(e.to_string())
+}
+
+/// Embeds texts (keel's gateway, in the binary; anything in tests).
+pub trait Embedder: Send + Sync {
+    fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, std::result::Result<Vec<Vec<f32>>, String>>;
+}
+
+/// keel's gateway as an embedder for one model alias.
+pub struct GatewayEmbedder<'a> {
+    pub router: &'a keel_llm::Router,
+    pub model: String,
+}
+
+impl Embedder for GatewayEmbedder<'_> {
+    fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, std::result::Result<Vec<Vec<f32>>, String>> {
+        Box::pin(async move {
+            let request = keel_core::EmbedRequest {
+                model: self.model.clone(),
+                input: keel_core::EmbedInput::Texts(texts.to_vec()),
+                dimensions: None,
+                user: None,
+            };
+            let (result, _) = self.router.embed(&request).await;
+            Ok(result.map_err(|e| e.to_string())?.vectors)
+        })
+    }
+}
+
+/// How to search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Hybrid,
+    Vector,
+    Bm25,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Mode, String> {
+        match s {
+            "hybrid" => Ok(Mode::Hybrid),
+            "vector" => Ok(Mode::Vector),
+            "bm25" => Ok(Mode::Bm25),
+            other => Err(format!("mode is hybrid, vector or bm25, not `{other}`")),
+        }
+    }
+}
+
+/// A chunk found by a search, with where it came from.
+#[derive(Debug, Clone, Serialize)]
+pub struct Hit {
+    pub chunk_id: i64,
+    pub doc: String,
+    pub source: String,
+    pub title: Option<String>,
+    pub headings: Vec<String>,
+    pub start: usize,
+    pub end: usize,
+    pub text: String,
+    pub score: f64,
+}
+
+/// What an ingest did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct IngestReport {
+    pub added: usize,
+    pub updated: usize,
+    pub unchanged: usize,
+    pub deleted: usize,
+    pub chunks: usize,
+    pub embedded: usize,
+    /// Files skipped, with why.
+    pub skipped: Vec<(String, String)>,
+    pub seconds: f64,
+}
+
+/// A document to ingest: an id (a path, or a corpus id), its text and how it is laid out.
+#[derive(Debug, Clone)]
+pub struct Document {
+    pub id: String,
+    pub source: String,
+    pub title: Option<String>,
+    pub text: String,
+    pub kind: Kind,
+}
+
+pub struct Collection {
+    pub name: String,
+    pub dir: PathBuf,
+    pub model: String,
+    pub dim: usize,
+    db: rusqlite::Connection,
+    bm25: Bm25,
+    /// Chunk id → unit vector, all in memory (searched exactly).
+    vectors: Vec<(i64, Vec<f32>)>,
+    /// Chunk id → document id.
+    docs_of: HashMap<i64, String>,
+}
+
+impl std::fmt::Debug for Collection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Collection").field("name", &self.name).field("chunks", &self.vectors.len()).finish()
+    }
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS docs (id TEXT PRIMARY KEY, source TEXT NOT NULL, title TEXT, hash TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS chunks (
+    id INTEGER PRIMARY KEY,
+    doc TEXT NOT NULL REFERENCES docs (id),
+    seq INTEGER NOT NULL,
+    headings TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    end INTEGER NOT NULL,
+    text TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    vector BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS chunks_doc ON chunks (doc);
+CREATE TABLE IF NOT EXISTS embed_cache (hash TEXT PRIMARY KEY, vector BLOB NOT NULL);
+";
+
+fn sha(text: &str) -> String {
+    let digest = Sha256::digest(text.as_bytes());
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+fn to_blob(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+fn from_blob(b: &[u8]) -> Vec<f32> {
+    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+}
+
+fn normalize(mut v: Vec<f32>) -> Vec<f32> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+    v
+}
+
+/// The collections under `root`, by name.
+pub fn list(root: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("meta.db").is_file())
+        .filter_map(|e| e.file_name().to_str().map(String::from))
+        .collect();
+    names.sort();
+    names
+}
+
+impl Collection {
+    /// Opens a collection; with `create`, makes it (for `model`) if it does not exist.
+    pub fn open(root: &Path, name: &str, model: &str, create: bool) -> Result<Collection> {
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(Error::Io(format!("a collection name uses letters, digits, `-` and `_` (got `{name}`)")));
+        }
+        let dir = root.join(name);
+        if !dir.join("meta.db").is_file() && !create {
+            return Err(Error::NoCollection(name.into()));
+        }
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let db = rusqlite::Connection::open(dir.join("meta.db")).map_err(|e| Error::Corrupt { name: name.into(), message: e.to_string() })?;
+        db.pragma_update(None, "journal_mode", "WAL").map_err(io)?;
+        db.execute_batch(SCHEMA).map_err(|e| Error::Corrupt { name: name.into(), message: format!("meta.db: {e}") })?;
+        let stored_model: Option<String> = db.query_row("SELECT value FROM meta WHERE key = 'model'", [], |r| r.get(0)).optional().map_err(io)?;
+        let stored_dim: Option<String> = db.query_row("SELECT value FROM meta WHERE key = 'dim'", [], |r| r.get(0)).optional().map_err(io)?;
+        let dim = stored_dim.and_then(|d| d.parse().ok()).unwrap_or(0);
+        match stored_model {
+            Some(have) if have != model => return Err(Error::ModelMismatch { name: name.into(), have, dim, want: model.into() }),
+            Some(_) => {}
+            None => {
+                db.execute("INSERT INTO meta (key, value) VALUES ('model', ?1)", [model]).map_err(io)?;
+            }
+        }
+        let mut vectors = Vec::new();
+        let mut docs_of = HashMap::new();
+        {
+            let mut stmt = db.prepare("SELECT id, doc, vector FROM chunks ORDER BY id").map_err(io)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?)))
+                .map_err(io)?;
+            for row in rows {
+                let (id, doc, blob) = row.map_err(io)?;
+                let vector = from_blob(&blob);
+                if dim != 0 && vector.len() != dim {
+                    return Err(Error::Corrupt { name: name.into(), message: format!("chunk {id} has a {}-dimension vector, not {dim}", vector.len()) });
+                }
+                vectors.push((id, vector));
+                docs_of.insert(id, doc);
+            }
+        }
+        let bm25 = Bm25::open(&dir.join("bm25")).map_err(|e| Error::Corrupt { name: name.into(), message: format!("the BM25 index: {e}") })?;
+        let mut collection = Collection { name: name.into(), dir, model: model.into(), dim, db, bm25, vectors, docs_of };
+        // The BM25 index follows SQLite; after an interrupted write it is rebuilt from it.
+        if collection.bm25.count() != collection.vectors.len() as u64 {
+            tracing::warn!(collection = name, "the BM25 index disagrees with the chunks; rebuilding it");
+            collection.rebuild_bm25()?;
+        }
+        Ok(collection)
+    }
+
+    /// Rebuilds the BM25 index from the chunks.
+    pub fn rebuild_bm25(&mut self) -> Result<()> {
+        let mut stmt = self.db.prepare("SELECT c.id, c.doc, c.text, d.title FROM chunks c JOIN docs d ON d.id = c.doc").map_err(io)?;
+        let rows: Vec<(i64, String, String, Option<String>)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .and_then(|rows| rows.collect())
+            .map_err(io)?;
+        self.bm25.replace_all(rows.iter().map(|(id, _, text, title)| (*id, bm25_text(title.as_deref(), text)))).map_err(io)
+    }
+
+    pub fn chunk_count(&self) -> usize {
+        self.vectors.len()
+    }
+
+    pub fn doc_count(&self) -> usize {
+        self.db.query_row("SELECT COUNT(*) FROM docs", [], |r| r.get::<_, i64>(0)).unwrap_or(0) as usize
+    }
+
+    /// Adds or updates documents; those of `replace_scope` (ids starting with it) that are
+    /// not in `docs` are deleted. Unchanged documents (same content hash) are not touched;
+    /// chunks whose text was embedded before reuse the vector.
+    pub async fn ingest(
+        &mut self,
+        docs: Vec<Document>,
+        replace_scope: Option<&str>,
+        embedder: &dyn Embedder,
+        limits: Limits,
+        count: &(dyn Fn(&str) -> usize + Sync),
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> Result<IngestReport> {
+        let started = std::time::Instant::now();
+        let mut report = IngestReport::default();
+        let known: BTreeMap<String, String> = {
+            let mut stmt = self.db.prepare("SELECT id, hash FROM docs").map_err(io)?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).and_then(|rows| rows.collect()).map_err(io)?
+        };
+        let given: std::collections::HashSet<String> = docs.iter().map(|d| d.id.clone()).collect();
+        let total = docs.len();
+        // Documents in batches: each batch is embedded, then committed with its chunks.
+        let mut batch: Vec<(Document, String, Vec<Chunk>)> = Vec::new();
+        let mut done = 0;
+        for doc in docs {
+            let hash = sha(&format!("{}\u{0}{}", doc.title.as_deref().unwrap_or(""), doc.text));
+            match known.get(&doc.id) {
+                Some(old) if *old == hash => {
+                    report.unchanged += 1;
+                    done += 1;
+                    continue;
+                }
+                Some(_) => report.updated += 1,
+                None => report.added += 1,
+            }
+            // Room for the title, which is embedded with every chunk.
+            let title_tokens = doc.title.as_deref().map_or(0, |t| count(t).saturating_sub(1));
+            let room = Limits { max_tokens: limits.max_tokens.saturating_sub(title_tokens).max(limits.max_tokens / 2), ..limits };
+            let chunks = chunk::chunk(&doc.text, doc.kind, room, count);
+            batch.push((doc, hash, chunks));
+            if batch.iter().map(|(_, _, c)| c.len()).sum::<usize>() >= 256 {
+                done += batch.len();
+                self.commit_batch(std::mem::take(&mut batch), embedder, &mut report).await?;
+                progress(done, total);
+            }
+        }
+        done += batch.len();
+        self.commit_batch(batch, embedder, &mut report).await?;
+        progress(done, total);
+        if let Some(scope) = replace_scope {
+            let gone: Vec<&String> = known.keys().filter(|id| id.starts_with(scope) && !given.contains(*id)).collect();
+            for id in gone {
+                self.delete_doc(id)?;
+                report.deleted += 1;
+            }
+        }
+        report.chunks = self.vectors.len();
+        report.seconds = started.elapsed().as_secs_f64();
+        Ok(report)
+    }
+
+    async fn commit_batch(&mut self, batch: Vec<(Document, String, Vec<Chunk>)>, embedder: &dyn Embedder, report: &mut IngestReport) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        // Vectors: from the cache by the chunk text's hash, else embedded now (batched).
+        let mut wanted: Vec<(String, String)> = Vec::new();
+        let mut cached: HashMap<String, Vec<f32>> = HashMap::new();
+        for (doc, _, chunks) in &batch {
+            for c in chunks {
+                let text = embed_text(doc.title.as_deref(), c);
+                let hash = sha(&text);
+                if cached.contains_key(&hash) || wanted.iter().any(|(h, _)| *h == hash) {
+                    continue;
+                }
+                let hit: Option<Vec<u8>> = self.db.query_row("SELECT vector FROM embed_cache WHERE hash = ?1", [&hash], |r| r.get(0)).optional().map_err(io)?;
+                match hit {
+                    Some(blob) => {
+                        cached.insert(hash, from_blob(&blob));
+                    }
+                    None => wanted.push((hash, text)),
+                }
+            }
+        }
+        for group in wanted.chunks(64) {
+            let texts: Vec<String> = group.iter().map(|(_, t)| t.clone()).collect();
+            let vectors = embedder.embed(&texts).await.map_err(Error::Embed)?;
+            if vectors.len() != texts.len() {
+                return Err(Error::Embed(format!("asked for {} vectors, got {}", texts.len(), vectors.len())));
+            }
+            for ((hash, _), vector) in group.iter().zip(vectors) {
+                let vector = normalize(vector);
+                if self.dim == 0 {
+                    self.dim = vector.len();
+                    self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('dim', ?1)", [self.dim.to_string()]).map_err(io)?;
+                } else if vector.len() != self.dim {
+                    return Err(Error::ModelMismatch { name: self.name.clone(), have: self.model.clone(), dim: self.dim, want: format!("a model giving {} dimensions", vector.len()) });
+                }
+                cached.insert(hash.clone(), vector);
+                report.embedded += 1;
+            }
+        }
+        // One transaction for the batch; then the BM25 index and the in-memory vectors.
+        let tx = self.db.transaction().map_err(io)?;
+        let mut removed: Vec<i64> = Vec::new();
+        let mut added: Vec<(i64, String, Vec<f32>, String)> = Vec::new();
+        for (doc, hash, chunks) in &batch {
+            let mut stmt = tx.prepare("SELECT id FROM chunks WHERE doc = ?1").map_err(io)?;
+            let old: Vec<i64> = stmt.query_map([&doc.id], |r| r.get(0)).and_then(|rows| rows.collect()).map_err(io)?;
+            removed.extend(old);
+            tx.execute("DELETE FROM chunks WHERE doc = ?1", [&doc.id]).map_err(io)?;
+            tx.execute("INSERT OR REPLACE INTO docs (id, source, title, hash) VALUES (?1, ?2, ?3, ?4)", params![doc.id, doc.source, doc.title, hash])
+                .map_err(io)?;
+            for (seq, c) in chunks.iter().enumerate() {
+                let text = embed_text(doc.title.as_deref(), c);
+                let text_hash = sha(&text);
+                let vector = cached[&text_hash].clone();
+                tx.execute("INSERT OR IGNORE INTO embed_cache (hash, vector) VALUES (?1, ?2)", params![text_hash, to_blob(&vector)]).map_err(io)?;
+                tx.execute(
+                    "INSERT INTO chunks (doc, seq, headings, start, end, text, hash, vector) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    params![doc.id, seq as i64, serde_json::to_string(&c.headings).unwrap_or_default(), c.range.start as i64, c.range.end as i64, c.text, text_hash, to_blob(&vector)],
+                )
+                .map_err(io)?;
+                added.push((tx.last_insert_rowid(), doc.id.clone(), vector, bm25_text(doc.title.as_deref(), &c.text)));
+            }
+        }
+        tx.commit().map_err(io)?;
+        self.bm25.update(&removed, added.iter().map(|(id, _, _, text)| (*id, text.clone()))).map_err(io)?;
+        let removed: std::collections::HashSet<i64> = removed.into_iter().collect();
+        self.vectors.retain(|(id, _)| !removed.contains(id));
+        for (id, doc, vector, _) in added {
+            self.vectors.push((id, vector));
+            self.docs_of.insert(id, doc);
+        }
+        Ok(())
+    }
+
+    fn delete_doc(&mut self, id: &str) -> Result<()> {
+        let tx = self.db.transaction().map_err(io)?;
+        let old: Vec<i64> = {
+            let mut stmt = tx.prepare("SELECT id FROM chunks WHERE doc = ?1").map_err(io)?;
+            stmt.query_map([id], |r| r.get(0)).and_then(|rows| rows.collect()).map_err(io)?
+        };
+        tx.execute("DELETE FROM chunks WHERE doc = ?1", [id]).map_err(io)?;
+        tx.execute("DELETE FROM docs WHERE id = ?1", [id]).map_err(io)?;
+        tx.commit().map_err(io)?;
+        self.bm25.update(&old, std::iter::empty()).map_err(io)?;
+        let old: std::collections::HashSet<i64> = old.into_iter().collect();
+        self.vectors.retain(|(cid, _)| !old.contains(cid));
+        Ok(())
+    }
+
+    /// The `k` nearest chunks to a unit vector, best first (exact cosine).
+    pub fn vector_search(&self, query: &[f32], k: usize) -> Vec<(i64, f64)> {
+        let mut scored: Vec<(i64, f32)> =
+            self.vectors.iter().map(|(id, v)| (*id, v.iter().zip(query).map(|(a, b)| a * b).sum::<f32>())).collect();
+        let k = k.min(scored.len());
+        if k == 0 {
+            return Vec::new();
+        }
+        scored.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
+        scored.truncate(k);
+        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
+        scored.into_iter().map(|(id, s)| (id, f64::from(s))).collect()
+    }
+
+    pub fn bm25_search(&self, query: &str, k: usize) -> Vec<(i64, f64)> {
+        self.bm25.search(query, k).unwrap_or_default()
+    }
+
+    pub fn doc_of(&self, chunk: i64) -> Option<&str> {
+        self.docs_of.get(&chunk).map(String::as_str)
+    }
+
+    /// Ranked chunks for a query; with several chunks of one document, only its best counts
+    /// (fusion gives each document one vote per list), so a long document cannot crowd out
+    /// the others.
+    pub async fn search(&self, query: &str, k: usize, mode: Mode, embedder: &dyn Embedder, rrf_k: f64) -> Result<Vec<(i64, f64)>> {
+        if query.trim().is_empty() {
+            return Err(Error::EmptyQuery);
+        }
+        let depth = (k * 4).max(100);
+        let vector = || async {
+            let mut vectors = embedder.embed(&[query.to_string()]).await.map_err(Error::Embed)?;
+            let v = normalize(vectors.pop().ok_or_else(|| Error::Embed("no vector came back".into()))?);
+            if self.dim != 0 && v.len() != self.dim {
+                return Err(Error::ModelMismatch { name: self.name.clone(), have: self.model.clone(), dim: self.dim, want: format!("a model giving {} dimensions", v.len()) });
+            }
+            Ok(self.vector_search(&v, depth))
+        };
+        let ranked = match mode {
+            Mode::Bm25 => self.best_per_doc(self.bm25_search(query, depth)),
+            Mode::Vector => self.best_per_doc(vector().await?),
+            Mode::Hybrid => {
+                let lists = [self.best_per_doc(self.bm25_search(query, depth)), self.best_per_doc(vector().await?)];
+                let mut fused: HashMap<i64, f64> = HashMap::new();
+                for list in &lists {
+                    for (rank, (id, _)) in list.iter().enumerate() {
+                        *fused.entry(*id).or_default() += 1.0 / (rrf_k + rank as f64 + 1.0);
+                    }
+                }
+                // One entry per document: the chunk that did best in either list.
+                let mut per_doc: HashMap<&str, (i64, f64)> = HashMap::new();
+                for (id, score) in fused {
+                    let doc = self.doc_of(id).unwrap_or_default();
+                    let entry = per_doc.entry(doc).or_insert((id, 0.0));
+                    if score > entry.1 {
+                        *entry = (id, score.max(entry.1));
+                    }
+                }
+                let mut out: Vec<(i64, f64)> = per_doc.into_values().collect();
+                out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+                out
+            }
+        };
+        Ok(ranked.into_iter().take(k).collect())
+    }
+
+    /// Keeps the first (best) chunk of each document.
+    fn best_per_doc(&self, ranked: Vec<(i64, f64)>) -> Vec<(i64, f64)> {
+        let mut seen = std::collections::HashSet::new();
+        ranked.into_iter().filter(|(id, _)| seen.insert(self.doc_of(*id).unwrap_or_default().to_string())).collect()
+    }
+
+    /// The chunks as hits, with their sources.
+    pub fn hits(&self, ranked: &[(i64, f64)]) -> Result<Vec<Hit>> {
+        let mut out = Vec::new();
+        for (id, score) in ranked {
+            let row = self
+                .db
+                .query_row(
+                    "SELECT c.doc, d.source, d.title, c.headings, c.start, c.end, c.text FROM chunks c JOIN docs d ON d.id = c.doc WHERE c.id = ?1",
+                    [id],
+                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?, r.get::<_, String>(3)?, r.get::<_, i64>(4)?, r.get::<_, i64>(5)?, r.get::<_, String>(6)?)),
+                )
+                .optional()
+                .map_err(io)?;
+            if let Some((doc, source, title, headings, start, end, text)) = row {
+                out.push(Hit {
+                    chunk_id: *id,
+                    doc,
+                    source,
+                    title,
+                    headings: serde_json::from_str(&headings).unwrap_or_default(),
+                    start: start as usize,
+                    end: end as usize,
+                    text,
+                    score: *score,
+                });
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// What is embedded for a chunk: its text after the document's title, which gives every
+/// chunk of the document its context (the chunk budget leaves room for it).
+fn embed_text(title: Option<&str>, chunk: &Chunk) -> String {
+    match title {
+        Some(title) if !chunk.text.starts_with(title) => format!("{title}\n{}", chunk.text),
+        _ => chunk.text.clone(),
+    }
+}
+
+fn bm25_text(title: Option<&str>, text: &str) -> String {
+    match title {
+        Some(title) => format!("{title}\n{text}"),
+        None => text.to_string(),
+    }
+}
