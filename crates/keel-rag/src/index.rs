@@ -5,7 +5,10 @@ use std::path::Path;
 use tantivy::collector::TopDocs;
 use tantivy::query::QueryParser;
 use tantivy::schema::{Field, INDEXED, STORED, Schema, TextFieldIndexing, TextOptions, Value};
+use tantivy::tokenizer::{Language, LowerCaser, RemoveLongFilter, SimpleTokenizer, Stemmer, StopWordFilter, TextAnalyzer};
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
+
+const ANALYZER: &str = "keel_en";
 
 pub struct Bm25 {
     index: Index,
@@ -18,12 +21,20 @@ impl Bm25 {
     pub fn open(dir: &Path) -> tantivy::Result<Bm25> {
         let mut schema = Schema::builder();
         let id = schema.add_i64_field("id", INDEXED | STORED);
-        let indexing = TextFieldIndexing::default().set_tokenizer("en_stem").set_index_option(tantivy::schema::IndexRecordOption::WithFreqsAndPositions);
+        let indexing = TextFieldIndexing::default().set_tokenizer(ANALYZER).set_index_option(tantivy::schema::IndexRecordOption::WithFreqsAndPositions);
         let text = schema.add_text_field("text", TextOptions::default().set_indexing_options(indexing));
         let schema = schema.build();
         std::fs::create_dir_all(dir)?;
         let directory = tantivy::directory::MmapDirectory::open(dir)?;
         let index = Index::open_or_create(directory, schema)?;
+        // English: lower case, stop words out, Snowball stems.
+        let analyzer = TextAnalyzer::builder(SimpleTokenizer::default())
+            .filter(RemoveLongFilter::limit(40))
+            .filter(LowerCaser)
+            .filter(StopWordFilter::new(Language::English).expect("tantivy ships English stop words"))
+            .filter(Stemmer::new(Language::English))
+            .build();
+        index.tokenizers().register(ANALYZER, analyzer);
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         Ok(Bm25 { index, reader, id, text })
     }

@@ -28,8 +28,8 @@ pub enum Error {
     NoCollection(String),
     #[error("collection `{name}` was embedded with `{have}` ({dim} dimensions); it cannot be searched or extended with `{want}`. Use --embedding-model {have}, or a new collection")]
     ModelMismatch { name: String, have: String, dim: usize, want: String },
-    #[error("collection `{name}`: {message}; rebuild it with: keel rag rebuild {name}")]
-    Corrupt { name: String, message: String },
+    #[error("collection `{name}` is damaged ({message}); {hint}")]
+    Corrupt { name: String, message: String, hint: &'static str },
     #[error("the query is empty")]
     EmptyQuery,
     #[error("embedding failed: {0}")]
@@ -200,6 +200,16 @@ pub fn list(root: &Path) -> Vec<String> {
     names
 }
 
+/// The embedding model a collection was made with, if it exists.
+pub fn stored_model(root: &Path, name: &str) -> Option<String> {
+    let path = root.join(name).join("meta.db");
+    if !path.is_file() {
+        return None;
+    }
+    let db = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).ok()?;
+    db.query_row("SELECT value FROM meta WHERE key = 'model'", [], |r| r.get(0)).ok()
+}
+
 impl Collection {
     /// Opens a collection; with `create`, makes it (for `model`) if it does not exist.
     pub fn open(root: &Path, name: &str, model: &str, create: bool) -> Result<Collection> {
@@ -211,11 +221,12 @@ impl Collection {
             return Err(Error::NoCollection(name.into()));
         }
         std::fs::create_dir_all(&dir).map_err(io)?;
-        let db = rusqlite::Connection::open(dir.join("meta.db")).map_err(|e| Error::Corrupt { name: name.into(), message: e.to_string() })?;
-        db.pragma_update(None, "journal_mode", "WAL").map_err(io)?;
-        db.execute_batch(SCHEMA).map_err(|e| Error::Corrupt { name: name.into(), message: format!("meta.db: {e}") })?;
-        let stored_model: Option<String> = db.query_row("SELECT value FROM meta WHERE key = 'model'", [], |r| r.get(0)).optional().map_err(io)?;
-        let stored_dim: Option<String> = db.query_row("SELECT value FROM meta WHERE key = 'dim'", [], |r| r.get(0)).optional().map_err(io)?;
+        let corrupt = |e: rusqlite::Error| Error::Corrupt { name: name.into(), message: format!("meta.db: {e}"), hint: "its chunks cannot be read: ingest the documents into a new collection" };
+        let db = rusqlite::Connection::open(dir.join("meta.db")).map_err(corrupt)?;
+        db.pragma_update(None, "journal_mode", "WAL").map_err(corrupt)?;
+        db.execute_batch(SCHEMA).map_err(corrupt)?;
+        let stored_model: Option<String> = db.query_row("SELECT value FROM meta WHERE key = 'model'", [], |r| r.get(0)).optional().map_err(corrupt)?;
+        let stored_dim: Option<String> = db.query_row("SELECT value FROM meta WHERE key = 'dim'", [], |r| r.get(0)).optional().map_err(corrupt)?;
         let dim = stored_dim.and_then(|d| d.parse().ok()).unwrap_or(0);
         match stored_model {
             Some(have) if have != model => return Err(Error::ModelMismatch { name: name.into(), have, dim, want: model.into() }),
@@ -235,13 +246,17 @@ impl Collection {
                 let (id, doc, blob) = row.map_err(io)?;
                 let vector = from_blob(&blob);
                 if dim != 0 && vector.len() != dim {
-                    return Err(Error::Corrupt { name: name.into(), message: format!("chunk {id} has a {}-dimension vector, not {dim}", vector.len()) });
+                    return Err(Error::Corrupt { name: name.into(), message: format!("chunk {id} has a {}-dimension vector, not {dim}", vector.len()), hint: "ingest the documents into a new collection" });
                 }
                 vectors.push((id, vector));
                 docs_of.insert(id, doc);
             }
         }
-        let bm25 = Bm25::open(&dir.join("bm25")).map_err(|e| Error::Corrupt { name: name.into(), message: format!("the BM25 index: {e}") })?;
+        let bm25 = Bm25::open(&dir.join("bm25")).map_err(|e| Error::Corrupt {
+            name: name.into(),
+            message: format!("the BM25 index: {e}"),
+            hint: "remove its bm25 folder, or run keel rag rebuild NAME, and it is rebuilt from the chunks",
+        })?;
         let mut collection = Collection { name: name.into(), dir, model: model.into(), dim, db, bm25, vectors, docs_of };
         // The BM25 index follows SQLite; after an interrupted write it is rebuilt from it.
         if collection.bm25.count() != collection.vectors.len() as u64 {
@@ -462,23 +477,22 @@ impl Collection {
             Mode::Bm25 => self.best_per_doc(self.bm25_search(query, depth)),
             Mode::Vector => self.best_per_doc(vector().await?),
             Mode::Hybrid => {
+                // Reciprocal rank fusion over documents: each list gives a document one vote
+                // (its best chunk's rank), and the document is shown by the chunk that ranked
+                // best in either list.
                 let lists = [self.best_per_doc(self.bm25_search(query, depth)), self.best_per_doc(vector().await?)];
-                let mut fused: HashMap<i64, f64> = HashMap::new();
+                let mut fused: HashMap<&str, (f64, i64, usize)> = HashMap::new();
                 for list in &lists {
                     for (rank, (id, _)) in list.iter().enumerate() {
-                        *fused.entry(*id).or_default() += 1.0 / (rrf_k + rank as f64 + 1.0);
+                        let doc = self.doc_of(*id).unwrap_or_default();
+                        let entry = fused.entry(doc).or_insert((0.0, *id, rank));
+                        entry.0 += 1.0 / (rrf_k + rank as f64 + 1.0);
+                        if rank < entry.2 {
+                            (entry.1, entry.2) = (*id, rank);
+                        }
                     }
                 }
-                // One entry per document: the chunk that did best in either list.
-                let mut per_doc: HashMap<&str, (i64, f64)> = HashMap::new();
-                for (id, score) in fused {
-                    let doc = self.doc_of(id).unwrap_or_default();
-                    let entry = per_doc.entry(doc).or_insert((id, 0.0));
-                    if score > entry.1 {
-                        *entry = (id, score.max(entry.1));
-                    }
-                }
-                let mut out: Vec<(i64, f64)> = per_doc.into_values().collect();
+                let mut out: Vec<(i64, f64)> = fused.into_values().map(|(score, id, _)| (id, score)).collect();
                 out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
                 out
             }

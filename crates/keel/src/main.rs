@@ -7,6 +7,7 @@ mod commands;
 mod local;
 mod mcp;
 mod memory;
+mod rag;
 mod serve;
 mod settings;
 mod table;
@@ -28,7 +29,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[command(name = "keel", version, propagate_version = true)]
 struct Cli {
     /// Config file (TOML). Default: $KEEL_CONFIG, else ./keel.toml when present, else none.
-    #[arg(long, short = 'c', global = true, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
@@ -112,6 +113,11 @@ enum Command {
     Memory {
         #[command(subcommand)]
         command: MemoryCommand,
+    },
+    /// RAG: ingest documents into a collection, search it, measure retrieval quality.
+    Rag {
+        #[command(subcommand)]
+        command: RagCommand,
     },
     /// MCP: serve keel's agents as MCP tools; list, read and prompt an agent's MCP servers.
     Mcp {
@@ -200,6 +206,72 @@ enum WorkflowCommand {
         /// Set a state field at the start (text for string fields, JSON for the others).
         #[arg(long = "set", value_name = "FIELD=VALUE")]
         sets: Vec<String>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        pull: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RagCommand {
+    /// Read files and folders (Markdown, text, HTML, source code) into a collection: chunked
+    /// by structure within the embedding model's window, embedded through the gateway,
+    /// indexed for BM25 and vectors. Again later, only changed files are read again and
+    /// files gone from a folder are removed.
+    Ingest {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long, short = 'c')]
+        collection: String,
+        /// The embedding model alias (a collection keeps the one it was made with).
+        #[arg(long, default_value = "local-embed")]
+        embedding_model: String,
+        /// Most tokens of the embedding model per chunk.
+        #[arg(long, default_value_t = 256)]
+        max_tokens: usize,
+        /// Tokens repeated from one chunk at the start of the next.
+        #[arg(long, default_value_t = 32)]
+        overlap: usize,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        pull: bool,
+    },
+    /// Search a collection: the best chunks, with their source, headings and byte range.
+    Query {
+        query: String,
+        #[arg(long, short = 'c')]
+        collection: String,
+        #[arg(short = 'k', default_value_t = 10)]
+        k: usize,
+        /// hybrid (BM25 and vectors fused), vector or bm25.
+        #[arg(long, default_value = "hybrid")]
+        mode: keel_rag::Mode,
+        #[arg(long)]
+        embedding_model: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The collections, with their model and size.
+    Collections {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild a collection's BM25 index from its chunks.
+    Rebuild { collection: String },
+    /// Retrieval quality on a BEIR data set (corpus.jsonl, queries.jsonl, qrels/): nDCG@10,
+    /// recall@100 and MRR@10 of bm25, vector and hybrid search, with query latency.
+    Eval {
+        #[arg(long, value_name = "DIR")]
+        beir: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        qrels: Option<PathBuf>,
+        /// The collection to build (default: beir-DIRNAME).
+        #[arg(long, short = 'c')]
+        collection: Option<String>,
+        #[arg(long, default_value = "local-embed")]
+        embedding_model: String,
         #[arg(long)]
         json: bool,
         #[arg(long)]
@@ -424,6 +496,20 @@ fn main() -> std::process::ExitCode {
                     MemoryCommand::Forget { id } => memory::forget(config, &id),
                 }
             }
+            Command::Rag { command } => match command {
+                RagCommand::Ingest { paths, collection, embedding_model, max_tokens, overlap, json, pull } => {
+                    let args = rag::IngestArgs { paths: &paths, collection: &collection, model: &embedding_model, max_tokens, overlap, json, pull };
+                    rag::ingest(cli.config.as_deref(), args).await
+                }
+                RagCommand::Query { query, collection, k, mode, embedding_model, json } => {
+                    rag::query(cli.config.as_deref(), &collection, &query, k, mode, embedding_model.as_deref(), json).await
+                }
+                RagCommand::Collections { json } => rag::collections(json),
+                RagCommand::Rebuild { collection } => rag::rebuild(&collection),
+                RagCommand::Eval { beir, qrels, collection, embedding_model, json, pull } => {
+                    rag::eval(cli.config.as_deref(), &beir, qrels.as_deref(), collection.as_deref(), &embedding_model, json, pull).await
+                }
+            },
             Command::Mcp { command } => match command {
                 McpCommand::Serve { agents, http, pull } => mcp::serve(cli.config.as_deref(), agents, http, pull).await,
                 McpCommand::List { agent, json } => mcp::list(&agents::find_agent(&agent)?, json).await,
@@ -449,4 +535,13 @@ fn init_tracing(serving: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).init();
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        // Clashing flags and other mistakes clap only finds when a command is used.
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
 }

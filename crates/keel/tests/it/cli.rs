@@ -182,3 +182,63 @@ fn memory_keeps_searches_edits_and_forgets_facts_with_real_embeddings() {
     let bad = keel(&["memory", "add", "x", "--agent", "a", "--importance", "11"]);
     assert!(stderr(&bad).contains("--importance is 1 (trivial) to 10 (essential)"), "{}", stderr(&bad));
 }
+
+/// RAG through the CLI with the real all-MiniLM-L6-v2 embeddings: ingest (with files it
+/// cannot read listed), query in each mode, collections, and a BEIR evaluation.
+#[test]
+fn rag_ingests_searches_and_evaluates_with_real_embeddings() {
+    let dir = temp_dir("rag");
+    let docs = dir.join("docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    std::fs::write(docs.join("backups.md"), "# Backups\n\nNightly backups are kept for 35 days.\n").unwrap();
+    std::fs::write(docs.join("pager.txt"), "Pages escalate to the team lead after fifteen minutes.\n").unwrap();
+    std::fs::write(docs.join("guide.html"), "<html><head><title>Deploys</title></head><body><h1>Deploys</h1><p>Deploys go out on Tuesdays.</p></body></html>").unwrap();
+    std::fs::write(docs.join("logo.png"), [0x89u8, b'P', b'N', b'G', 0, 0]).unwrap();
+    std::fs::write(docs.join("scan.pdf"), b"%PDF-1.4").unwrap();
+    let keel = |args: &[&str]| {
+        crate::keel().args(args).current_dir(&dir).env("KEEL_HOME", dir.join("home")).env("KEEL_MODELS_DIR", real_models_dir()).output().unwrap()
+    };
+    let out = keel(&["rag", "ingest", "docs", "-c", "team", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["added"], 3);
+    let skipped = report["skipped"].to_string();
+    assert!(skipped.contains("logo.png") && skipped.contains("scan.pdf") && skipped.contains("text layer"), "{skipped}");
+
+    for mode in ["hybrid", "vector", "bm25"] {
+        let out = keel(&["rag", "query", "how long are backups kept?", "-c", "team", "-k", "2", "--mode", mode, "--json"]);
+        let hits: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", stderr(&out)));
+        assert!(hits[0]["source"].as_str().unwrap().ends_with("backups.md"), "{mode}: {hits}");
+        assert_eq!(hits[0]["headings"], serde_json::json!(["Backups"]));
+    }
+    let html = keel(&["rag", "query", "which day do deploys go out", "-c", "team", "-k", "1", "--json"]);
+    let html: serde_json::Value = serde_json::from_slice(&html.stdout).unwrap();
+    assert_eq!(html[0]["title"], "Deploys");
+
+    std::fs::remove_file(docs.join("pager.txt")).unwrap();
+    let again: serde_json::Value = serde_json::from_slice(&keel(&["rag", "ingest", "docs", "-c", "team", "--json"]).stdout).unwrap();
+    assert_eq!((again["unchanged"].as_u64(), again["deleted"].as_u64(), again["embedded"].as_u64()), (Some(2), Some(1), Some(0)));
+    let listed: serde_json::Value = serde_json::from_slice(&keel(&["rag", "collections", "--json"]).stdout).unwrap();
+    assert_eq!(listed[0]["documents"], 2);
+    assert_eq!(listed[0]["dim"], 384);
+    let missing = keel(&["rag", "query", "x", "-c", "nope"]);
+    assert!(stderr(&missing).contains("collection `nope` does not exist"), "{}", stderr(&missing));
+
+    // A tiny BEIR set: every metric is computed over the judged queries.
+    let beir = dir.join("beir");
+    std::fs::create_dir_all(beir.join("qrels")).unwrap();
+    std::fs::write(
+        beir.join("corpus.jsonl"),
+        "{\"_id\": \"d1\", \"title\": \"Coffee\", \"text\": \"Caffeine in coffee blocks adenosine receptors in the brain.\"}\n{\"_id\": \"d2\", \"title\": \"Volcanoes\", \"text\": \"Basaltic lava flows from shield volcanoes such as those in Hawaii.\"}\n",
+    )
+    .unwrap();
+    std::fs::write(beir.join("queries.jsonl"), "{\"_id\": \"q1\", \"text\": \"caffeine blocks adenosine\"}\n{\"_id\": \"q2\", \"text\": \"Hawaii shield volcano lava\"}\n{\"_id\": \"q3\", \"text\": \"unjudged\"}\n").unwrap();
+    std::fs::write(beir.join("qrels/test.tsv"), "query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\n").unwrap();
+    let out = keel(&["rag", "eval", "--beir", "beir", "--json"]);
+    let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", stderr(&out)));
+    assert_eq!(result["queries"], 2);
+    for mode in ["bm25", "vector", "hybrid"] {
+        assert_eq!(result["results"][mode]["ndcg_at_10"], 1.0, "{mode}: {result}");
+        assert_eq!(result["results"][mode]["mrr_at_10"], 1.0);
+    }
+}

@@ -1,0 +1,108 @@
+//! Collections end to end with a deterministic embedder (words hashed into buckets): ingest,
+//! re-ingest, updates and deletions, the three search modes, and damaged or mismatched
+//! collections.
+
+use std::path::PathBuf;
+
+use futures_util::future::BoxFuture;
+use keel_rag::{Collection, Document, Embedder, Kind, Limits, Mode};
+
+struct Words;
+
+impl Embedder for Words {
+    fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, String>> {
+        Box::pin(async move {
+            Ok(texts
+                .iter()
+                .map(|t| {
+                    let mut v = vec![0.0f32; 64];
+                    for w in t.split(|c: char| !c.is_alphanumeric()).filter(|w| w.len() > 3) {
+                        let h = w.to_lowercase().bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+                        v[(h % 64) as usize] += 1.0;
+                    }
+                    v
+                })
+                .collect())
+        })
+    }
+}
+
+fn words(text: &str) -> usize {
+    text.split_whitespace().count() + 2
+}
+
+fn dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("keel-rag-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn doc(id: &str, text: &str) -> Document {
+    Document { id: format!("docs/{id}"), source: format!("docs/{id}"), title: None, text: text.into(), kind: Kind::Markdown }
+}
+
+fn corpus() -> Vec<Document> {
+    vec![
+        doc("backups.md", "# Backups\n\nNightly backups are kept for thirty five days.\n\nRestores are tested every quarter."),
+        doc("oncall.md", "# Oncall\n\nPages escalate after fifteen minutes to the team lead."),
+        doc("long.md", &format!("# Gardening\n\n{}", "Tomatoes need sunshine and watering daily. ".repeat(30))),
+    ]
+}
+
+async fn ingest(c: &mut Collection, docs: Vec<Document>) -> keel_rag::IngestReport {
+    c.ingest(docs, Some("docs/"), &Words, Limits { max_tokens: 40, overlap_tokens: 8 }, &words, &|_, _| {}).await.unwrap()
+}
+
+#[tokio::test]
+async fn ingest_search_update_and_delete_keep_both_indexes_in_step() {
+    let root = dir("collection");
+    let mut c = Collection::open(&root, "notes", "words", true).unwrap();
+    let first = ingest(&mut c, corpus()).await;
+    assert_eq!((first.added, first.updated, first.unchanged), (3, 0, 0));
+    assert!(first.chunks > 5, "the long document is split: {first:?}");
+    let again = ingest(&mut c, corpus()).await;
+    assert_eq!((again.added, again.unchanged, again.embedded), (0, 3, 0), "nothing changed, nothing embedded");
+
+    for mode in [Mode::Bm25, Mode::Vector, Mode::Hybrid] {
+        let ranked = c.search("how long are nightly backups kept", 3, mode, &Words, 60.0).await.unwrap();
+        let hits = c.hits(&ranked).unwrap();
+        assert_eq!(hits[0].source, "docs/backups.md", "{mode:?}: {hits:#?}");
+        assert_eq!(hits[0].headings, ["Backups"]);
+        // Each document once, however many of its chunks match.
+        let mut sources: Vec<&str> = hits.iter().map(|h| h.source.as_str()).collect();
+        sources.dedup();
+        assert_eq!(sources.len(), hits.len(), "{mode:?}: {sources:?}");
+    }
+    let tomato = c.hits(&c.search("tomatoes sunshine watering", 5, Mode::Hybrid, &Words, 60.0).await.unwrap()).unwrap();
+    assert_eq!(tomato.iter().filter(|h| h.source == "docs/long.md").count(), 1, "a long document takes one slot: {tomato:#?}");
+
+    // One document changed, one gone: only those are touched.
+    let mut docs = corpus();
+    docs[1] = doc("oncall.md", "# Oncall\n\nPages now escalate after ten minutes to the duty manager.");
+    docs.remove(2);
+    let changed = ingest(&mut c, docs).await;
+    assert_eq!((changed.updated, changed.unchanged, changed.deleted), (1, 1, 1));
+    let hits = c.hits(&c.search("duty manager escalation", 2, Mode::Bm25, &Words, 60.0).await.unwrap()).unwrap();
+    assert!(hits[0].text.contains("duty manager"));
+    assert!(c.search("tomatoes", 5, Mode::Bm25, &Words, 60.0).await.unwrap().is_empty(), "deleted from BM25");
+    let count = c.chunk_count();
+    drop(c);
+
+    // Reopened: the same chunks; a lost BM25 index is rebuilt from them.
+    std::fs::remove_dir_all(root.join("notes/bm25")).unwrap();
+    let c = Collection::open(&root, "notes", "words", false).unwrap();
+    assert_eq!(c.chunk_count(), count);
+    assert!(!c.search("duty manager", 1, Mode::Bm25, &Words, 60.0).await.unwrap().is_empty());
+    assert!(matches!(c.search("  ", 1, Mode::Hybrid, &Words, 60.0).await, Err(keel_rag::Error::EmptyQuery)));
+    drop(c);
+
+    // Another embedding model, an unknown collection, a damaged file: clear errors.
+    let err = Collection::open(&root, "notes", "other-model", false).unwrap_err().to_string();
+    assert!(err.contains("was embedded with `words` (64 dimensions)"), "{err}");
+    let err = Collection::open(&root, "nope", "words", false).unwrap_err().to_string();
+    assert!(err.contains("collection `nope` does not exist"), "{err}");
+    std::fs::write(root.join("notes/meta.db"), b"this is not a database, it was overwritten").unwrap();
+    let err = Collection::open(&root, "notes", "words", false).unwrap_err().to_string();
+    assert!(err.contains("collection `notes` is damaged") && err.contains("new collection"), "{err}");
+}

@@ -1,0 +1,313 @@
+//! `keel rag …`: ingest documents into a collection, search it, and measure retrieval on a
+//! BEIR data set.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use keel_rag::{Collection, Document, GatewayEmbedder, Kind, Limits, Mode};
+
+use crate::settings::{self, Settings};
+use crate::table::{self, Cell};
+
+/// Where collections live: `$KEEL_HOME/rag` (the data folder's `rag/`).
+pub fn root() -> PathBuf {
+    settings::data_dir().join("rag")
+}
+
+pub struct Setup {
+    pub router: Arc<keel_llm::Router>,
+    pub model: String,
+    /// Tokens of the embedding model (special tokens included).
+    pub count: Box<dyn Fn(&str) -> usize + Send + Sync>,
+}
+
+/// The gateway, and the embedding model's tokenizer when it is a local model (else an
+/// estimate of four characters a token, with room to spare).
+pub async fn setup(config: Option<&Path>, model: &str, pull: bool) -> anyhow::Result<Setup> {
+    let settings: Settings = settings::load(config)?;
+    crate::local::ensure_models(&settings.config, pull).await?;
+    let router = Arc::new(crate::local::router(&settings.config).context("could not set up the providers")?);
+    let alias = router.alias(model).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let tokenizer = alias
+        .routes
+        .iter()
+        .map(|route| crate::local::models_dir().join(&route.model).join("tokenizer.json"))
+        .find(|path| path.is_file())
+        .and_then(|path| tokenizers::Tokenizer::from_file(path).ok())
+        .map(|mut tokenizer| {
+            // Count every token: a file's own truncation setting would hide long chunks.
+            let _ = tokenizer.with_truncation(None);
+            tokenizer.with_padding(None);
+            tokenizer
+        });
+    let count: Box<dyn Fn(&str) -> usize + Send + Sync> = match tokenizer {
+        Some(tokenizer) => Box::new(move |text: &str| tokenizer.encode(text, true).map_or(text.len() / 3 + 2, |e| e.len())),
+        None => Box::new(|text: &str| text.len() / 3 + 2),
+    };
+    Ok(Setup { router, model: model.to_string(), count })
+}
+
+fn progress(label: &'static str) -> impl Fn(usize, usize) + Sync {
+    let show = std::io::stderr().is_terminal();
+    move |done: usize, total: usize| {
+        if show && total > 0 {
+            let width = 30;
+            let filled = done * width / total;
+            eprint!("\r{label} [{}{}] {done}/{total}", "#".repeat(filled), ".".repeat(width - filled));
+            if done == total {
+                eprintln!();
+            }
+        }
+    }
+}
+
+/// The files under `paths` keel reads, and those it skips (with why).
+fn documents(paths: &[PathBuf]) -> anyhow::Result<(Vec<Document>, Vec<(String, String)>, Vec<String>)> {
+    let mut docs = Vec::new();
+    let mut skipped = Vec::new();
+    let mut scopes = Vec::new();
+    let mut stack: Vec<PathBuf> = Vec::new();
+    for path in paths {
+        let real = path.canonicalize().with_context(|| format!("{} does not exist", path.display()))?;
+        if real.is_dir() {
+            scopes.push(format!("{}/", real.display()));
+        }
+        stack.push(real);
+    }
+    while let Some(path) = stack.pop() {
+        if path.is_dir() {
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            if name.starts_with('.') || matches!(name, "node_modules" | "target" | "__pycache__") {
+                continue;
+            }
+            let mut entries: Vec<PathBuf> = std::fs::read_dir(&path)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            entries.sort();
+            stack.extend(entries.into_iter().rev());
+            continue;
+        }
+        let shown = path.display().to_string();
+        let is_pdf = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("pdf"));
+        let Some(kind) = Kind::of(&path) else {
+            let why = if is_pdf { "a PDF: its text layer is not read yet" } else { "not a kind keel reads (markdown, text, HTML, code)" };
+            skipped.push((shown, why.to_string()));
+            continue;
+        };
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                skipped.push((shown, format!("unreadable: {e}")));
+                continue;
+            }
+        };
+        if bytes.contains(&0) {
+            skipped.push((shown, "binary".into()));
+            continue;
+        }
+        let Ok(text) = String::from_utf8(bytes) else {
+            skipped.push((shown, "not UTF-8 text".into()));
+            continue;
+        };
+        let (text, title, kind) = match kind {
+            Kind::Html => {
+                let (text, title) = keel_rag::chunk::html_to_text(&text);
+                (text, title, Kind::Markdown)
+            }
+            Kind::Markdown => {
+                let title = text.lines().find(|l| l.starts_with("# ")).map(|l| l[2..].trim().to_string());
+                (text, title, kind)
+            }
+            _ => (text, path.file_name().and_then(|n| n.to_str()).map(String::from), kind),
+        };
+        if text.trim().is_empty() {
+            skipped.push((shown, "empty".into()));
+            continue;
+        }
+        docs.push(Document { id: shown.clone(), source: shown, title, text, kind });
+    }
+    Ok((docs, skipped, scopes))
+}
+
+pub struct IngestArgs<'a> {
+    pub paths: &'a [PathBuf],
+    pub collection: &'a str,
+    pub model: &'a str,
+    pub max_tokens: usize,
+    pub overlap: usize,
+    pub json: bool,
+    pub pull: bool,
+}
+
+/// `keel rag ingest PATH… -c NAME`.
+pub async fn ingest(config: Option<&Path>, args: IngestArgs<'_>) -> anyhow::Result<()> {
+    let setup = setup(config, args.model, args.pull).await?;
+    let (docs, skipped, scopes) = documents(args.paths)?;
+    let mut collection = Collection::open(&root(), args.collection, args.model, true)?;
+    let embedder = GatewayEmbedder { router: &setup.router, model: setup.model.clone() };
+    let limits = Limits { max_tokens: args.max_tokens, overlap_tokens: args.overlap };
+    let mut report = keel_rag::IngestReport::default();
+    // Each folder given is a scope: its files that are gone are removed.
+    let scope = if scopes.len() == 1 { Some(scopes[0].as_str()) } else { None };
+    let done = collection.ingest(docs, scope, &embedder, limits, &*setup.count, &progress("ingesting")).await?;
+    report.added = done.added;
+    report.updated = done.updated;
+    report.unchanged = done.unchanged;
+    report.deleted = done.deleted;
+    report.chunks = done.chunks;
+    report.embedded = done.embedded;
+    report.seconds = done.seconds;
+    report.skipped = skipped;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let docs_per_s = (report.added + report.updated) as f64 / report.seconds.max(1e-9);
+    println!(
+        "{} {}: {} added, {} updated, {} unchanged, {} deleted; {} chunks ({} embedded) in {:.1} s ({docs_per_s:.1} docs/s)",
+        table::paint("✔", table::GREEN),
+        args.collection,
+        report.added,
+        report.updated,
+        report.unchanged,
+        report.deleted,
+        report.chunks,
+        report.embedded,
+        report.seconds
+    );
+    for (path, why) in &report.skipped {
+        println!("  {} {path}: {why}", table::paint("skipped", table::YELLOW));
+    }
+    Ok(())
+}
+
+/// `keel rag query "…" -c NAME`.
+pub async fn query(config: Option<&Path>, collection: &str, text: &str, k: usize, mode: Mode, model: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let stored = keel_rag::stored_model(&root(), collection).ok_or_else(|| keel_rag::Error::NoCollection(collection.into()))?;
+    let model = model.unwrap_or(&stored);
+    let collection = Collection::open(&root(), collection, model, false)?;
+    let setup = setup(config, model, false).await?;
+    let embedder = GatewayEmbedder { router: &setup.router, model: setup.model.clone() };
+    let ranked = collection.search(text, k, mode, &embedder, 60.0).await?;
+    let hits = collection.hits(&ranked)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&hits)?);
+        return Ok(());
+    }
+    if hits.is_empty() {
+        println!("nothing found");
+    }
+    for (n, hit) in hits.iter().enumerate() {
+        let place = if hit.headings.is_empty() { String::new() } else { format!(" › {}", hit.headings.join(" › ")) };
+        println!("{} {}{place} {}", table::paint(&format!("[{}]", n + 1), table::BOLD), hit.source, table::paint(&format!("bytes {}-{} · {:.4}", hit.start, hit.end, hit.score), table::DIM));
+        let flat: String = hit.text.split_whitespace().collect::<Vec<_>>().join(" ");
+        let shown: String = flat.chars().take(240).collect();
+        println!("    {shown}{}", if flat.chars().count() > 240 { "…" } else { "" });
+    }
+    Ok(())
+}
+
+/// `keel rag collections`.
+pub fn collections(json: bool) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    let mut out = Vec::new();
+    for name in keel_rag::list(&root()) {
+        let model = keel_rag::stored_model(&root(), &name).unwrap_or_default();
+        match Collection::open(&root(), &name, &model, false) {
+            Ok(c) => {
+                out.push(serde_json::json!({"name": name, "model": c.model, "dim": c.dim, "documents": c.doc_count(), "chunks": c.chunk_count()}));
+                rows.push(vec![Cell::new(&name), Cell::new(&c.model), Cell::num(c.dim.to_string()), Cell::num(c.doc_count().to_string()), Cell::num(c.chunk_count().to_string())]);
+            }
+            Err(err) => rows.push(vec![Cell::new(&name), Cell::new(err.to_string()).color(table::RED), Cell::new(""), Cell::new(""), Cell::new("")]),
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else if rows.is_empty() {
+        println!("no collections yet; make one with: keel rag ingest PATH --collection NAME");
+    } else {
+        print!("{}", table::render(&["COLLECTION", "MODEL", "DIM", "DOCS", "CHUNKS"], &rows));
+    }
+    Ok(())
+}
+
+/// `keel rag rebuild NAME`: the BM25 index again from the collection's chunks.
+pub fn rebuild(name: &str) -> anyhow::Result<()> {
+    let model = keel_rag::stored_model(&root(), name).ok_or_else(|| keel_rag::Error::NoCollection(name.into()))?;
+    let mut collection = Collection::open(&root(), name, &model, false)?;
+    collection.rebuild_bm25()?;
+    println!("rebuilt the BM25 index of {name} ({} chunks)", collection.chunk_count());
+    Ok(())
+}
+
+/// `keel rag eval --beir DIR`: nDCG@10, recall@100 and MRR@10 of bm25, vector and hybrid.
+pub async fn eval(config: Option<&Path>, dir: &Path, qrels: Option<&Path>, collection: Option<&str>, model: &str, json: bool, pull: bool) -> anyhow::Result<()> {
+    let beir = keel_rag::eval::Beir::load(dir, qrels).map_err(anyhow::Error::msg)?;
+    if beir.queries.is_empty() {
+        bail!("{} has no queries with judgements", dir.display());
+    }
+    let setup = setup(config, model, pull).await?;
+    let name = match collection {
+        Some(name) => name.to_string(),
+        None => format!("beir-{}", dir.file_name().and_then(|n| n.to_str()).unwrap_or("data").replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "-")),
+    };
+    let mut collection = Collection::open(&root(), &name, model, true)?;
+    let docs: Vec<Document> = beir
+        .corpus
+        .iter()
+        .map(|(id, title, text)| Document {
+            id: id.clone(),
+            source: id.clone(),
+            title: (!title.is_empty()).then(|| title.clone()),
+            text: text.clone(),
+            kind: Kind::Text,
+        })
+        .collect();
+    let embedder = GatewayEmbedder { router: &setup.router, model: setup.model.clone() };
+    let report = collection.ingest(docs, Some(""), &embedder, Limits::default(), &*setup.count, &progress("ingesting")).await?;
+    if !json {
+        eprintln!(
+            "{name}: {} documents, {} chunks ({} embedded now, {:.1} s, {:.0} docs/s)",
+            collection.doc_count(),
+            report.chunks,
+            report.embedded,
+            report.seconds,
+            (report.added + report.updated) as f64 / report.seconds.max(1e-9)
+        );
+    }
+    let mut results = serde_json::Map::new();
+    let mut rows = Vec::new();
+    for mode in [Mode::Bm25, Mode::Vector, Mode::Hybrid] {
+        let mut per_query = Vec::new();
+        let mut latencies = Vec::new();
+        for (id, text) in &beir.queries {
+            let started = std::time::Instant::now();
+            let ranked = collection.search(text, 100, mode, &embedder, 60.0).await?;
+            latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+            let docs: Vec<String> = ranked.iter().filter_map(|(chunk, _)| collection.doc_of(*chunk).map(String::from)).collect();
+            per_query.push(keel_rag::eval::score(&docs, &beir.qrels[id]));
+        }
+        latencies.sort_by(f64::total_cmp);
+        let p = |q: f64| latencies[((latencies.len() as f64 - 1.0) * q).round() as usize];
+        let scores = keel_rag::eval::average(&per_query);
+        let mode_name = serde_json::to_value(mode)?.as_str().unwrap_or_default().to_string();
+        rows.push(vec![
+            Cell::new(&mode_name),
+            Cell::num(format!("{:.4}", scores.ndcg_at_10)),
+            Cell::num(format!("{:.4}", scores.recall_at_100)),
+            Cell::num(format!("{:.4}", scores.mrr_at_10)),
+            Cell::num(format!("{:.1} / {:.1}", p(0.5), p(0.99))),
+        ]);
+        let mut value = serde_json::to_value(&scores)?;
+        value["latency_ms_p50"] = serde_json::json!(p(0.5));
+        value["latency_ms_p99"] = serde_json::json!(p(0.99));
+        results.insert(mode_name, value);
+    }
+    if json {
+        println!("{}", serde_json::json!({"collection": name, "queries": beir.queries.len(), "documents": collection.doc_count(), "results": results}));
+    } else {
+        println!("{} queries over {} documents ({})", beir.queries.len(), collection.doc_count(), name);
+        print!("{}", table::render(&["MODE", "NDCG@10", "RECALL@100", "MRR@10", "MS P50 / P99"], &rows));
+    }
+    Ok(())
+}
