@@ -461,26 +461,35 @@ impl Collection {
     /// (fusion gives each document one vote per list), so a long document cannot crowd out
     /// the others.
     pub async fn search(&self, query: &str, k: usize, mode: Mode, embedder: &dyn Embedder, rrf_k: f64) -> Result<Vec<(i64, f64)>> {
+        let vector = match mode {
+            Mode::Bm25 => None,
+            _ => Some(embed_query(embedder, query).await?),
+        };
+        self.search_with(query, vector.as_deref(), k, mode, rrf_k)
+    }
+
+    /// [`Collection::search`] with the query's vector already made (by [`embed_query`]), so
+    /// a caller can embed without holding the collection.
+    pub fn search_with(&self, query: &str, vector: Option<&[f32]>, k: usize, mode: Mode, rrf_k: f64) -> Result<Vec<(i64, f64)>> {
         if query.trim().is_empty() {
             return Err(Error::EmptyQuery);
         }
         let depth = (k * 4).max(100);
-        let vector = || async {
-            let mut vectors = embedder.embed(&[query.to_string()]).await.map_err(Error::Embed)?;
-            let v = normalize(vectors.pop().ok_or_else(|| Error::Embed("no vector came back".into()))?);
+        let vector = || {
+            let v = vector.ok_or_else(|| Error::Embed("the query has no vector".into()))?;
             if self.dim != 0 && v.len() != self.dim {
                 return Err(Error::ModelMismatch { name: self.name.clone(), have: self.model.clone(), dim: self.dim, want: format!("a model giving {} dimensions", v.len()) });
             }
-            Ok(self.vector_search(&v, depth))
+            Ok(self.vector_search(v, depth))
         };
         let ranked = match mode {
             Mode::Bm25 => self.best_per_doc(self.bm25_search(query, depth)),
-            Mode::Vector => self.best_per_doc(vector().await?),
+            Mode::Vector => self.best_per_doc(vector()?),
             Mode::Hybrid => {
                 // Reciprocal rank fusion over documents: each list gives a document one vote
                 // (its best chunk's rank), and the document is shown by the chunk that ranked
                 // best in either list.
-                let lists = [self.best_per_doc(self.bm25_search(query, depth)), self.best_per_doc(vector().await?)];
+                let lists = [self.best_per_doc(self.bm25_search(query, depth)), self.best_per_doc(vector()?)];
                 let mut fused: HashMap<&str, (f64, i64, usize)> = HashMap::new();
                 for list in &lists {
                     for (rank, (id, _)) in list.iter().enumerate() {
@@ -535,6 +544,15 @@ impl Collection {
         }
         Ok(out)
     }
+}
+
+/// A query's unit vector.
+pub async fn embed_query(embedder: &dyn Embedder, query: &str) -> Result<Vec<f32>> {
+    if query.trim().is_empty() {
+        return Err(Error::EmptyQuery);
+    }
+    let mut vectors = embedder.embed(&[query.to_string()]).await.map_err(Error::Embed)?;
+    Ok(normalize(vectors.pop().ok_or_else(|| Error::Embed("no vector came back".into()))?))
 }
 
 /// What is embedded for a chunk: its text after the document's title, which gives every

@@ -4,6 +4,7 @@
 
 pub mod agents;
 pub mod mcp;
+pub mod rag;
 pub mod error;
 pub mod fake;
 mod handlers;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub log_bodies: bool,
     /// The agents served under `/v1/agents` (none when `[agents] dir` is unset).
     pub agents: Option<Arc<agents::Agents>>,
+    /// The RAG collections served under `/v1/rag`.
+    pub rag: rag::Rag,
 }
 
 impl std::fmt::Debug for AppState {
@@ -62,6 +65,7 @@ pub fn router(app: App, max_body_bytes: usize) -> axum::Router {
         .route("/v1/agents/{name}/runs", post(agents::start))
         .route("/v1/runs/{id}", get(agents::show))
         .route("/v1/runs/{id}/approvals", post(agents::decide))
+        .route("/v1/rag/{collection}/query", post(rag::query))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)

@@ -46,6 +46,7 @@ pub async fn run(config: Option<&Path>, listen: Option<SocketAddr>, pull: bool) 
         master_key,
         log_bodies: config.store.log_bodies,
         agents,
+        rag: keel_server::rag::Rag::new(crate::rag::root()),
     });
     let addr: SocketAddr = match listen {
         Some(addr) => addr,

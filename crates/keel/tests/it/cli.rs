@@ -224,6 +224,41 @@ fn rag_ingests_searches_and_evaluates_with_real_embeddings() {
     let missing = keel(&["rag", "query", "x", "-c", "nope"]);
     assert!(stderr(&missing).contains("collection `nope` does not exist"), "{}", stderr(&missing));
 
+    // Over HTTP, from `keel serve`.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut server = crate::keel()
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .current_dir(&dir)
+        .env("KEEL_HOME", dir.join("home"))
+        .env("KEEL_MODELS_DIR", real_models_dir())
+        .env("KEEL_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        for _ in 0..1200 {
+            if client.get(format!("{base}/health")).send().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let post = |path: &str, body: serde_json::Value| client.post(format!("{base}{path}")).json(&body).send();
+        let found = post("/v1/rag/team/query", serde_json::json!({"query": "how long are backups kept?", "k": 1})).await.unwrap();
+        assert_eq!(found.status(), 200);
+        let found: serde_json::Value = found.json().await.unwrap();
+        assert!(found["results"][0]["source"].as_str().unwrap().ends_with("backups.md"), "{found}");
+        assert_eq!(found["mode"], "hybrid");
+        assert_eq!(post("/v1/rag/nope/query", serde_json::json!({"query": "x"})).await.unwrap().status(), 404);
+        assert_eq!(post("/v1/rag/team/query", serde_json::json!({"query": " "})).await.unwrap().status(), 400);
+        assert_eq!(post("/v1/rag/team/query", serde_json::json!({"query": "x", "mode": "fuzzy"})).await.unwrap().status(), 400);
+        assert_eq!(post("/v1/rag/team/query", serde_json::json!({"qery": "x"})).await.unwrap().status(), 400);
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+
     // A tiny BEIR set: every metric is computed over the judged queries.
     let beir = dir.join("beir");
     std::fs::create_dir_all(beir.join("qrels")).unwrap();

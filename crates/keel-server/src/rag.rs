@@ -1,0 +1,113 @@
+//! RAG over HTTP: `POST /v1/rag/{collection}/query` searches a collection of
+//! `$KEEL_HOME/rag` (made with `keel rag ingest`) and answers with the chunks and where each
+//! comes from. Opened collections stay open; each is searched by one request at a time.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use keel_rag::{Collection, GatewayEmbedder, Mode};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::App;
+
+/// The collections `keel serve` searches.
+pub struct Rag {
+    pub root: PathBuf,
+    open: tokio::sync::Mutex<HashMap<String, Arc<std::sync::Mutex<Collection>>>>,
+}
+
+impl std::fmt::Debug for Rag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rag").field("root", &self.root).finish()
+    }
+}
+
+impl Rag {
+    pub fn new(root: PathBuf) -> Rag {
+        Rag { root, open: tokio::sync::Mutex::default() }
+    }
+
+    async fn collection(&self, name: &str) -> Result<Arc<std::sync::Mutex<Collection>>, keel_rag::Error> {
+        let mut open = self.open.lock().await;
+        if let Some(collection) = open.get(name) {
+            return Ok(collection.clone());
+        }
+        let model = keel_rag::stored_model(&self.root, name).ok_or_else(|| keel_rag::Error::NoCollection(name.into()))?;
+        let root = self.root.clone();
+        let owned = name.to_string();
+        let collection = tokio::task::spawn_blocking(move || Collection::open(&root, &owned, &model, false))
+            .await
+            .map_err(|e| keel_rag::Error::Io(e.to_string()))??;
+        let collection = Arc::new(std::sync::Mutex::new(collection));
+        open.insert(name.into(), collection.clone());
+        Ok(collection)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryBody {
+    query: String,
+    #[serde(default = "ten")]
+    k: usize,
+    #[serde(default)]
+    mode: Option<String>,
+}
+
+fn ten() -> usize {
+    10
+}
+
+fn problem(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": {"type": kind, "message": message.into()}}))).into_response()
+}
+
+pub async fn query(State(app): State<App>, Path(name): Path<String>, body: Result<Json<QueryBody>, axum::extract::rejection::JsonRejection>) -> Response {
+    let Json(body) = match body {
+        Ok(body) => body,
+        Err(err) => return problem(StatusCode::BAD_REQUEST, "invalid_request_error", err.body_text()),
+    };
+    let mode = match body.mode.as_deref().unwrap_or("hybrid").parse::<Mode>() {
+        Ok(mode) => mode,
+        Err(err) => return problem(StatusCode::BAD_REQUEST, "invalid_request_error", err),
+    };
+    if body.k == 0 || body.k > 1000 {
+        return problem(StatusCode::BAD_REQUEST, "invalid_request_error", "k is 1 to 1000");
+    }
+    let collection = match app.rag.collection(&name).await {
+        Ok(collection) => collection,
+        Err(err @ keel_rag::Error::NoCollection(_)) => return problem(StatusCode::NOT_FOUND, "not_found_error", err.to_string()),
+        Err(err) => return problem(StatusCode::INTERNAL_SERVER_ERROR, "api_error", err.to_string()),
+    };
+    // The query is embedded without holding the collection; the search itself is quick.
+    let model = collection.lock().unwrap_or_else(|p| p.into_inner()).model.clone();
+    let vector = match mode {
+        Mode::Bm25 => None,
+        _ => {
+            let embedder = GatewayEmbedder { router: &app.router, model };
+            match keel_rag::embed_query(&embedder, &body.query).await {
+                Ok(vector) => Some(vector),
+                Err(err @ keel_rag::Error::EmptyQuery) => return problem(StatusCode::BAD_REQUEST, "invalid_request_error", err.to_string()),
+                Err(err) => return problem(StatusCode::BAD_GATEWAY, "api_error", err.to_string()),
+            }
+        }
+    };
+    let collection = collection.lock().unwrap_or_else(|p| p.into_inner());
+    let ranked = match collection.search_with(&body.query, vector.as_deref(), body.k, mode, 60.0) {
+        Ok(ranked) => ranked,
+        Err(err @ (keel_rag::Error::EmptyQuery | keel_rag::Error::ModelMismatch { .. })) => {
+            return problem(StatusCode::BAD_REQUEST, "invalid_request_error", err.to_string());
+        }
+        Err(err) => return problem(StatusCode::INTERNAL_SERVER_ERROR, "api_error", err.to_string()),
+    };
+    match collection.hits(&ranked) {
+        Ok(hits) => Json(json!({"collection": name, "mode": mode, "results": hits})).into_response(),
+        Err(err) => problem(StatusCode::INTERNAL_SERVER_ERROR, "api_error", err.to_string()),
+    }
+}
