@@ -325,25 +325,30 @@ impl AgentDef {
     /// The instructions with `{{name}}` placeholders filled; a placeholder with no value is
     /// an error naming it.
     pub fn render_instructions(&self, vars: &BTreeMap<String, String>) -> Result<String, Error> {
-        let mut out = String::new();
-        let mut rest = self.instructions.as_str();
-        while let Some(start) = rest.find("{{") {
-            out.push_str(&rest[..start]);
-            let after = &rest[start + 2..];
-            let Some(end) = after.find("}}") else {
-                out.push_str(&rest[start..]);
-                return Ok(out);
-            };
-            let key = after[..end].trim();
-            let value = vars.get(key).ok_or_else(|| {
-                Error::Definition(format!("the instructions use {{{{{key}}}}}, which has no value (pass --var {key}=...)"))
-            })?;
-            out.push_str(value);
-            rest = &after[end + 2..];
-        }
-        out.push_str(rest);
-        Ok(out)
+        fill(&self.instructions, |key| vars.get(key).cloned()).map_err(|key| {
+            Error::Definition(format!("the instructions use {{{{{key}}}}}, which has no value (pass --var {key}=...)"))
+        })
     }
+}
+
+/// A template with its `{{name}}` placeholders (spaces inside the braces allowed) filled from
+/// `value`; the first placeholder with no value is the error. An unclosed `{{` stays as is.
+pub fn fill(template: &str, value: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            out.push_str(&rest[start..]);
+            return Ok(out);
+        };
+        let key = after[..end].trim();
+        out.push_str(&value(key).ok_or_else(|| key.to_string())?);
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 /// A commented starter agent file for `keel agent new NAME`.

@@ -192,18 +192,17 @@ fn placeholders(template: &str) -> Vec<String> {
     out
 }
 
+/// A node's input with its `{{field}}` placeholders filled from the state (an unset field
+/// is empty; the fields were checked when the workflow was read).
 fn render(template: &str, state: &Map<String, Value>) -> String {
-    let mut out = template.to_string();
-    for field in placeholders(template) {
-        let value = match state.get(&field) {
+    let value = |field: &str| {
+        Some(match state.get(field) {
             None | Some(Value::Null) => String::new(),
             Some(Value::String(text)) => text.clone(),
             Some(other) => other.to_string(),
-        };
-        out = out.replacen(&format!("{{{{{field}}}}}", ), &value, 1);
-        out = out.replace(&format!("{{{{ {field} }}}}"), &value);
-    }
-    out
+        })
+    };
+    crate::definition::fill(template, value).unwrap_or_else(|_| template.to_string())
 }
 
 /// A superstep as checkpointed: what ran, and where the graph stands after it.

@@ -53,25 +53,25 @@ impl Bm25 {
         for id in removed {
             writer.delete_term(Term::from_field_i64(self.id, *id));
         }
-        for (id, text) in added {
-            let mut doc = TantivyDocument::default();
-            doc.add_i64(self.id, id);
-            doc.add_text(self.text, &text);
-            writer.add_document(doc)?;
-        }
+        self.add(&mut writer, added)?;
         writer.commit()?;
         self.reader.reload()
     }
 
-    pub fn replace_all(&self, chunks: impl Iterator<Item = (i64, String)>) -> tantivy::Result<()> {
-        let mut writer = self.writer()?;
-        writer.delete_all_documents()?;
+    fn add(&self, writer: &mut IndexWriter, chunks: impl Iterator<Item = (i64, String)>) -> tantivy::Result<()> {
         for (id, text) in chunks {
             let mut doc = TantivyDocument::default();
             doc.add_i64(self.id, id);
             doc.add_text(self.text, &text);
             writer.add_document(doc)?;
         }
+        Ok(())
+    }
+
+    pub fn replace_all(&self, chunks: impl Iterator<Item = (i64, String)>) -> tantivy::Result<()> {
+        let mut writer = self.writer()?;
+        writer.delete_all_documents()?;
+        self.add(&mut writer, chunks)?;
         writer.commit()?;
         self.reader.reload()
     }
