@@ -130,6 +130,10 @@ pub struct ToolSpec {
     /// returns its answer, on this run's budget.
     #[serde(default)]
     pub agent: Option<PathBuf>,
+    /// A keel RAG collection (`keel rag ingest … -c NAME`): the tool searches it and returns
+    /// passages with their sources and the collection's trust label.
+    #[serde(default)]
+    pub collection: Option<String>,
 }
 
 /// A handoff target.
@@ -266,6 +270,12 @@ impl AgentDef {
                 return Err(format!("tool `{name}` comes with [memory]; add a [memory] table instead of declaring it"));
             }
             let built_in = BUILT_IN_TOOLS.contains(&name.as_str());
+            if let Some(collection) = &spec.collection {
+                if built_in || spec.command.is_some() || spec.agent.is_some() {
+                    return Err(format!("tool `{name}` searches the collection `{collection}`; it takes no `command` or `agent` and cannot be a built-in's name"));
+                }
+                continue;
+            }
             if spec.agent.is_some() {
                 if built_in || spec.command.is_some() {
                     return Err(format!("tool `{name}` names an `agent`; it takes no `command` and cannot be a built-in's name"));
@@ -276,7 +286,7 @@ impl AgentDef {
                 (Some(_), true) => return Err(format!("tool `{name}` is built in; it takes no `command`")),
                 (None, false) => {
                     return Err(format!(
-                        "tool `{name}` is not built in ({}) and has no `command` or `agent`",
+                        "tool `{name}` is not built in ({}) and has no `command`, `agent` or `collection`",
                         BUILT_IN_TOOLS.join(", ")
                     ));
                 }

@@ -6,6 +6,7 @@ pub mod definition;
 pub mod mcp;
 pub mod memory;
 pub mod model;
+pub mod rag;
 pub mod runtime;
 pub mod schema;
 pub mod tools;

@@ -384,6 +384,8 @@ pub struct Runner {
     pub(crate) store: Arc<Store>,
     model: Arc<dyn ChatModel>,
     events: Option<UnboundedSender<RunEvent>>,
+    /// Where RAG collections live, for search tools.
+    rag_root: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -495,7 +497,13 @@ impl<'a> Live<'a> {
 
 impl Runner {
     pub fn new(store: Arc<Store>, model: Arc<dyn ChatModel>) -> Runner {
-        Runner { store, model, events: None }
+        Runner { store, model, events: None, rag_root: None }
+    }
+
+    /// The folder of keel's RAG collections, which tools with a `collection` search.
+    pub fn with_rag_root(mut self, root: std::path::PathBuf) -> Runner {
+        self.rag_root = Some(root);
+        self
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -937,6 +945,17 @@ impl Runner {
                                 let spec = agent.def.memory.as_ref().expect("checked above");
                                 let memory = Memory { store: &self.store, model: &*self.model, spec, agent: &agent.def.name, user: live.user.as_deref() };
                                 match memory.call(&call.name, &value, &live.id).await {
+                                    Ok(output) => (output, false, false),
+                                    Err(err) => (err, true, false),
+                                }
+                            }
+                            _ if agent.def.tools.get(&call.name).is_some_and(|spec| spec.collection.is_some()) => {
+                                let collection = agent.def.tools[&call.name].collection.as_deref().expect("checked above");
+                                let result = match &self.rag_root {
+                                    Some(root) => crate::rag::search(root, collection, &value, &*self.model).await,
+                                    None => Err("RAG collections are not available to this runner".to_string()),
+                                };
+                                match result {
                                     Ok(output) => (output, false, false),
                                     Err(err) => (err, true, false),
                                 }

@@ -121,6 +121,11 @@ impl ToolBox {
     pub fn from_definition(def: &AgentDef, base_dir: &Path) -> ToolBox {
         let mut tools = ToolBox::default();
         for (name, spec) in &def.tools {
+            if let Some(collection) = &spec.collection {
+                let def = crate::rag::tool_def(name, collection, spec.description.as_deref());
+                tools.insert(Arc::new(AgentTool { def }), spec.approval, spec.timeout_s);
+                continue;
+            }
             if spec.agent.is_some() {
                 let description = spec.description.clone().unwrap_or_else(|| format!("Ask the {name} agent."));
                 tools.insert(Arc::new(AgentTool::new(name, &description)), spec.approval, spec.timeout_s);

@@ -2,14 +2,17 @@
 //! gateway, indexed twice — BM25 (tantivy, English stemming) and vectors — under the same
 //! chunk ids, searched alone or fused (reciprocal rank fusion, one vote per document).
 //!
-//! A collection is a folder: `meta.db` (SQLite: documents, chunks, vectors — the truth) and
-//! `bm25/` (tantivy). Every change is committed to SQLite first; the BM25 index is checked
-//! against it when the collection opens and rebuilt if they disagree, so an interrupted
-//! ingest leaves a consistent collection that the next ingest completes.
+//! A collection is a folder: `meta.db` (SQLite: documents, chunks, vectors — the truth),
+//! `bm25/` (tantivy) and `vectors.usearch` (HNSW). Every change is committed to SQLite first
+//! and bumps the collection's generation; the indexes are checked against it when the
+//! collection opens and rebuilt if they disagree, so an interrupted ingest leaves a
+//! consistent collection that the next ingest completes.
 
+pub mod answer;
 pub mod chunk;
 pub mod eval;
 mod index;
+pub mod vectors;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -21,6 +24,7 @@ use sha2::{Digest, Sha256};
 
 pub use chunk::{Chunk, Kind, Limits};
 pub use index::Bm25;
+pub use vectors::Vectors;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -136,17 +140,22 @@ pub struct Collection {
     pub dim: usize,
     db: rusqlite::Connection,
     bm25: Bm25,
-    /// Chunk id → unit vector, all in memory (searched exactly).
-    vectors: Vec<(i64, Vec<f32>)>,
-    /// Chunk id → document id.
+    /// The HNSW index, once the collection has vectors (and so a dimension).
+    vectors: Option<Vectors>,
+    /// Chunk id → document id, for every chunk.
     docs_of: HashMap<i64, String>,
+    /// Bumped by every committed change; the indexes are saved with the one they hold.
+    generation: u64,
 }
 
 impl std::fmt::Debug for Collection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Collection").field("name", &self.name).field("chunks", &self.vectors.len()).finish()
+        f.debug_struct("Collection").field("name", &self.name).field("chunks", &self.docs_of.len()).finish()
     }
 }
+
+/// The HNSW index file in a collection's folder.
+const VECTORS_FILE: &str = "vectors.usearch";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -185,6 +194,13 @@ fn normalize(mut v: Vec<f32>) -> Vec<f32> {
         v.iter_mut().for_each(|x| *x /= norm);
     }
     v
+}
+
+/// Bumps the generation inside a transaction that changes chunks.
+fn bump(generation: &mut u64, tx: &rusqlite::Transaction) -> Result<()> {
+    *generation += 1;
+    tx.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('generation', ?1)", [generation.to_string()]).map_err(io)?;
+    Ok(())
 }
 
 /// The collections under `root`, by name.
@@ -235,36 +251,84 @@ impl Collection {
                 db.execute("INSERT INTO meta (key, value) VALUES ('model', ?1)", [model]).map_err(io)?;
             }
         }
-        let mut vectors = Vec::new();
-        let mut docs_of = HashMap::new();
-        {
-            let mut stmt = db.prepare("SELECT id, doc, vector FROM chunks ORDER BY id").map_err(io)?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?)))
-                .map_err(io)?;
-            for row in rows {
-                let (id, doc, blob) = row.map_err(io)?;
-                let vector = from_blob(&blob);
-                if dim != 0 && vector.len() != dim {
-                    return Err(Error::Corrupt { name: name.into(), message: format!("chunk {id} has a {}-dimension vector, not {dim}", vector.len()), hint: "ingest the documents into a new collection" });
-                }
-                vectors.push((id, vector));
-                docs_of.insert(id, doc);
-            }
-        }
+        let generation: u64 = db
+            .query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| r.get::<_, String>(0))
+            .optional()
+            .map_err(corrupt)?
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0);
+        let docs_of: HashMap<i64, String> = {
+            let mut stmt = db.prepare("SELECT id, doc FROM chunks").map_err(corrupt)?;
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).and_then(|rows| rows.collect()).map_err(corrupt)?
+        };
         let bm25 = Bm25::open(&dir.join("bm25")).map_err(|e| Error::Corrupt {
             name: name.into(),
             message: format!("the BM25 index: {e}"),
-            hint: "remove its bm25 folder, or run keel rag rebuild NAME, and it is rebuilt from the chunks",
+            hint: "run keel rag rebuild NAME and it is rebuilt from the chunks",
         })?;
-        let mut collection = Collection { name: name.into(), dir, model: model.into(), dim, db, bm25, vectors, docs_of };
-        // The BM25 index follows SQLite; after an interrupted write it is rebuilt from it.
-        if collection.bm25.count() != collection.vectors.len() as u64 {
+        let vectors = match dim {
+            0 => None,
+            dim => Vectors::load(&dir.join(VECTORS_FILE), dim, generation).map_err(|e| Error::Corrupt {
+                name: name.into(),
+                message: format!("the vector index: {e}"),
+                hint: "run keel rag rebuild NAME and it is rebuilt from the chunks",
+            })?,
+        };
+        let stale = dim != 0 && vectors.is_none();
+        let mut collection = Collection { name: name.into(), dir, model: model.into(), dim, db, bm25, vectors, docs_of, generation };
+        // The indexes follow SQLite; after an interrupted write they are rebuilt from it.
+        if collection.bm25.count() != collection.docs_of.len() as u64 {
             tracing::warn!(collection = name, "the BM25 index disagrees with the chunks; rebuilding it");
             collection.rebuild_bm25()?;
         }
+        if stale {
+            tracing::info!(collection = name, "the vector index is missing or older than the chunks; rebuilding it");
+            collection.rebuild_vectors()?;
+        }
         Ok(collection)
     }
+
+    /// Rebuilds a collection's indexes from its chunks, whatever state their files are in.
+    pub fn rebuild(root: &Path, name: &str, model: &str) -> Result<Collection> {
+        let dir = root.join(name);
+        if !dir.join("meta.db").is_file() {
+            return Err(Error::NoCollection(name.into()));
+        }
+        let _ = std::fs::remove_dir_all(dir.join("bm25"));
+        let _ = std::fs::remove_file(dir.join(VECTORS_FILE));
+        let mut collection = Collection::open(root, name, model, false)?;
+        collection.rebuild_bm25()?;
+        Ok(collection)
+    }
+
+    /// Rebuilds the vector index from the vectors in SQLite, and saves it.
+    fn rebuild_vectors(&mut self) -> Result<()> {
+        let mut stmt = self.db.prepare("SELECT id, vector FROM chunks").map_err(io)?;
+        let rows: Vec<(i64, Vec<f32>)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, from_blob(&r.get::<_, Vec<u8>>(1)?))))
+            .and_then(|rows| rows.collect())
+            .map_err(io)?;
+        drop(stmt);
+        if let Some((id, vector)) = rows.iter().find(|(_, v)| v.len() != self.dim) {
+            return Err(Error::Corrupt { name: self.name.clone(), message: format!("chunk {id} has a {}-dimension vector, not {}", vector.len(), self.dim), hint: "ingest the documents into a new collection" });
+        }
+        let index = Vectors::new(&self.dir.join(VECTORS_FILE), self.dim).map_err(io)?;
+        let items: Vec<(i64, &[f32])> = rows.iter().map(|(id, v)| (*id, v.as_slice())).collect();
+        index.add(&items).map_err(io)?;
+        index.save(self.generation).map_err(io)?;
+        self.vectors = Some(index);
+        Ok(())
+    }
+
+    /// Saves the vector index if it is behind the chunks (after an ingest).
+    pub fn save(&self) -> Result<()> {
+        match &self.vectors {
+            Some(vectors) => vectors.save(self.generation).map_err(io),
+            None => Ok(()),
+        }
+    }
+
+
 
     /// Rebuilds the BM25 index from the chunks.
     pub fn rebuild_bm25(&mut self) -> Result<()> {
@@ -277,7 +341,7 @@ impl Collection {
     }
 
     pub fn chunk_count(&self) -> usize {
-        self.vectors.len()
+        self.docs_of.len()
     }
 
     pub fn doc_count(&self) -> usize {
@@ -339,7 +403,8 @@ impl Collection {
                 report.deleted += 1;
             }
         }
-        report.chunks = self.vectors.len();
+        self.save()?;
+        report.chunks = self.docs_of.len();
         report.seconds = started.elapsed().as_secs_f64();
         Ok(report)
     }
@@ -409,12 +474,19 @@ impl Collection {
                 added.push((tx.last_insert_rowid(), doc.id.clone(), vector, bm25_text(doc.title.as_deref(), &c.text)));
             }
         }
+        bump(&mut self.generation, &tx)?;
         tx.commit().map_err(io)?;
         self.bm25.update(&removed, added.iter().map(|(id, _, _, text)| (*id, text.clone()))).map_err(io)?;
-        let removed: std::collections::HashSet<i64> = removed.into_iter().collect();
-        self.vectors.retain(|(id, _)| !removed.contains(id));
-        for (id, doc, vector, _) in added {
-            self.vectors.push((id, vector));
+        if self.vectors.is_none() {
+            self.vectors = Some(Vectors::new(&self.dir.join(VECTORS_FILE), self.dim).map_err(io)?);
+        }
+        let vectors = self.vectors.as_ref().expect("made above");
+        vectors.remove(&removed).map_err(io)?;
+        vectors.add(&added.iter().map(|(id, _, v, _)| (*id, v.as_slice())).collect::<Vec<_>>()).map_err(io)?;
+        for id in removed {
+            self.docs_of.remove(&id);
+        }
+        for (id, doc, _, _) in added {
             self.docs_of.insert(id, doc);
         }
         Ok(())
@@ -428,29 +500,51 @@ impl Collection {
         };
         tx.execute("DELETE FROM chunks WHERE doc = ?1", [id]).map_err(io)?;
         tx.execute("DELETE FROM docs WHERE id = ?1", [id]).map_err(io)?;
+        bump(&mut self.generation, &tx)?;
         tx.commit().map_err(io)?;
         self.bm25.update(&old, std::iter::empty()).map_err(io)?;
-        let old: std::collections::HashSet<i64> = old.into_iter().collect();
-        self.vectors.retain(|(cid, _)| !old.contains(cid));
+        if let Some(vectors) = &self.vectors {
+            vectors.remove(&old).map_err(io)?;
+        }
+        for id in old {
+            self.docs_of.remove(&id);
+        }
         Ok(())
     }
 
-    /// The `k` nearest chunks to a unit vector, best first (exact cosine).
+    /// The `k` nearest chunks to a unit vector, best first (cosine, through the HNSW index).
     pub fn vector_search(&self, query: &[f32], k: usize) -> Vec<(i64, f64)> {
-        let mut scored: Vec<(i64, f32)> =
-            self.vectors.iter().map(|(id, v)| (*id, v.iter().zip(query).map(|(a, b)| a * b).sum::<f32>())).collect();
-        let k = k.min(scored.len());
-        if k == 0 {
-            return Vec::new();
+        match &self.vectors {
+            Some(vectors) => vectors.search(query, k, None).unwrap_or_else(|e| {
+                tracing::warn!(collection = %self.name, "vector search failed: {e}");
+                Vec::new()
+            }),
+            None => Vec::new(),
         }
-        scored.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
-        scored.truncate(k);
-        scored.sort_by(|a, b| b.1.total_cmp(&a.1));
-        scored.into_iter().map(|(id, s)| (id, f64::from(s))).collect()
     }
 
     pub fn bm25_search(&self, query: &str, k: usize) -> Vec<(i64, f64)> {
         self.bm25.search(query, k).unwrap_or_default()
+    }
+
+    /// The collection's trust label: `untrusted` (anyone may have written its documents; the
+    /// default) or `trusted`. Search results carry it, for the guard.
+    pub fn trust(&self) -> String {
+        self.db.query_row("SELECT value FROM meta WHERE key = 'trust'", [], |r| r.get(0)).unwrap_or_else(|_| "untrusted".into())
+    }
+
+    pub fn set_trust(&self, trust: &str) -> Result<()> {
+        if !matches!(trust, "trusted" | "untrusted") {
+            return Err(Error::Io(format!("trust is `trusted` or `untrusted`, not `{trust}`")));
+        }
+        self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('trust', ?1)", [trust]).map_err(io)?;
+        Ok(())
+    }
+
+    /// The cosine similarity of a chunk to a unit query vector (0 for an unknown chunk).
+    pub fn similarity(&self, chunk: i64, query: &[f32]) -> f64 {
+        let blob: Option<Vec<u8>> = self.db.query_row("SELECT vector FROM chunks WHERE id = ?1", [chunk], |r| r.get(0)).optional().ok().flatten();
+        blob.map_or(0.0, |blob| f64::from(from_blob(&blob).iter().zip(query).map(|(a, b)| a * b).sum::<f32>()))
     }
 
     pub fn doc_of(&self, chunk: i64) -> Option<&str> {

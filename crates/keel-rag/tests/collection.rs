@@ -27,6 +27,21 @@ impl Embedder for Words {
     }
 }
 
+/// [`Words`] until it has embedded `budget` batches; then it fails, as a killed process or a
+/// broken upstream would.
+struct Failing {
+    budget: std::sync::atomic::AtomicUsize,
+}
+
+impl Embedder for Failing {
+    fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, String>> {
+        if self.budget.fetch_sub(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+            return Box::pin(async { Err("the embedding upstream went away".to_string()) });
+        }
+        Words.embed(texts)
+    }
+}
+
 fn words(text: &str) -> usize {
     text.split_whitespace().count() + 2
 }
@@ -97,6 +112,16 @@ async fn ingest_search_update_and_delete_keep_both_indexes_in_step() {
     assert!(matches!(c.search("  ", 1, Mode::Hybrid, &Words, 60.0).await, Err(keel_rag::Error::EmptyQuery)));
     drop(c);
 
+    // A damaged vector index is named at open, and `rebuild` makes it again from the chunks.
+    std::fs::write(root.join("notes/vectors.usearch"), b"garbage where the HNSW graph was").unwrap();
+    let err = Collection::open(&root, "notes", "words", false).unwrap_err().to_string();
+    assert!(err.contains("collection `notes` is damaged") && err.contains("vector index") && err.contains("keel rag rebuild"), "{err}");
+    let c = Collection::rebuild(&root, "notes", "words").unwrap();
+    assert_eq!(c.chunk_count(), count);
+    let hits = c.hits(&c.search("duty manager escalation", 1, Mode::Vector, &Words, 60.0).await.unwrap()).unwrap();
+    assert!(hits[0].text.contains("duty manager"), "{hits:#?}");
+    drop(c);
+
     // Another embedding model, an unknown collection, a damaged file: clear errors.
     let err = Collection::open(&root, "notes", "other-model", false).unwrap_err().to_string();
     assert!(err.contains("was embedded with `words` (64 dimensions)"), "{err}");
@@ -105,4 +130,38 @@ async fn ingest_search_update_and_delete_keep_both_indexes_in_step() {
     std::fs::write(root.join("notes/meta.db"), b"this is not a database, it was overwritten").unwrap();
     let err = Collection::open(&root, "notes", "words", false).unwrap_err().to_string();
     assert!(err.contains("collection `notes` is damaged") && err.contains("new collection"), "{err}");
+}
+
+#[tokio::test]
+async fn an_interrupted_ingest_leaves_a_consistent_collection_that_the_next_ingest_completes() {
+    let root = dir("interrupted");
+    let docs: Vec<Document> = (0..600)
+        .map(|i| doc(&format!("note-{i:03}.md"), &format!("# Note {i}\n\nThe parcel number {i} travels through depot{} with courier{}.", i % 7, i % 11)))
+        .collect();
+    let limits = Limits { max_tokens: 40, overlap_tokens: 8 };
+    let mut c = Collection::open(&root, "parcels", "words", true).unwrap();
+    let failing = Failing { budget: 5.into() };
+    let err = c.ingest(docs.clone(), Some("docs/"), &failing, limits, &words, &|_, _| {}).await.unwrap_err();
+    assert!(err.to_string().contains("went away"), "{err}");
+    let committed = c.doc_count();
+    assert!(committed > 0 && committed < docs.len(), "some batches were committed before the failure: {committed}");
+    drop(c);
+
+    // Reopened: what was committed is whole and searchable in both indexes.
+    let c = Collection::open(&root, "parcels", "words", false).unwrap();
+    assert_eq!(c.doc_count(), committed);
+    assert_eq!(c.chunk_count(), committed, "one chunk per note");
+    let first = c.hits(&c.search("parcel number 3 depot3", 1, Mode::Bm25, &Words, 60.0).await.unwrap()).unwrap();
+    assert_eq!(first[0].source, "docs/note-003.md");
+    assert_eq!(c.search("parcel travels", 1000, Mode::Vector, &Words, 60.0).await.unwrap().len(), committed);
+    drop(c);
+
+    // The next ingest embeds only what is missing.
+    let mut c = Collection::open(&root, "parcels", "words", false).unwrap();
+    let report = c.ingest(docs.clone(), Some("docs/"), &Words, limits, &words, &|_, _| {}).await.unwrap();
+    assert_eq!(report.unchanged, committed);
+    assert_eq!(report.added, docs.len() - committed);
+    assert_eq!(c.doc_count(), docs.len());
+    assert_eq!(c.search("parcel travels", 1000, Mode::Vector, &Words, 60.0).await.unwrap().len(), docs.len());
+    assert_eq!(c.search("parcel travels", 1000, Mode::Bm25, &Words, 60.0).await.unwrap().len(), docs.len());
 }

@@ -23,6 +23,8 @@ pub struct Agents {
     pub agents: BTreeMap<String, Arc<Agent>>,
     pub store: Arc<Store>,
     pub model: Arc<dyn ChatModel>,
+    /// Where RAG collections live, for agents' search tools.
+    pub rag_root: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Agents {
@@ -44,7 +46,16 @@ impl Agents {
                 return Err(format!("two agent files in {} are named `{}`", dir.display(), previous.def.name));
             }
         }
-        Ok(Agents { agents, store, model })
+        Ok(Agents { agents, store, model, rag_root: None })
+    }
+
+    /// A runner for these agents.
+    pub fn runner(&self) -> Runner {
+        let runner = Runner::new(self.store.clone(), self.model.clone());
+        match &self.rag_root {
+            Some(root) => runner.with_rag_root(root.clone()),
+            None => runner,
+        }
     }
 }
 
@@ -89,7 +100,7 @@ where
     F: for<'r> FnOnce(&'r Runner) -> futures_util::future::BoxFuture<'r, Result<keel_agent::Outcome, keel_agent::Error>> + Send + 'static,
 {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let runner = Runner::new(agents.store.clone(), agents.model.clone()).with_events(tx);
+    let runner = agents.runner().with_events(tx);
     let task = tokio::spawn(async move { work(&runner).await });
     if !stream {
         return match task.await {
@@ -193,7 +204,7 @@ pub async fn decide(State(app): State<App>, Path(id): Path<String>, body: axum::
         Err(err) => return error_response(&keel_agent::Error::Checkpoint(err)),
     };
     // The agent as the server knows it (Rust tools included), else as the run stored it.
-    let runner = Runner::new(agents.store.clone(), agents.model.clone());
+    let runner = agents.runner();
     let agent = match agents.agents.get(&record.agent) {
         Some(agent) => agent.clone(),
         None => match runner.stored_agent(&id) {

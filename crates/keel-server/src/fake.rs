@@ -212,6 +212,12 @@ fn answer(ask: &Ask) -> Answer {
         (Reply::Calls(calls), "tool_calls")
     } else if !ask.tool_results.is_empty() {
         (Reply::Text(format!("tool results: {}", ask.tool_results.join(" | "))), "stop")
+    } else if ask.model.contains("cite") {
+        // A grounded answer: the last line of source [1], cited, and a number no source has.
+        let source = ask.last_user.split("\n[1] ").nth(1).unwrap_or_default();
+        let source = source.split("\n[2] ").next().unwrap_or_default().split("\nQuestion:").next().unwrap_or_default();
+        let first = source.lines().skip(1).filter(|l| !l.trim().is_empty()).last().unwrap_or("nothing");
+        (Reply::Text(format!("{} [1]. Nothing else is known [9].", first.trim_end_matches('.'))), "stop")
     } else if ask.n_images > 0 {
         (Reply::Text(format!("echo: {} (+{} images)", ask.last_user, ask.n_images)), "stop")
     } else {

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use keel_agent::{RunStatus, Runner};
+use keel_agent::RunStatus;
 use rmcp::ErrorData as McpError;
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation, ListToolsResult, PaginatedRequestParams,
@@ -93,7 +93,7 @@ impl rmcp::ServerHandler for AgentTools {
                 vars.insert(key.clone(), value);
             }
         }
-        let runner = Runner::new(self.agents.store.clone(), self.agents.model.clone());
+        let runner = self.agents.runner();
         // The run goes on in its own task: a client that disconnects does not cut it mid-step.
         let agent = agent.clone();
         let input = input.to_string();

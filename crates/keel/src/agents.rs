@@ -60,7 +60,7 @@ async fn context(config: Option<&Path>, json: bool, pull: bool) -> anyhow::Resul
             }
         }
     });
-    Ok(RunContext { runner: Runner::new(store, router).with_events(tx), printer })
+    Ok(RunContext { runner: Runner::new(store, router).with_rag_root(crate::rag::root()).with_events(tx), printer })
 }
 
 fn short(text: &str, max: usize) -> String {

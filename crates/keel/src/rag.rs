@@ -137,6 +137,7 @@ pub struct IngestArgs<'a> {
     pub overlap: usize,
     pub json: bool,
     pub pull: bool,
+    pub trust: Option<&'a str>,
 }
 
 /// `keel rag ingest PATH… -c NAME`.
@@ -144,6 +145,9 @@ pub async fn ingest(config: Option<&Path>, args: IngestArgs<'_>) -> anyhow::Resu
     let setup = setup(config, args.model, args.pull).await?;
     let (docs, skipped, scopes) = documents(args.paths)?;
     let mut collection = Collection::open(&root(), args.collection, args.model, true)?;
+    if let Some(trust) = args.trust {
+        collection.set_trust(trust)?;
+    }
     let embedder = GatewayEmbedder { router: &setup.router, model: setup.model.clone() };
     let limits = Limits { max_tokens: args.max_tokens, overlap_tokens: args.overlap };
     let mut report = keel_rag::IngestReport::default();
@@ -207,6 +211,70 @@ pub async fn query(config: Option<&Path>, collection: &str, text: &str, k: usize
     Ok(())
 }
 
+pub struct AskArgs<'a> {
+    pub question: &'a str,
+    pub collection: &'a str,
+    pub k: usize,
+    pub model: &'a str,
+    pub embedding_model: Option<&'a str>,
+    pub min_similarity: f64,
+    pub json: bool,
+    pub pull: bool,
+}
+
+/// `keel rag ask "…" -c NAME`: retrieves (hybrid), keeps the chunks close enough to the
+/// question, and has a model behind the gateway answer from them with numbered citations;
+/// with nothing relevant, it says it does not know without asking a model.
+pub async fn ask(config: Option<&Path>, args: AskArgs<'_>) -> anyhow::Result<()> {
+    let stored = keel_rag::stored_model(&root(), args.collection).ok_or_else(|| keel_rag::Error::NoCollection(args.collection.into()))?;
+    let embedding_model = args.embedding_model.unwrap_or(&stored);
+    let collection = Collection::open(&root(), args.collection, embedding_model, false)?;
+    let setup = setup(config, embedding_model, args.pull).await?;
+    setup.router.alias(args.model).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let embedder = GatewayEmbedder { router: &setup.router, model: setup.model.clone() };
+    let vector = keel_rag::embed_query(&embedder, args.question).await?;
+    let ranked = collection.search_with(args.question, Some(&vector), args.k, Mode::Hybrid, 60.0)?;
+    let hits: Vec<keel_rag::Hit> =
+        collection.hits(&ranked)?.into_iter().filter(|hit| collection.similarity(hit.chunk_id, &vector) >= args.min_similarity).collect();
+    let (answer, model) = if hits.is_empty() {
+        (keel_rag::answer::DONT_KNOW.to_string(), None)
+    } else {
+        let (system, user) = keel_rag::answer::prompt(args.question, &hits);
+        let request = keel_core::ChatRequest {
+            model: args.model.to_string(),
+            messages: vec![keel_core::Message::text(keel_core::Role::System, system), keel_core::Message::text(keel_core::Role::User, user)],
+            temperature: Some(0.0),
+            ..keel_core::ChatRequest::default()
+        };
+        let (response, info) = setup.router.chat(&request).await;
+        let response = response.map_err(|e| anyhow::anyhow!("the answer failed ({}): {e}", args.model))?;
+        (response.message.text_content().trim().to_string(), Some(format!("{}/{}", info.provider, info.model)))
+    };
+    let known = !hits.is_empty() && !keel_rag::answer::is_dont_know(&answer);
+    let (citations, unknown) = keel_rag::answer::citations(&answer, &hits);
+    if args.json {
+        let report = serde_json::json!({
+            "answer": answer, "known": known, "citations": citations, "unknown_citations": unknown,
+            "sources": hits, "model": model,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    println!("{answer}");
+    if !citations.is_empty() {
+        println!();
+        for c in &citations {
+            let place = if c.headings.is_empty() { String::new() } else { format!(" › {}", c.headings.join(" › ")) };
+            println!("{} {}{place} {}", table::paint(&format!("[{}]", c.n), table::BOLD), c.source, table::paint(&format!("bytes {}-{}", c.start, c.end), table::DIM));
+        }
+    }
+    if !unknown.is_empty() {
+        let list = unknown.iter().map(|n| format!("[{n}]")).collect::<Vec<_>>().join(" ");
+        println!("{}", table::paint(&format!("the answer cites {list}, which is not one of the {} sources it was given", hits.len()), table::YELLOW));
+    }
+    Ok(())
+}
+
 /// `keel rag collections`.
 pub fn collections(json: bool) -> anyhow::Result<()> {
     let mut rows = Vec::new();
@@ -215,10 +283,12 @@ pub fn collections(json: bool) -> anyhow::Result<()> {
         let model = keel_rag::stored_model(&root(), &name).unwrap_or_default();
         match Collection::open(&root(), &name, &model, false) {
             Ok(c) => {
-                out.push(serde_json::json!({"name": name, "model": c.model, "dim": c.dim, "documents": c.doc_count(), "chunks": c.chunk_count()}));
-                rows.push(vec![Cell::new(&name), Cell::new(&c.model), Cell::num(c.dim.to_string()), Cell::num(c.doc_count().to_string()), Cell::num(c.chunk_count().to_string())]);
+                out.push(serde_json::json!({"name": name, "model": c.model, "dim": c.dim, "documents": c.doc_count(), "chunks": c.chunk_count(), "trust": c.trust()}));
+                let trust = Cell::new(c.trust());
+                let trust = if trust.text == "trusted" { trust.color(table::GREEN) } else { trust.color(table::YELLOW) };
+                rows.push(vec![Cell::new(&name), Cell::new(&c.model), Cell::num(c.dim.to_string()), Cell::num(c.doc_count().to_string()), Cell::num(c.chunk_count().to_string()), trust]);
             }
-            Err(err) => rows.push(vec![Cell::new(&name), Cell::new(err.to_string()).color(table::RED), Cell::new(""), Cell::new(""), Cell::new("")]),
+            Err(err) => rows.push(vec![Cell::new(&name), Cell::new(err.to_string()).color(table::RED), Cell::new(""), Cell::new(""), Cell::new(""), Cell::new("")]),
         }
     }
     if json {
@@ -226,17 +296,16 @@ pub fn collections(json: bool) -> anyhow::Result<()> {
     } else if rows.is_empty() {
         println!("no collections yet; make one with: keel rag ingest PATH --collection NAME");
     } else {
-        print!("{}", table::render(&["COLLECTION", "MODEL", "DIM", "DOCS", "CHUNKS"], &rows));
+        print!("{}", table::render(&["COLLECTION", "MODEL", "DIM", "DOCS", "CHUNKS", "TRUST"], &rows));
     }
     Ok(())
 }
 
-/// `keel rag rebuild NAME`: the BM25 index again from the collection's chunks.
+/// `keel rag rebuild NAME`: the BM25 and vector indexes again from the collection's chunks.
 pub fn rebuild(name: &str) -> anyhow::Result<()> {
     let model = keel_rag::stored_model(&root(), name).ok_or_else(|| keel_rag::Error::NoCollection(name.into()))?;
-    let mut collection = Collection::open(&root(), name, &model, false)?;
-    collection.rebuild_bm25()?;
-    println!("rebuilt the BM25 index of {name} ({} chunks)", collection.chunk_count());
+    let collection = Collection::rebuild(&root(), name, &model)?;
+    println!("rebuilt the BM25 and vector indexes of {name} ({} chunks)", collection.chunk_count());
     Ok(())
 }
 

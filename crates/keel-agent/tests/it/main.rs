@@ -671,3 +671,73 @@ async fn agents_built_in_rust_run_like_agent_files() {
     let err = Agent::builder("x", "m").builtin("http_get").build().unwrap_err().to_string();
     assert!(err.contains("allow_hosts"), "{err}");
 }
+
+/// The scripted model's embeddings as a collection's embedder, so the collection and the
+/// search tool agree.
+struct ScriptedEmbed(Arc<Scripted>);
+
+impl keel_rag::Embedder for ScriptedEmbed {
+    fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, String>> {
+        self.0.embed("scripted-embed", texts)
+    }
+}
+
+#[tokio::test]
+async fn a_collection_tool_searches_rag_and_labels_results_with_the_collections_trust() {
+    let fx = Fixture::new("ragtool");
+    let root = fx.dir.join("rag");
+    let model = Arc::new(Scripted::new([
+        Scripted::calls(&[("r1", "handbook", json!({"query": "how long are nightly backups kept", "k": 2})), ("r2", "wiki", json!({"query": "anything"}))]),
+        Scripted::text("35 days"),
+    ]));
+    let mut handbook = keel_rag::Collection::open(&root, "handbook", "scripted-embed", true).unwrap();
+    let docs = [("backups.md", "# Backups\n\nNightly backups are kept for 35 days."), ("oncall.md", "# Oncall\n\nPages escalate after fifteen minutes.")]
+        .map(|(id, text)| keel_rag::Document { id: id.into(), source: id.into(), title: None, text: text.into(), kind: keel_rag::Kind::Markdown });
+    let limits = keel_rag::Limits { max_tokens: 64, overlap_tokens: 0 };
+    let count = |t: &str| t.split_whitespace().count() + 2;
+    handbook.ingest(docs.to_vec(), None, &ScriptedEmbed(model.clone()), limits, &count, &|_, _| {}).await.unwrap();
+    assert_eq!(handbook.trust(), "untrusted", "untrusted unless said otherwise");
+    drop(handbook);
+
+    let agent = fx.agent("[tools.handbook]\ncollection = \"handbook\"\n[tools.wiki]\ncollection = \"wiki\"\n");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let outcome = fx.runner(model.clone()).with_rag_root(root.clone()).with_events(tx).start(&agent, "backups?", &vars()).await.unwrap();
+    assert_eq!(outcome.status, RunStatus::Completed);
+    let mut results = Vec::new();
+    while let Ok(event) = rx.try_recv() {
+        if let RunEvent::ToolResult { output, is_error, .. } = event {
+            results.push((output, is_error));
+        }
+    }
+    let (found, is_error) = &results[0];
+    assert!(!is_error, "{found}");
+    let found: serde_json::Value = serde_json::from_str(found).unwrap();
+    assert_eq!(found["trust"], "untrusted");
+    assert_eq!(found["results"][0]["source"], "backups.md", "{found}");
+    assert_eq!(found["results"][0]["trust"], "untrusted");
+    assert_eq!(found["results"][0]["headings"], json!(["Backups"]));
+    // A collection that does not exist is an error the model sees, naming it.
+    assert!(results[1].1 && results[1].0.contains("collection `wiki` does not exist"), "{:?}", results[1]);
+    let tools = &model.requests.lock().unwrap()[0].tools;
+    let def = tools.iter().find(|t| t.name == "handbook").unwrap();
+    assert!(def.description.as_deref().unwrap().contains("`handbook` documents"));
+
+    // A trusted collection says so.
+    keel_rag::Collection::open(&root, "handbook", "scripted-embed", false).unwrap().set_trust("trusted").unwrap();
+    let model = Arc::new(Scripted::new([Scripted::calls(&[("r3", "handbook", json!({"query": "escalate pages"}))]), Scripted::text("ok")]));
+    let (outcome, ran) = {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let outcome = fx.runner(model).with_rag_root(root).with_events(tx).start(&agent, "pages?", &vars()).await.unwrap();
+        let mut ran = Vec::new();
+        while let Ok(event) = rx.try_recv() {
+            if let RunEvent::ToolResult { output, .. } = event {
+                ran.push(output);
+            }
+        }
+        (outcome, ran)
+    };
+    assert_eq!(outcome.status, RunStatus::Completed);
+    let found: serde_json::Value = serde_json::from_str(&ran[0]).unwrap();
+    assert_eq!(found["trust"], "trusted");
+    assert_eq!(found["results"][0]["source"], "oncall.md");
+}

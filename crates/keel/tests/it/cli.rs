@@ -198,7 +198,7 @@ fn rag_ingests_searches_and_evaluates_with_real_embeddings() {
     let keel = |args: &[&str]| {
         crate::keel().args(args).current_dir(&dir).env("KEEL_HOME", dir.join("home")).env("KEEL_MODELS_DIR", real_models_dir()).output().unwrap()
     };
-    let out = keel(&["rag", "ingest", "docs", "-c", "team", "--json"]);
+    let out = keel(&["rag", "ingest", "docs", "-c", "team", "--trust", "trusted", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["added"], 3);
@@ -221,8 +221,40 @@ fn rag_ingests_searches_and_evaluates_with_real_embeddings() {
     let listed: serde_json::Value = serde_json::from_slice(&keel(&["rag", "collections", "--json"]).stdout).unwrap();
     assert_eq!(listed[0]["documents"], 2);
     assert_eq!(listed[0]["dim"], 384);
+    assert_eq!(listed[0]["trust"], "trusted");
     let missing = keel(&["rag", "query", "x", "-c", "nope"]);
     assert!(stderr(&missing).contains("collection `nope` does not exist"), "{}", stderr(&missing));
+
+    // Answers with citations through a model behind the gateway (a fake upstream that cites
+    // source [1] and a source that does not exist), and "I don't know" when nothing fits.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let (upstream, _fake) = runtime.block_on(keel_server::fake::spawn(None)).unwrap();
+    std::fs::write(
+        dir.join("ask.toml"),
+        format!("[providers.local]\nkind = \"local\"\n\n[providers.fake]\nkind = \"openai\"\nbase_url = \"http://{upstream}/v1\"\n\n[[models]]\nname = \"local-embed\"\nroutes = [{{ provider = \"local\", model = \"all-minilm-l6-v2\" }}]\n\n[[models]]\nname = \"answer\"\nroutes = [{{ provider = \"fake\", model = \"cite\" }}]\n"),
+    )
+    .unwrap();
+    let out = keel(&["--config", "ask.toml", "rag", "ask", "How long are nightly backups kept?", "-c", "team", "-m", "answer", "--json"]);
+    let asked: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", stderr(&out)));
+    assert_eq!(asked["known"], true, "{asked}");
+    assert!(asked["answer"].as_str().unwrap().contains("Nightly backups are kept for 35 days [1]"), "{asked}");
+    assert_eq!(asked["citations"][0]["n"], 1);
+    assert!(asked["citations"][0]["source"].as_str().unwrap().ends_with("backups.md"), "{asked}");
+    assert_eq!(asked["citations"][0]["headings"], serde_json::json!(["Backups"]));
+    assert!(asked["citations"][0]["end"].as_u64().unwrap() > asked["citations"][0]["start"].as_u64().unwrap());
+    assert_eq!(asked["unknown_citations"], serde_json::json!([9]), "a citation of no source is reported");
+    let shown = keel(&["--config", "ask.toml", "rag", "ask", "How long are nightly backups kept?", "-c", "team", "-m", "answer"]);
+    let shown = stdout(&shown);
+    assert!(shown.contains("[1] ") && shown.contains("backups.md › Backups") && shown.contains("[9]"), "{shown}");
+    let out = keel(&["--config", "ask.toml", "rag", "ask", "What is the airspeed of an unladen swallow?", "-c", "team", "-m", "answer", "--json"]);
+    let unknown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", stderr(&out)));
+    assert_eq!(unknown["known"], false, "{unknown}");
+    assert!(unknown["answer"].as_str().unwrap().starts_with("I don't know"), "{unknown}");
+    assert_eq!(unknown["model"], serde_json::Value::Null, "no model was asked");
+    let out = keel(&["--config", "ask.toml", "rag", "ask", "anything", "-c", "team", "-m", "no-such-model"]);
+    assert!(!out.status.success() && stderr(&out).contains("no-such-model"), "{}", stderr(&out));
+    drop(_fake);
+    drop(runtime);
 
     // Over HTTP, from `keel serve`.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
