@@ -52,7 +52,7 @@ pub async fn search(root: &Path, collection: &str, arguments: &Value, model: &dy
     let embedder = Embed { model, alias: alias.clone() };
     let vector = keel_rag::embed_query(&embedder, query).await.map_err(|e| e.to_string())?;
     let opened = keel_rag::Collection::open(root, collection, &alias, false).map_err(|e| e.to_string())?;
-    let ranked = opened.search_with(query, Some(&vector), k, keel_rag::Mode::Hybrid, 60.0).map_err(|e| e.to_string())?;
+    let ranked = opened.search_with(query, Some(&vector), &keel_rag::Search::new(k, keel_rag::Mode::Hybrid)).map_err(|e| e.to_string())?;
     let hits = opened.hits(&ranked).map_err(|e| e.to_string())?;
     let trust = opened.trust();
     let results: Vec<Value> = hits

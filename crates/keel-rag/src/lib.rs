@@ -95,6 +95,59 @@ impl std::str::FromStr for Mode {
     }
 }
 
+/// How to search: how many, which lists, their fusion, and which documents.
+#[derive(Debug, Clone)]
+pub struct Search {
+    pub k: usize,
+    pub mode: Mode,
+    /// Reciprocal rank fusion's k: larger flattens the difference between ranks.
+    pub rrf_k: f64,
+    /// Each list's weight in hybrid fusion (0 leaves a list out).
+    pub bm25_weight: f64,
+    pub vector_weight: f64,
+    /// Every condition must hold for a document to be searched.
+    pub filter: Vec<Filter>,
+}
+
+impl Default for Search {
+    fn default() -> Search {
+        Search { k: 10, mode: Mode::Hybrid, rrf_k: 60.0, bm25_weight: 1.0, vector_weight: 1.0, filter: Vec::new() }
+    }
+}
+
+impl Search {
+    pub fn new(k: usize, mode: Mode) -> Search {
+        Search { k, mode, ..Search::default() }
+    }
+}
+
+/// A condition on a document: `key=value`, or `key=prefix*`. Keys are `source`, `doc`,
+/// `title`, or metadata given at ingest (`--meta team=infra`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filter {
+    pub key: String,
+    pub value: String,
+}
+
+impl Filter {
+    fn matches(&self, value: &str) -> bool {
+        match self.value.strip_suffix('*') {
+            Some(prefix) => value.starts_with(prefix),
+            None => value == self.value,
+        }
+    }
+}
+
+impl std::str::FromStr for Filter {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Filter, String> {
+        match s.split_once('=') {
+            Some((key, value)) if !key.trim().is_empty() => Ok(Filter { key: key.trim().into(), value: value.trim().into() }),
+            _ => Err(format!("a filter is KEY=VALUE or KEY=PREFIX*, not `{s}`")),
+        }
+    }
+}
+
 /// A chunk found by a search, with where it came from.
 #[derive(Debug, Clone, Serialize)]
 pub struct Hit {
@@ -131,6 +184,8 @@ pub struct Document {
     pub title: Option<String>,
     pub text: String,
     pub kind: Kind,
+    /// Metadata to filter on (`key=value`).
+    pub meta: BTreeMap<String, String>,
 }
 
 pub struct Collection {
@@ -159,7 +214,7 @@ const VECTORS_FILE: &str = "vectors.usearch";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS docs (id TEXT PRIMARY KEY, source TEXT NOT NULL, title TEXT, hash TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS docs (id TEXT PRIMARY KEY, source TEXT NOT NULL, title TEXT, hash TEXT NOT NULL, meta TEXT);
 CREATE TABLE IF NOT EXISTS chunks (
     id INTEGER PRIMARY KEY,
     doc TEXT NOT NULL REFERENCES docs (id),
@@ -241,6 +296,11 @@ impl Collection {
         let db = rusqlite::Connection::open(dir.join("meta.db")).map_err(corrupt)?;
         db.pragma_update(None, "journal_mode", "WAL").map_err(corrupt)?;
         db.execute_batch(SCHEMA).map_err(corrupt)?;
+        // Collections made before documents had metadata.
+        let has_meta = db.prepare("SELECT meta FROM docs LIMIT 0").is_ok();
+        if !has_meta {
+            db.execute_batch("ALTER TABLE docs ADD COLUMN meta TEXT").map_err(corrupt)?;
+        }
         let stored_model: Option<String> = db.query_row("SELECT value FROM meta WHERE key = 'model'", [], |r| r.get(0)).optional().map_err(corrupt)?;
         let stored_dim: Option<String> = db.query_row("SELECT value FROM meta WHERE key = 'dim'", [], |r| r.get(0)).optional().map_err(corrupt)?;
         let dim = stored_dim.and_then(|d| d.parse().ok()).unwrap_or(0);
@@ -372,7 +432,8 @@ impl Collection {
         let mut batch: Vec<(Document, String, Vec<Chunk>)> = Vec::new();
         let mut done = 0;
         for doc in docs {
-            let hash = sha(&format!("{}\u{0}{}", doc.title.as_deref().unwrap_or(""), doc.text));
+            let meta = if doc.meta.is_empty() { String::new() } else { format!("\u{0}{:?}", doc.meta) };
+            let hash = sha(&format!("{}\u{0}{}{meta}", doc.title.as_deref().unwrap_or(""), doc.text));
             match known.get(&doc.id) {
                 Some(old) if *old == hash => {
                     report.unchanged += 1;
@@ -459,7 +520,8 @@ impl Collection {
             let old: Vec<i64> = stmt.query_map([&doc.id], |r| r.get(0)).and_then(|rows| rows.collect()).map_err(io)?;
             removed.extend(old);
             tx.execute("DELETE FROM chunks WHERE doc = ?1", [&doc.id]).map_err(io)?;
-            tx.execute("INSERT OR REPLACE INTO docs (id, source, title, hash) VALUES (?1, ?2, ?3, ?4)", params![doc.id, doc.source, doc.title, hash])
+            let meta = (!doc.meta.is_empty()).then(|| serde_json::to_string(&doc.meta).unwrap_or_default());
+            tx.execute("INSERT OR REPLACE INTO docs (id, source, title, hash, meta) VALUES (?1, ?2, ?3, ?4, ?5)", params![doc.id, doc.source, doc.title, hash, meta])
                 .map_err(io)?;
             for (seq, c) in chunks.iter().enumerate() {
                 let text = embed_text(doc.title.as_deref(), c);
@@ -554,53 +616,90 @@ impl Collection {
     /// Ranked chunks for a query; with several chunks of one document, only its best counts
     /// (fusion gives each document one vote per list), so a long document cannot crowd out
     /// the others.
-    pub async fn search(&self, query: &str, k: usize, mode: Mode, embedder: &dyn Embedder, rrf_k: f64) -> Result<Vec<(i64, f64)>> {
-        let vector = match mode {
+    pub async fn search(&self, query: &str, search: &Search, embedder: &dyn Embedder) -> Result<Vec<(i64, f64)>> {
+        let vector = match search.mode {
             Mode::Bm25 => None,
             _ => Some(embed_query(embedder, query).await?),
         };
-        self.search_with(query, vector.as_deref(), k, mode, rrf_k)
+        self.search_with(query, vector.as_deref(), search)
+    }
+
+    /// The ids of the documents a filter keeps (`None`: every document).
+    fn allowed_docs(&self, filter: &[Filter]) -> Result<Option<std::collections::HashSet<String>>> {
+        if filter.is_empty() {
+            return Ok(None);
+        }
+        let mut stmt = self.db.prepare("SELECT id, source, title, meta FROM docs").map_err(io)?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?, r.get::<_, Option<String>>(3)?)))
+            .map_err(io)?;
+        let mut allowed = std::collections::HashSet::new();
+        for row in rows {
+            let (id, source, title, meta) = row.map_err(io)?;
+            let meta: BTreeMap<String, String> = meta.and_then(|m| serde_json::from_str(&m).ok()).unwrap_or_default();
+            let value_of = |key: &str| match key {
+                "source" => Some(source.as_str()),
+                "doc" => Some(id.as_str()),
+                "title" => title.as_deref(),
+                other => meta.get(other).map(String::as_str),
+            };
+            if filter.iter().all(|f| value_of(&f.key).is_some_and(|v| f.matches(v))) {
+                allowed.insert(id);
+            }
+        }
+        Ok(Some(allowed))
     }
 
     /// [`Collection::search`] with the query's vector already made (by [`embed_query`]), so
     /// a caller can embed without holding the collection.
-    pub fn search_with(&self, query: &str, vector: Option<&[f32]>, k: usize, mode: Mode, rrf_k: f64) -> Result<Vec<(i64, f64)>> {
+    pub fn search_with(&self, query: &str, vector: Option<&[f32]>, search: &Search) -> Result<Vec<(i64, f64)>> {
         if query.trim().is_empty() {
             return Err(Error::EmptyQuery);
         }
-        let depth = (k * 4).max(100);
+        let allowed = self.allowed_docs(&search.filter)?;
+        let docs_of = &self.docs_of;
+        let keep = |id: i64| allowed.as_ref().is_none_or(|docs| docs_of.get(&id).is_some_and(|d| docs.contains(d)));
+        let depth = (search.k * 4).max(100);
         let vector = || {
             let v = vector.ok_or_else(|| Error::Embed("the query has no vector".into()))?;
             if self.dim != 0 && v.len() != self.dim {
                 return Err(Error::ModelMismatch { name: self.name.clone(), have: self.model.clone(), dim: self.dim, want: format!("a model giving {} dimensions", v.len()) });
             }
-            Ok(self.vector_search(v, depth))
+            Ok(match (&self.vectors, &allowed) {
+                (Some(vectors), Some(_)) => vectors.search(v, depth, Some(&keep)).map_err(io)?,
+                _ => self.vector_search(v, depth),
+            })
         };
-        let ranked = match mode {
-            Mode::Bm25 => self.best_per_doc(self.bm25_search(query, depth)),
+        // BM25 with a filter looks at every match, so a filter never starves the list.
+        let bm25 = || match &allowed {
+            None => self.bm25_search(query, depth),
+            Some(_) => self.bm25_search(query, self.docs_of.len().max(1)).into_iter().filter(|(id, _)| keep(*id)).take(depth).collect(),
+        };
+        let ranked = match search.mode {
+            Mode::Bm25 => self.best_per_doc(bm25()),
             Mode::Vector => self.best_per_doc(vector()?),
             Mode::Hybrid => {
-                // Reciprocal rank fusion over documents: each list gives a document one vote
-                // (its best chunk's rank), and the document is shown by the chunk that ranked
-                // best in either list.
-                let lists = [self.best_per_doc(self.bm25_search(query, depth)), self.best_per_doc(vector()?)];
+                // Weighted reciprocal rank fusion over documents: each list gives a document
+                // one vote (its best chunk's rank), times the list's weight, and the document
+                // is shown by the chunk that ranked best in either list.
+                let lists = [(search.bm25_weight, self.best_per_doc(bm25())), (search.vector_weight, self.best_per_doc(vector()?))];
                 let mut fused: HashMap<&str, (f64, i64, usize)> = HashMap::new();
-                for list in &lists {
+                for (weight, list) in &lists {
                     for (rank, (id, _)) in list.iter().enumerate() {
                         let doc = self.doc_of(*id).unwrap_or_default();
                         let entry = fused.entry(doc).or_insert((0.0, *id, rank));
-                        entry.0 += 1.0 / (rrf_k + rank as f64 + 1.0);
+                        entry.0 += weight / (search.rrf_k + rank as f64 + 1.0);
                         if rank < entry.2 {
                             (entry.1, entry.2) = (*id, rank);
                         }
                     }
                 }
-                let mut out: Vec<(i64, f64)> = fused.into_values().map(|(score, id, _)| (id, score)).collect();
+                let mut out: Vec<(i64, f64)> = fused.into_values().filter(|(score, _, _)| *score > 0.0).map(|(score, id, _)| (id, score)).collect();
                 out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
                 out
             }
         };
-        Ok(ranked.into_iter().take(k).collect())
+        Ok(ranked.into_iter().take(search.k).collect())
     }
 
     /// Keeps the first (best) chunk of each document.

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 
 use futures_util::future::BoxFuture;
-use keel_rag::{Collection, Document, Embedder, Kind, Limits, Mode};
+use keel_rag::{Collection, Document, Embedder, Kind, Limits, Mode, Search};
 
 struct Words;
 
@@ -54,7 +54,7 @@ fn dir(name: &str) -> PathBuf {
 }
 
 fn doc(id: &str, text: &str) -> Document {
-    Document { id: format!("docs/{id}"), source: format!("docs/{id}"), title: None, text: text.into(), kind: Kind::Markdown }
+    Document { id: format!("docs/{id}"), source: format!("docs/{id}"), title: None, text: text.into(), kind: Kind::Markdown, meta: Default::default() }
 }
 
 fn corpus() -> Vec<Document> {
@@ -80,7 +80,7 @@ async fn ingest_search_update_and_delete_keep_both_indexes_in_step() {
     assert_eq!((again.added, again.unchanged, again.embedded), (0, 3, 0), "nothing changed, nothing embedded");
 
     for mode in [Mode::Bm25, Mode::Vector, Mode::Hybrid] {
-        let ranked = c.search("how long are nightly backups kept", 3, mode, &Words, 60.0).await.unwrap();
+        let ranked = c.search("how long are nightly backups kept", &Search::new(3, mode), &Words).await.unwrap();
         let hits = c.hits(&ranked).unwrap();
         assert_eq!(hits[0].source, "docs/backups.md", "{mode:?}: {hits:#?}");
         assert_eq!(hits[0].headings, ["Backups"]);
@@ -89,7 +89,7 @@ async fn ingest_search_update_and_delete_keep_both_indexes_in_step() {
         sources.dedup();
         assert_eq!(sources.len(), hits.len(), "{mode:?}: {sources:?}");
     }
-    let tomato = c.hits(&c.search("tomatoes sunshine watering", 5, Mode::Hybrid, &Words, 60.0).await.unwrap()).unwrap();
+    let tomato = c.hits(&c.search("tomatoes sunshine watering", &Search::new(5, Mode::Hybrid), &Words).await.unwrap()).unwrap();
     assert_eq!(tomato.iter().filter(|h| h.source == "docs/long.md").count(), 1, "a long document takes one slot: {tomato:#?}");
 
     // One document changed, one gone: only those are touched.
@@ -98,9 +98,9 @@ async fn ingest_search_update_and_delete_keep_both_indexes_in_step() {
     docs.remove(2);
     let changed = ingest(&mut c, docs).await;
     assert_eq!((changed.updated, changed.unchanged, changed.deleted), (1, 1, 1));
-    let hits = c.hits(&c.search("duty manager escalation", 2, Mode::Bm25, &Words, 60.0).await.unwrap()).unwrap();
+    let hits = c.hits(&c.search("duty manager escalation", &Search::new(2, Mode::Bm25), &Words).await.unwrap()).unwrap();
     assert!(hits[0].text.contains("duty manager"));
-    assert!(c.search("tomatoes", 5, Mode::Bm25, &Words, 60.0).await.unwrap().is_empty(), "deleted from BM25");
+    assert!(c.search("tomatoes", &Search::new(5, Mode::Bm25), &Words).await.unwrap().is_empty(), "deleted from BM25");
     let count = c.chunk_count();
     drop(c);
 
@@ -108,8 +108,8 @@ async fn ingest_search_update_and_delete_keep_both_indexes_in_step() {
     std::fs::remove_dir_all(root.join("notes/bm25")).unwrap();
     let c = Collection::open(&root, "notes", "words", false).unwrap();
     assert_eq!(c.chunk_count(), count);
-    assert!(!c.search("duty manager", 1, Mode::Bm25, &Words, 60.0).await.unwrap().is_empty());
-    assert!(matches!(c.search("  ", 1, Mode::Hybrid, &Words, 60.0).await, Err(keel_rag::Error::EmptyQuery)));
+    assert!(!c.search("duty manager", &Search::new(1, Mode::Bm25), &Words).await.unwrap().is_empty());
+    assert!(matches!(c.search("  ", &Search::new(1, Mode::Hybrid), &Words).await, Err(keel_rag::Error::EmptyQuery)));
     drop(c);
 
     // A damaged vector index is named at open, and `rebuild` makes it again from the chunks.
@@ -118,7 +118,7 @@ async fn ingest_search_update_and_delete_keep_both_indexes_in_step() {
     assert!(err.contains("collection `notes` is damaged") && err.contains("vector index") && err.contains("keel rag rebuild"), "{err}");
     let c = Collection::rebuild(&root, "notes", "words").unwrap();
     assert_eq!(c.chunk_count(), count);
-    let hits = c.hits(&c.search("duty manager escalation", 1, Mode::Vector, &Words, 60.0).await.unwrap()).unwrap();
+    let hits = c.hits(&c.search("duty manager escalation", &Search::new(1, Mode::Vector), &Words).await.unwrap()).unwrap();
     assert!(hits[0].text.contains("duty manager"), "{hits:#?}");
     drop(c);
 
@@ -151,9 +151,9 @@ async fn an_interrupted_ingest_leaves_a_consistent_collection_that_the_next_inge
     let c = Collection::open(&root, "parcels", "words", false).unwrap();
     assert_eq!(c.doc_count(), committed);
     assert_eq!(c.chunk_count(), committed, "one chunk per note");
-    let first = c.hits(&c.search("parcel number 3 depot3", 1, Mode::Bm25, &Words, 60.0).await.unwrap()).unwrap();
+    let first = c.hits(&c.search("parcel number 3 depot3", &Search::new(1, Mode::Bm25), &Words).await.unwrap()).unwrap();
     assert_eq!(first[0].source, "docs/note-003.md");
-    assert_eq!(c.search("parcel travels", 1000, Mode::Vector, &Words, 60.0).await.unwrap().len(), committed);
+    assert_eq!(c.search("parcel travels", &Search::new(1000, Mode::Vector), &Words).await.unwrap().len(), committed);
     drop(c);
 
     // The next ingest embeds only what is missing.
@@ -162,6 +162,43 @@ async fn an_interrupted_ingest_leaves_a_consistent_collection_that_the_next_inge
     assert_eq!(report.unchanged, committed);
     assert_eq!(report.added, docs.len() - committed);
     assert_eq!(c.doc_count(), docs.len());
-    assert_eq!(c.search("parcel travels", 1000, Mode::Vector, &Words, 60.0).await.unwrap().len(), docs.len());
-    assert_eq!(c.search("parcel travels", 1000, Mode::Bm25, &Words, 60.0).await.unwrap().len(), docs.len());
+    assert_eq!(c.search("parcel travels", &Search::new(1000, Mode::Vector), &Words).await.unwrap().len(), docs.len());
+    assert_eq!(c.search("parcel travels", &Search::new(1000, Mode::Bm25), &Words).await.unwrap().len(), docs.len());
+}
+
+#[tokio::test]
+async fn filters_keep_to_matching_documents_in_every_mode_and_weights_shape_fusion() {
+    let root = dir("filters");
+    let mut c = Collection::open(&root, "ops", "words", true).unwrap();
+    let tagged = |id: &str, team: &str, text: &str| Document { meta: [("team".to_string(), team.to_string())].into(), ..doc(id, text) };
+    let docs = vec![
+        tagged("infra/backups.md", "infra", "# Backups\n\nNightly backups are kept for thirty five days."),
+        tagged("infra/restores.md", "infra", "# Restores\n\nRestores of nightly backups are tested every quarter."),
+        tagged("sales/backups.md", "sales", "# Backups\n\nSales keeps nightly backups of the pipeline for a week."),
+    ];
+    ingest(&mut c, docs).await;
+    let query = "how long are nightly backups kept";
+    let filtered = |filter: &[&str], mode: Mode| Search { filter: filter.iter().map(|f| f.parse().unwrap()).collect(), ..Search::new(10, mode) };
+    for mode in [Mode::Bm25, Mode::Vector, Mode::Hybrid] {
+        let all = c.hits(&c.search(query, &Search::new(10, mode), &Words).await.unwrap()).unwrap();
+        assert_eq!(all.len(), 3, "{mode:?}");
+        let sales = c.hits(&c.search(query, &filtered(&["team=sales"], mode), &Words).await.unwrap()).unwrap();
+        assert_eq!(sales.iter().map(|h| h.source.as_str()).collect::<Vec<_>>(), ["docs/sales/backups.md"], "{mode:?}");
+        let infra = c.hits(&c.search(query, &filtered(&["source=docs/infra/*"], mode), &Words).await.unwrap()).unwrap();
+        assert!(infra.len() == 2 && infra.iter().all(|h| h.source.starts_with("docs/infra/")), "{mode:?}: {infra:#?}");
+        let none = c.search(query, &filtered(&["team=infra", "source=docs/sales/*"], mode), &Words).await.unwrap();
+        assert!(none.is_empty(), "{mode:?}: every condition must hold");
+        let unknown = c.search(query, &filtered(&["colour=blue"], mode), &Words).await.unwrap();
+        assert!(unknown.is_empty(), "{mode:?}: a key no document has matches nothing");
+    }
+    assert!("no-equals-sign".parse::<keel_rag::Filter>().is_err());
+
+    // With the BM25 list weighted out, hybrid ranks as the vector list does.
+    let vector = c.search(query, &Search::new(3, Mode::Vector), &Words).await.unwrap();
+    let hybrid = c.search(query, &Search { bm25_weight: 0.0, ..Search::new(3, Mode::Hybrid) }, &Words).await.unwrap();
+    assert_eq!(vector.iter().map(|(id, _)| *id).collect::<Vec<_>>(), hybrid.iter().map(|(id, _)| *id).collect::<Vec<_>>());
+    // Metadata counts in a document's identity: re-tagging it is an update.
+    let report = ingest(&mut c, vec![tagged("infra/backups.md", "platform", "# Backups\n\nNightly backups are kept for thirty five days.")]).await;
+    assert_eq!(report.updated, 1);
+    assert_eq!(c.search(query, &filtered(&["team=platform"], Mode::Hybrid), &Words).await.unwrap().len(), 1);
 }

@@ -58,6 +58,15 @@ pub struct QueryBody {
     k: usize,
     #[serde(default)]
     mode: Option<String>,
+    /// Document conditions, all of which must hold: `{"source": "docs/ops/*", "team": "infra"}`.
+    #[serde(default)]
+    filter: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    rrf_k: Option<f64>,
+    #[serde(default)]
+    bm25_weight: Option<f64>,
+    #[serde(default)]
+    vector_weight: Option<f64>,
 }
 
 fn ten() -> usize {
@@ -99,7 +108,19 @@ pub async fn query(State(app): State<App>, Path(name): Path<String>, body: Resul
         }
     };
     let collection = collection.lock().unwrap_or_else(|p| p.into_inner());
-    let ranked = match collection.search_with(&body.query, vector.as_deref(), body.k, mode, 60.0) {
+    let defaults = keel_rag::Search::default();
+    let search = keel_rag::Search {
+        k: body.k,
+        mode,
+        rrf_k: body.rrf_k.unwrap_or(defaults.rrf_k),
+        bm25_weight: body.bm25_weight.unwrap_or(defaults.bm25_weight),
+        vector_weight: body.vector_weight.unwrap_or(defaults.vector_weight),
+        filter: body.filter.iter().map(|(key, value)| keel_rag::Filter { key: key.clone(), value: value.clone() }).collect(),
+    };
+    if !(search.rrf_k > 0.0 && search.bm25_weight >= 0.0 && search.vector_weight >= 0.0) {
+        return problem(StatusCode::BAD_REQUEST, "invalid_request_error", "rrf_k must be above 0 and the weights 0 or more");
+    }
+    let ranked = match collection.search_with(&body.query, vector.as_deref(), &search) {
         Ok(ranked) => ranked,
         Err(err @ (keel_rag::Error::EmptyQuery | keel_rag::Error::ModelMismatch { .. })) => {
             return problem(StatusCode::BAD_REQUEST, "invalid_request_error", err.to_string());

@@ -237,6 +237,10 @@ enum RagCommand {
         /// `untrusted` (the default: anyone may have written these documents) or `trusted`.
         #[arg(long, value_parser = ["trusted", "untrusted"])]
         trust: Option<String>,
+        /// Metadata on every document of this ingest, to filter on later (repeatable):
+        /// --meta team=infra.
+        #[arg(long, value_name = "KEY=VALUE")]
+        meta: Vec<keel_rag::Filter>,
         #[arg(long)]
         json: bool,
         #[arg(long)]
@@ -252,6 +256,19 @@ enum RagCommand {
         /// hybrid (BM25 and vectors fused), vector or bm25.
         #[arg(long, default_value = "hybrid")]
         mode: keel_rag::Mode,
+        /// Only documents where KEY is VALUE (or starts with PREFIX for PREFIX*); keys are
+        /// source, doc, title and ingest metadata. Repeatable: all must hold.
+        #[arg(long, value_name = "KEY=VALUE")]
+        filter: Vec<keel_rag::Filter>,
+        /// Reciprocal rank fusion's k (hybrid).
+        #[arg(long, default_value_t = 60.0)]
+        rrf_k: f64,
+        /// Weight of the BM25 list in hybrid fusion.
+        #[arg(long, default_value_t = 1.0)]
+        bm25_weight: f64,
+        /// Weight of the vector list in hybrid fusion.
+        #[arg(long, default_value_t = 1.0)]
+        vector_weight: f64,
         #[arg(long)]
         embedding_model: Option<String>,
         #[arg(long)]
@@ -530,12 +547,14 @@ fn main() -> std::process::ExitCode {
                 }
             }
             Command::Rag { command } => match command {
-                RagCommand::Ingest { paths, collection, embedding_model, max_tokens, overlap, json, pull, trust } => {
-                    let args = rag::IngestArgs { paths: &paths, collection: &collection, model: &embedding_model, max_tokens, overlap, json, pull, trust: trust.as_deref() };
+                RagCommand::Ingest { paths, collection, embedding_model, max_tokens, overlap, json, pull, trust, meta } => {
+                    let meta: std::collections::BTreeMap<String, String> = meta.into_iter().map(|f| (f.key, f.value)).collect();
+                    let args = rag::IngestArgs { paths: &paths, collection: &collection, model: &embedding_model, max_tokens, overlap, json, pull, trust: trust.as_deref(), meta: &meta };
                     rag::ingest(cli.config.as_deref(), args).await
                 }
-                RagCommand::Query { query, collection, k, mode, embedding_model, json } => {
-                    rag::query(cli.config.as_deref(), &collection, &query, k, mode, embedding_model.as_deref(), json).await
+                RagCommand::Query { query, collection, k, mode, embedding_model, json, filter, rrf_k, bm25_weight, vector_weight } => {
+                    let search = keel_rag::Search { k, mode, rrf_k, bm25_weight, vector_weight, filter };
+                    rag::query(cli.config.as_deref(), &collection, &query, &search, embedding_model.as_deref(), json).await
                 }
                 RagCommand::Ask { question, collection, k, model, embedding_model, min_similarity, json, pull } => {
                     let args = rag::AskArgs { question: &question, collection: &collection, k, model: &model, embedding_model: embedding_model.as_deref(), min_similarity, json, pull };

@@ -1,6 +1,7 @@
 //! `keel rag …`: ingest documents into a collection, search it, and measure retrieval on a
 //! BEIR data set.
 
+use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -64,7 +65,7 @@ fn progress(label: &'static str) -> impl Fn(usize, usize) + Sync {
 }
 
 /// The files under `paths` keel reads, and those it skips (with why).
-fn documents(paths: &[PathBuf]) -> anyhow::Result<(Vec<Document>, Vec<(String, String)>, Vec<String>)> {
+fn documents(paths: &[PathBuf], meta: &BTreeMap<String, String>) -> anyhow::Result<(Vec<Document>, Vec<(String, String)>, Vec<String>)> {
     let mut docs = Vec::new();
     let mut skipped = Vec::new();
     let mut scopes = Vec::new();
@@ -124,7 +125,7 @@ fn documents(paths: &[PathBuf]) -> anyhow::Result<(Vec<Document>, Vec<(String, S
             skipped.push((shown, "empty".into()));
             continue;
         }
-        docs.push(Document { id: shown.clone(), source: shown, title, text, kind });
+        docs.push(Document { id: shown.clone(), source: shown, title, text, kind, meta: meta.clone() });
     }
     Ok((docs, skipped, scopes))
 }
@@ -138,12 +139,13 @@ pub struct IngestArgs<'a> {
     pub json: bool,
     pub pull: bool,
     pub trust: Option<&'a str>,
+    pub meta: &'a BTreeMap<String, String>,
 }
 
 /// `keel rag ingest PATH… -c NAME`.
 pub async fn ingest(config: Option<&Path>, args: IngestArgs<'_>) -> anyhow::Result<()> {
     let setup = setup(config, args.model, args.pull).await?;
-    let (docs, skipped, scopes) = documents(args.paths)?;
+    let (docs, skipped, scopes) = documents(args.paths, args.meta)?;
     let mut collection = Collection::open(&root(), args.collection, args.model, true)?;
     if let Some(trust) = args.trust {
         collection.set_trust(trust)?;
@@ -186,13 +188,13 @@ pub async fn ingest(config: Option<&Path>, args: IngestArgs<'_>) -> anyhow::Resu
 }
 
 /// `keel rag query "…" -c NAME`.
-pub async fn query(config: Option<&Path>, collection: &str, text: &str, k: usize, mode: Mode, model: Option<&str>, json: bool) -> anyhow::Result<()> {
+pub async fn query(config: Option<&Path>, collection: &str, text: &str, search: &keel_rag::Search, model: Option<&str>, json: bool) -> anyhow::Result<()> {
     let stored = keel_rag::stored_model(&root(), collection).ok_or_else(|| keel_rag::Error::NoCollection(collection.into()))?;
     let model = model.unwrap_or(&stored);
     let collection = Collection::open(&root(), collection, model, false)?;
     let setup = setup(config, model, false).await?;
     let embedder = GatewayEmbedder { router: &setup.router, model: setup.model.clone() };
-    let ranked = collection.search(text, k, mode, &embedder, 60.0).await?;
+    let ranked = collection.search(text, search, &embedder).await?;
     let hits = collection.hits(&ranked)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&hits)?);
@@ -233,7 +235,7 @@ pub async fn ask(config: Option<&Path>, args: AskArgs<'_>) -> anyhow::Result<()>
     setup.router.alias(args.model).map_err(|e| anyhow::anyhow!("{e}"))?;
     let embedder = GatewayEmbedder { router: &setup.router, model: setup.model.clone() };
     let vector = keel_rag::embed_query(&embedder, args.question).await?;
-    let ranked = collection.search_with(args.question, Some(&vector), args.k, Mode::Hybrid, 60.0)?;
+    let ranked = collection.search_with(args.question, Some(&vector), &keel_rag::Search::new(args.k, Mode::Hybrid))?;
     let hits: Vec<keel_rag::Hit> =
         collection.hits(&ranked)?.into_iter().filter(|hit| collection.similarity(hit.chunk_id, &vector) >= args.min_similarity).collect();
     let (answer, model) = if hits.is_empty() {
@@ -330,6 +332,7 @@ pub async fn eval(config: Option<&Path>, dir: &Path, qrels: Option<&Path>, colle
             title: (!title.is_empty()).then(|| title.clone()),
             text: text.clone(),
             kind: Kind::Text,
+            meta: Default::default(),
         })
         .collect();
     let embedder = GatewayEmbedder { router: &setup.router, model: setup.model.clone() };
@@ -351,7 +354,7 @@ pub async fn eval(config: Option<&Path>, dir: &Path, qrels: Option<&Path>, colle
         let mut latencies = Vec::new();
         for (id, text) in &beir.queries {
             let started = std::time::Instant::now();
-            let ranked = collection.search(text, 100, mode, &embedder, 60.0).await?;
+            let ranked = collection.search(text, &keel_rag::Search::new(100, mode), &embedder).await?;
             latencies.push(started.elapsed().as_secs_f64() * 1000.0);
             let docs: Vec<String> = ranked.iter().filter_map(|(chunk, _)| collection.doc_of(*chunk).map(String::from)).collect();
             per_query.push(keel_rag::eval::score(&docs, &beir.qrels[id]));

@@ -283,6 +283,15 @@ fn rag_ingests_searches_and_evaluates_with_real_embeddings() {
         let found: serde_json::Value = found.json().await.unwrap();
         assert!(found["results"][0]["source"].as_str().unwrap().ends_with("backups.md"), "{found}");
         assert_eq!(found["mode"], "hybrid");
+        let filtered: serde_json::Value = post("/v1/rag/team/query", serde_json::json!({"query": "how long are backups kept?", "filter": {"title": "Deploys"}}))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let results = filtered["results"].as_array().unwrap();
+        assert!(results.len() == 1 && results[0]["source"].as_str().unwrap().ends_with("guide.html"), "{filtered}");
+        assert_eq!(post("/v1/rag/team/query", serde_json::json!({"query": "x", "rrf_k": 0})).await.unwrap().status(), 400);
         assert_eq!(post("/v1/rag/nope/query", serde_json::json!({"query": "x"})).await.unwrap().status(), 404);
         assert_eq!(post("/v1/rag/team/query", serde_json::json!({"query": " "})).await.unwrap().status(), 400);
         assert_eq!(post("/v1/rag/team/query", serde_json::json!({"query": "x", "mode": "fuzzy"})).await.unwrap().status(), 400);
