@@ -11,6 +11,7 @@
 pub mod answer;
 pub mod chunk;
 pub mod eval;
+pub mod pdf;
 mod index;
 pub mod vectors;
 
@@ -158,6 +159,9 @@ pub struct Hit {
     pub headings: Vec<String>,
     pub start: usize,
     pub end: usize,
+    /// The page the chunk starts on (PDFs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub page: Option<usize>,
     pub text: String,
     pub score: f64,
 }
@@ -186,6 +190,8 @@ pub struct Document {
     pub kind: Kind,
     /// Metadata to filter on (`key=value`).
     pub meta: BTreeMap<String, String>,
+    /// Where each page starts in `text` (PDFs), for the page of each chunk.
+    pub pages: Vec<usize>,
 }
 
 pub struct Collection {
@@ -214,7 +220,7 @@ const VECTORS_FILE: &str = "vectors.usearch";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS docs (id TEXT PRIMARY KEY, source TEXT NOT NULL, title TEXT, hash TEXT NOT NULL, meta TEXT);
+CREATE TABLE IF NOT EXISTS docs (id TEXT PRIMARY KEY, source TEXT NOT NULL, title TEXT, hash TEXT NOT NULL, meta TEXT, pages TEXT);
 CREATE TABLE IF NOT EXISTS chunks (
     id INTEGER PRIMARY KEY,
     doc TEXT NOT NULL REFERENCES docs (id),
@@ -297,9 +303,10 @@ impl Collection {
         db.pragma_update(None, "journal_mode", "WAL").map_err(corrupt)?;
         db.execute_batch(SCHEMA).map_err(corrupt)?;
         // Collections made before documents had metadata.
-        let has_meta = db.prepare("SELECT meta FROM docs LIMIT 0").is_ok();
-        if !has_meta {
-            db.execute_batch("ALTER TABLE docs ADD COLUMN meta TEXT").map_err(corrupt)?;
+        for column in ["meta", "pages"] {
+            if db.prepare(&format!("SELECT {column} FROM docs LIMIT 0")).is_err() {
+                db.execute_batch(&format!("ALTER TABLE docs ADD COLUMN {column} TEXT")).map_err(corrupt)?;
+            }
         }
         let stored_model: Option<String> = db.query_row("SELECT value FROM meta WHERE key = 'model'", [], |r| r.get(0)).optional().map_err(corrupt)?;
         let stored_dim: Option<String> = db.query_row("SELECT value FROM meta WHERE key = 'dim'", [], |r| r.get(0)).optional().map_err(corrupt)?;
@@ -521,7 +528,8 @@ impl Collection {
             removed.extend(old);
             tx.execute("DELETE FROM chunks WHERE doc = ?1", [&doc.id]).map_err(io)?;
             let meta = (!doc.meta.is_empty()).then(|| serde_json::to_string(&doc.meta).unwrap_or_default());
-            tx.execute("INSERT OR REPLACE INTO docs (id, source, title, hash, meta) VALUES (?1, ?2, ?3, ?4, ?5)", params![doc.id, doc.source, doc.title, hash, meta])
+            let pages = (!doc.pages.is_empty()).then(|| serde_json::to_string(&doc.pages).unwrap_or_default());
+            tx.execute("INSERT OR REPLACE INTO docs (id, source, title, hash, meta, pages) VALUES (?1, ?2, ?3, ?4, ?5, ?6)", params![doc.id, doc.source, doc.title, hash, meta, pages])
                 .map_err(io)?;
             for (seq, c) in chunks.iter().enumerate() {
                 let text = embed_text(doc.title.as_deref(), c);
@@ -715,13 +723,25 @@ impl Collection {
             let row = self
                 .db
                 .query_row(
-                    "SELECT c.doc, d.source, d.title, c.headings, c.start, c.end, c.text FROM chunks c JOIN docs d ON d.id = c.doc WHERE c.id = ?1",
+                    "SELECT c.doc, d.source, d.title, c.headings, c.start, c.end, c.text, d.pages FROM chunks c JOIN docs d ON d.id = c.doc WHERE c.id = ?1",
                     [id],
-                    |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?, r.get::<_, String>(3)?, r.get::<_, i64>(4)?, r.get::<_, i64>(5)?, r.get::<_, String>(6)?)),
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, Option<String>>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, i64>(4)?,
+                            r.get::<_, i64>(5)?,
+                            r.get::<_, String>(6)?,
+                            r.get::<_, Option<String>>(7)?,
+                        ))
+                    },
                 )
                 .optional()
                 .map_err(io)?;
-            if let Some((doc, source, title, headings, start, end, text)) = row {
+            if let Some((doc, source, title, headings, start, end, text, pages)) = row {
+                let pages: Vec<usize> = pages.and_then(|p| serde_json::from_str(&p).ok()).unwrap_or_default();
                 out.push(Hit {
                     chunk_id: *id,
                     doc,
@@ -730,6 +750,7 @@ impl Collection {
                     headings: serde_json::from_str(&headings).unwrap_or_default(),
                     start: start as usize,
                     end: end as usize,
+                    page: pdf::page_of(&pages, start as usize),
                     text,
                     score: *score,
                 });

@@ -54,7 +54,7 @@ fn dir(name: &str) -> PathBuf {
 }
 
 fn doc(id: &str, text: &str) -> Document {
-    Document { id: format!("docs/{id}"), source: format!("docs/{id}"), title: None, text: text.into(), kind: Kind::Markdown, meta: Default::default() }
+    Document { id: format!("docs/{id}"), source: format!("docs/{id}"), title: None, text: text.into(), kind: Kind::Markdown, meta: Default::default(), pages: Vec::new() }
 }
 
 fn corpus() -> Vec<Document> {

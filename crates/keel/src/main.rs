@@ -215,7 +215,7 @@ enum WorkflowCommand {
 
 #[derive(Debug, Subcommand)]
 enum RagCommand {
-    /// Read files and folders (Markdown, text, HTML, source code) into a collection: chunked
+    /// Read files, folders and URLs (Markdown, text, HTML, PDF text layers, source code) into a collection: chunked
     /// by structure within the embedding model's window, embedded through the gateway,
     /// indexed for BM25 and vectors. Again later, only changed files are read again and
     /// files gone from a folder are removed.

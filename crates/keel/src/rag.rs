@@ -90,10 +90,13 @@ fn documents(paths: &[PathBuf], meta: &BTreeMap<String, String>) -> anyhow::Resu
         }
         let shown = path.display().to_string();
         let is_pdf = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("pdf"));
-        let Some(kind) = Kind::of(&path) else {
-            let why = if is_pdf { "a PDF: its text layer is not read yet" } else { "not a kind keel reads (markdown, text, HTML, code)" };
-            skipped.push((shown, why.to_string()));
-            continue;
+        let kind = match Kind::of(&path) {
+            Some(kind) => Some(kind),
+            None if is_pdf => None,
+            None => {
+                skipped.push((shown, "not a kind keel reads (markdown, text, HTML, code, PDF)".into()));
+                continue;
+            }
         };
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
@@ -102,32 +105,74 @@ fn documents(paths: &[PathBuf], meta: &BTreeMap<String, String>) -> anyhow::Resu
                 continue;
             }
         };
-        if bytes.contains(&0) {
-            skipped.push((shown, "binary".into()));
-            continue;
-        }
-        let Ok(text) = String::from_utf8(bytes) else {
-            skipped.push((shown, "not UTF-8 text".into()));
-            continue;
-        };
-        let (text, title, kind) = match kind {
-            Kind::Html => {
-                let (text, title) = keel_rag::chunk::html_to_text(&text);
-                (text, title, Kind::Markdown)
+        let name = path.file_name().and_then(|n| n.to_str()).map(String::from);
+        let (text, title, kind, pages) = match read(bytes, kind, name) {
+            Ok(read) => read,
+            Err(why) => {
+                skipped.push((shown, why));
+                continue;
             }
-            Kind::Markdown => {
-                let title = text.lines().find(|l| l.starts_with("# ")).map(|l| l[2..].trim().to_string());
-                (text, title, kind)
-            }
-            _ => (text, path.file_name().and_then(|n| n.to_str()).map(String::from), kind),
         };
-        if text.trim().is_empty() {
-            skipped.push((shown, "empty".into()));
-            continue;
-        }
-        docs.push(Document { id: shown.clone(), source: shown, title, text, kind, meta: meta.clone() });
+        docs.push(Document { id: shown.clone(), source: shown, title, text, kind, meta: meta.clone(), pages });
     }
     Ok((docs, skipped, scopes))
+}
+
+/// A document's text, title, layout and page starts from its bytes; `kind` is `None` for a
+/// PDF. `Err` says why it is skipped.
+fn read(bytes: Vec<u8>, kind: Option<Kind>, name: Option<String>) -> Result<(String, Option<String>, Kind, Vec<usize>), String> {
+    let Some(kind) = kind else {
+        let (text, pages) = keel_rag::pdf::text(&bytes)?;
+        return Ok((text, name, Kind::Text, pages));
+    };
+    if bytes.contains(&0) {
+        return Err("binary".into());
+    }
+    let text = String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
+    let (text, title, kind) = match kind {
+        Kind::Html => {
+            let (text, title) = keel_rag::chunk::html_to_text(&text);
+            (text, title, Kind::Markdown)
+        }
+        Kind::Markdown => {
+            let title = text.lines().find(|l| l.starts_with("# ")).map(|l| l[2..].trim().to_string());
+            (text, title, kind)
+        }
+        _ => (text, name, kind),
+    };
+    if text.trim().is_empty() {
+        return Err("empty".into());
+    }
+    Ok((text, title, kind, Vec::new()))
+}
+
+/// Fetches a page or file over HTTP(S): its kind from the content type (else the URL's
+/// extension). `Err` says why it is skipped.
+async fn fetch(client: &reqwest::Client, url: &str) -> Result<Document, String> {
+    let response = client.get(url).send().await.map_err(|e| format!("could not fetch: {e}"))?;
+    if !response.status().is_success() {
+        return Err(format!("the server answered {}", response.status()));
+    }
+    let content_type = response.headers().get(reqwest::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or_default().to_lowercase();
+    let path_part = url.split(['?', '#']).next().unwrap_or(url);
+    let by_extension = Kind::of(Path::new(path_part));
+    let kind = if content_type.contains("pdf") || path_part.to_lowercase().ends_with(".pdf") {
+        None
+    } else if content_type.contains("html") {
+        Some(Kind::Html)
+    } else if content_type.contains("markdown") {
+        Some(Kind::Markdown)
+    } else {
+        Some(by_extension.unwrap_or(Kind::Text))
+    };
+    let bytes = response.bytes().await.map_err(|e| format!("could not read the body: {e}"))?;
+    let name = path_part.rsplit('/').find(|s| !s.is_empty()).map(String::from);
+    let (text, title, kind, pages) = read(bytes.to_vec(), kind, name)?;
+    Ok(Document { id: url.to_string(), source: url.to_string(), title, text, kind, meta: Default::default(), pages })
+}
+
+fn is_url(path: &Path) -> bool {
+    path.to_str().is_some_and(|p| p.starts_with("http://") || p.starts_with("https://"))
 }
 
 pub struct IngestArgs<'a> {
@@ -145,7 +190,18 @@ pub struct IngestArgs<'a> {
 /// `keel rag ingest PATH… -c NAME`.
 pub async fn ingest(config: Option<&Path>, args: IngestArgs<'_>) -> anyhow::Result<()> {
     let setup = setup(config, args.model, args.pull).await?;
-    let (docs, skipped, scopes) = documents(args.paths, args.meta)?;
+    let (urls, paths): (Vec<PathBuf>, Vec<PathBuf>) = args.paths.iter().cloned().partition(|p| is_url(p));
+    let (mut docs, mut skipped, scopes) = documents(&paths, args.meta)?;
+    if !urls.is_empty() {
+        let client = reqwest::Client::builder().timeout(std::time::Duration::from_secs(60)).build()?;
+        for url in &urls {
+            let url = url.to_string_lossy();
+            match fetch(&client, &url).await {
+                Ok(doc) => docs.push(Document { meta: args.meta.clone(), ..doc }),
+                Err(why) => skipped.push((url.into_owned(), why)),
+            }
+        }
+    }
     let mut collection = Collection::open(&root(), args.collection, args.model, true)?;
     if let Some(trust) = args.trust {
         collection.set_trust(trust)?;
@@ -333,6 +389,7 @@ pub async fn eval(config: Option<&Path>, dir: &Path, qrels: Option<&Path>, colle
             text: text.clone(),
             kind: Kind::Text,
             meta: Default::default(),
+            pages: Vec::new(),
         })
         .collect();
     let embedder = GatewayEmbedder { router: &setup.router, model: setup.model.clone() };

@@ -692,7 +692,7 @@ async fn a_collection_tool_searches_rag_and_labels_results_with_the_collections_
     ]));
     let mut handbook = keel_rag::Collection::open(&root, "handbook", "scripted-embed", true).unwrap();
     let docs = [("backups.md", "# Backups\n\nNightly backups are kept for 35 days."), ("oncall.md", "# Oncall\n\nPages escalate after fifteen minutes.")]
-        .map(|(id, text)| keel_rag::Document { id: id.into(), source: id.into(), title: None, text: text.into(), kind: keel_rag::Kind::Markdown, meta: Default::default() });
+        .map(|(id, text)| keel_rag::Document { id: id.into(), source: id.into(), title: None, text: text.into(), kind: keel_rag::Kind::Markdown, meta: Default::default(), pages: Vec::new() });
     let limits = keel_rag::Limits { max_tokens: 64, overlap_tokens: 0 };
     let count = |t: &str| t.split_whitespace().count() + 2;
     handbook.ingest(docs.to_vec(), None, &ScriptedEmbed(model.clone()), limits, &count, &|_, _| {}).await.unwrap();

@@ -194,16 +194,47 @@ fn rag_ingests_searches_and_evaluates_with_real_embeddings() {
     std::fs::write(docs.join("pager.txt"), "Pages escalate to the team lead after fifteen minutes.\n").unwrap();
     std::fs::write(docs.join("guide.html"), "<html><head><title>Deploys</title></head><body><h1>Deploys</h1><p>Deploys go out on Tuesdays.</p></body></html>").unwrap();
     std::fs::write(docs.join("logo.png"), [0x89u8, b'P', b'N', b'G', 0, 0]).unwrap();
-    std::fs::write(docs.join("scan.pdf"), b"%PDF-1.4").unwrap();
+    std::fs::write(docs.join("scan.pdf"), keel_rag::pdf::make(&[""])).unwrap();
+    std::fs::write(docs.join("broken.pdf"), b"%PDF-1.4").unwrap();
+    std::fs::write(docs.join("runbook.pdf"), keel_rag::pdf::make(&["Runbook", "The database failover takes about ninety seconds."])).unwrap();
+    // A page served over HTTP, ingested by URL.
+    let site = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let page_url = format!("http://{}/guides/holidays.html", site.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in site.incoming().flatten() {
+            let mut stream = stream;
+            let mut buf = [0u8; 4096];
+            let n = std::io::Read::read(&mut stream, &mut buf).unwrap_or(0);
+            let request = String::from_utf8_lossy(&buf[..n]);
+            let response = if request.starts_with("GET /guides/holidays.html ") {
+                let body = "<html><head><title>Holidays</title></head><body><h1>Holidays</h1><p>The office is closed on the first of May.</p></body></html>";
+                format!("HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
+            } else {
+                "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_string()
+            };
+            let _ = std::io::Write::write_all(&mut stream, response.as_bytes());
+        }
+    });
     let keel = |args: &[&str]| {
         crate::keel().args(args).current_dir(&dir).env("KEEL_HOME", dir.join("home")).env("KEEL_MODELS_DIR", real_models_dir()).output().unwrap()
     };
-    let out = keel(&["rag", "ingest", "docs", "-c", "team", "--trust", "trusted", "--json"]);
+    let missing_page = page_url.replace("holidays", "nowhere");
+    let out = keel(&["rag", "ingest", "docs", &page_url, &missing_page, "-c", "team", "--trust", "trusted", "--json"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(report["added"], 3);
+    assert_eq!(report["added"], 5, "{report}");
     let skipped = report["skipped"].to_string();
-    assert!(skipped.contains("logo.png") && skipped.contains("scan.pdf") && skipped.contains("text layer"), "{skipped}");
+    assert!(skipped.contains("logo.png") && skipped.contains("scan.pdf") && skipped.contains("without a text layer"), "{skipped}");
+    assert!(skipped.contains("broken.pdf") && skipped.contains("not a readable PDF"), "{skipped}");
+    assert!(skipped.contains("nowhere.html") && skipped.contains("404"), "{skipped}");
+    let pdf = keel(&["rag", "query", "how long does a database failover take", "-c", "team", "-k", "1", "--json"]);
+    let pdf: serde_json::Value = serde_json::from_slice(&pdf.stdout).unwrap_or_else(|_| panic!("{}", stderr(&pdf)));
+    assert!(pdf[0]["source"].as_str().unwrap().ends_with("runbook.pdf"), "{pdf}");
+    assert_eq!(pdf[0]["page"], 1, "the chunk starts on page 1: {pdf}");
+    let web = keel(&["rag", "query", "when is the office closed", "-c", "team", "-k", "1", "--json"]);
+    let web: serde_json::Value = serde_json::from_slice(&web.stdout).unwrap();
+    assert_eq!(web[0]["source"], page_url.as_str(), "{web}");
+    assert_eq!(web[0]["title"], "Holidays");
 
     for mode in ["hybrid", "vector", "bm25"] {
         let out = keel(&["rag", "query", "how long are backups kept?", "-c", "team", "-k", "2", "--mode", mode, "--json"]);
@@ -217,9 +248,9 @@ fn rag_ingests_searches_and_evaluates_with_real_embeddings() {
 
     std::fs::remove_file(docs.join("pager.txt")).unwrap();
     let again: serde_json::Value = serde_json::from_slice(&keel(&["rag", "ingest", "docs", "-c", "team", "--json"]).stdout).unwrap();
-    assert_eq!((again["unchanged"].as_u64(), again["deleted"].as_u64(), again["embedded"].as_u64()), (Some(2), Some(1), Some(0)));
+    assert_eq!((again["unchanged"].as_u64(), again["deleted"].as_u64(), again["embedded"].as_u64()), (Some(3), Some(1), Some(0)), "{again}");
     let listed: serde_json::Value = serde_json::from_slice(&keel(&["rag", "collections", "--json"]).stdout).unwrap();
-    assert_eq!(listed[0]["documents"], 2);
+    assert_eq!(listed[0]["documents"], 4, "the folder's three and the page fetched by URL");
     assert_eq!(listed[0]["dim"], 384);
     assert_eq!(listed[0]["trust"], "trusted");
     let missing = keel(&["rag", "query", "x", "-c", "nope"]);
