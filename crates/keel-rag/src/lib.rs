@@ -12,6 +12,7 @@ pub mod answer;
 pub mod chunk;
 pub mod eval;
 pub mod pdf;
+pub mod pgvector;
 mod index;
 pub mod vectors;
 
@@ -94,6 +95,82 @@ impl std::str::FromStr for Mode {
             other => Err(format!("mode is hybrid, vector or bm25, not `{other}`")),
         }
     }
+}
+
+/// Where a collection's vectors are indexed and searched; chosen when it is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// usearch HNSW in the collection's folder.
+    Embedded,
+    /// A table with an HNSW index in PostgreSQL (pgvector); the connection string comes from
+    /// `KEEL_RAG_POSTGRES_URL`.
+    Pgvector,
+}
+
+impl std::str::FromStr for Engine {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Engine, String> {
+        match s {
+            "embedded" => Ok(Engine::Embedded),
+            "pgvector" => Ok(Engine::Pgvector),
+            other => Err(format!("the vector engine is embedded or pgvector, not `{other}`")),
+        }
+    }
+}
+
+impl Engine {
+    fn name(self) -> &'static str {
+        match self {
+            Engine::Embedded => "embedded",
+            Engine::Pgvector => "pgvector",
+        }
+    }
+}
+
+/// A collection's vector index, on whichever engine.
+enum VectorIndex {
+    Embedded(Vectors),
+    Pgvector(pgvector::PgVectors),
+}
+
+impl VectorIndex {
+    fn add(&self, items: &[(i64, &[f32])]) -> std::result::Result<(), String> {
+        match self {
+            VectorIndex::Embedded(v) => v.add(items),
+            VectorIndex::Pgvector(v) => v.add(items),
+        }
+    }
+
+    fn remove(&self, ids: &[i64]) -> std::result::Result<(), String> {
+        match self {
+            VectorIndex::Embedded(v) => v.remove(ids),
+            VectorIndex::Pgvector(v) => v.remove(ids),
+        }
+    }
+
+    fn save(&self, generation: u64) -> std::result::Result<(), String> {
+        match self {
+            VectorIndex::Embedded(v) => v.save(generation),
+            VectorIndex::Pgvector(v) => v.save(generation),
+        }
+    }
+
+    /// The `k` nearest; `allowed` (chunk ids) keeps only those.
+    fn search(&self, query: &[f32], k: usize, allowed: Option<&std::collections::HashSet<i64>>) -> std::result::Result<Vec<(i64, f64)>, String> {
+        let ef = vectors::EXPANSION_SEARCH.max(k);
+        match (self, allowed) {
+            (VectorIndex::Embedded(v), None) => v.search_ef(query, k, ef, None),
+            (VectorIndex::Embedded(v), Some(ids)) => v.search_ef(query, k, ef, Some(&|id| ids.contains(&id))),
+            (VectorIndex::Pgvector(v), allowed) => v.search(query, k, ef, allowed.map(|ids| ids.iter().copied().collect())),
+        }
+    }
+}
+
+fn postgres_url(name: &str) -> Result<String> {
+    pgvector::url().ok_or_else(|| {
+        Error::Io(format!("collection `{name}` keeps its vectors in PostgreSQL: set {} to its connection string", pgvector::URL_ENV))
+    })
 }
 
 /// How to search: how many, which lists, their fusion, and which documents.
@@ -201,8 +278,10 @@ pub struct Collection {
     pub dim: usize,
     db: rusqlite::Connection,
     bm25: Bm25,
-    /// The HNSW index, once the collection has vectors (and so a dimension).
-    vectors: Option<Vectors>,
+    /// Where vectors are searched: the embedded HNSW index or PostgreSQL.
+    engine: Engine,
+    /// The vector index, once the collection has vectors (and so a dimension).
+    vectors: Option<VectorIndex>,
     /// Chunk id → document id, for every chunk.
     docs_of: HashMap<i64, String>,
     /// Bumped by every committed change; the indexes are saved with the one they hold.
@@ -290,6 +369,12 @@ pub fn stored_model(root: &Path, name: &str) -> Option<String> {
 impl Collection {
     /// Opens a collection; with `create`, makes it (for `model`) if it does not exist.
     pub fn open(root: &Path, name: &str, model: &str, create: bool) -> Result<Collection> {
+        Collection::open_on(root, name, model, create, None)
+    }
+
+    /// [`Collection::open`]; a new collection keeps its vectors on `engine` (embedded when
+    /// `None`), and an existing one refuses another engine.
+    pub fn open_on(root: &Path, name: &str, model: &str, create: bool, engine: Option<Engine>) -> Result<Collection> {
         if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
             return Err(Error::Io(format!("a collection name uses letters, digits, `-` and `_` (got `{name}`)")));
         }
@@ -318,6 +403,20 @@ impl Collection {
                 db.execute("INSERT INTO meta (key, value) VALUES ('model', ?1)", [model]).map_err(io)?;
             }
         }
+        let stored_engine: Option<String> = db.query_row("SELECT value FROM meta WHERE key = 'engine'", [], |r| r.get(0)).optional().map_err(corrupt)?;
+        let engine = match (stored_engine.as_deref().map(str::parse::<Engine>), engine) {
+            (Some(Err(e)), _) => return Err(Error::Corrupt { name: name.into(), message: e, hint: "ingest the documents into a new collection" }),
+            (Some(Ok(have)), Some(want)) if have != want => {
+                return Err(Error::Io(format!("collection `{name}` keeps its vectors on {}, not {}", have.name(), want.name())));
+            }
+            (Some(Ok(have)), _) => have,
+            (None, want) => {
+                // Collections made before engines existed have chunks and are embedded.
+                let engine = want.unwrap_or(Engine::Embedded);
+                db.execute("INSERT INTO meta (key, value) VALUES ('engine', ?1)", [engine.name()]).map_err(io)?;
+                engine
+            }
+        };
         let generation: u64 = db
             .query_row("SELECT value FROM meta WHERE key = 'generation'", [], |r| r.get::<_, String>(0))
             .optional()
@@ -333,16 +432,24 @@ impl Collection {
             message: format!("the BM25 index: {e}"),
             hint: "run keel rag rebuild NAME and it is rebuilt from the chunks",
         })?;
-        let vectors = match dim {
-            0 => None,
-            dim => Vectors::load(&dir.join(VECTORS_FILE), dim, generation).map_err(|e| Error::Corrupt {
-                name: name.into(),
-                message: format!("the vector index: {e}"),
-                hint: "run keel rag rebuild NAME and it is rebuilt from the chunks",
-            })?,
+        let (vectors, stale) = match (dim, engine) {
+            (0, _) => (None, false),
+            (dim, Engine::Embedded) => {
+                let loaded = Vectors::load(&dir.join(VECTORS_FILE), dim, generation).map_err(|e| Error::Corrupt {
+                    name: name.into(),
+                    message: format!("the vector index: {e}"),
+                    hint: "run keel rag rebuild NAME and it is rebuilt from the chunks",
+                })?;
+                let stale = loaded.is_none();
+                (loaded.map(VectorIndex::Embedded), stale)
+            }
+            (dim, Engine::Pgvector) => {
+                let pg = pgvector::PgVectors::connect(&postgres_url(name)?, name, dim).map_err(Error::Io)?;
+                let stale = pg.generation().map_err(Error::Io)? != Some(generation);
+                (Some(VectorIndex::Pgvector(pg)), stale)
+            }
         };
-        let stale = dim != 0 && vectors.is_none();
-        let mut collection = Collection { name: name.into(), dir, model: model.into(), dim, db, bm25, vectors, docs_of, generation };
+        let mut collection = Collection { name: name.into(), dir, model: model.into(), dim, db, bm25, engine, vectors, docs_of, generation };
         // The indexes follow SQLite; after an interrupted write they are rebuilt from it.
         if collection.bm25.count() != collection.docs_of.len() as u64 {
             tracing::warn!(collection = name, "the BM25 index disagrees with the chunks; rebuilding it");
@@ -365,6 +472,9 @@ impl Collection {
         let _ = std::fs::remove_file(dir.join(VECTORS_FILE));
         let mut collection = Collection::open(root, name, model, false)?;
         collection.rebuild_bm25()?;
+        if collection.engine == Engine::Pgvector && collection.dim != 0 {
+            collection.rebuild_vectors()?;
+        }
         Ok(collection)
     }
 
@@ -379,12 +489,30 @@ impl Collection {
         if let Some((id, vector)) = rows.iter().find(|(_, v)| v.len() != self.dim) {
             return Err(Error::Corrupt { name: self.name.clone(), message: format!("chunk {id} has a {}-dimension vector, not {}", vector.len(), self.dim), hint: "ingest the documents into a new collection" });
         }
-        let index = Vectors::new(&self.dir.join(VECTORS_FILE), self.dim).map_err(io)?;
+        let index = match self.vectors.take() {
+            Some(VectorIndex::Pgvector(pg)) => {
+                pg.clear().map_err(io)?;
+                VectorIndex::Pgvector(pg)
+            }
+            _ => self.new_index()?,
+        };
         let items: Vec<(i64, &[f32])> = rows.iter().map(|(id, v)| (*id, v.as_slice())).collect();
         index.add(&items).map_err(io)?;
         index.save(self.generation).map_err(io)?;
         self.vectors = Some(index);
         Ok(())
+    }
+
+    /// An empty vector index on the collection's engine.
+    fn new_index(&self) -> Result<VectorIndex> {
+        Ok(match self.engine {
+            Engine::Embedded => VectorIndex::Embedded(Vectors::new(&self.dir.join(VECTORS_FILE), self.dim).map_err(io)?),
+            Engine::Pgvector => VectorIndex::Pgvector(pgvector::PgVectors::connect(&postgres_url(&self.name)?, &self.name, self.dim).map_err(Error::Io)?),
+        })
+    }
+
+    pub fn engine(&self) -> Engine {
+        self.engine
     }
 
     /// Saves the vector index if it is behind the chunks (after an ingest).
@@ -548,7 +676,7 @@ impl Collection {
         tx.commit().map_err(io)?;
         self.bm25.update(&removed, added.iter().map(|(id, _, _, text)| (*id, text.clone()))).map_err(io)?;
         if self.vectors.is_none() {
-            self.vectors = Some(Vectors::new(&self.dir.join(VECTORS_FILE), self.dim).map_err(io)?);
+            self.vectors = Some(self.new_index()?);
         }
         let vectors = self.vectors.as_ref().expect("made above");
         vectors.remove(&removed).map_err(io)?;
@@ -583,13 +711,16 @@ impl Collection {
     }
 
     /// The `k` nearest chunks to a unit vector, best first (cosine, through the HNSW index).
-    pub fn vector_search(&self, query: &[f32], k: usize) -> Vec<(i64, f64)> {
+    pub fn vector_search(&self, query: &[f32], k: usize) -> Result<Vec<(i64, f64)>> {
+        self.vector_search_in(query, k, None)
+    }
+
+    /// [`Collection::vector_search`] among some chunks only. A failing engine is an error,
+    /// never an empty list.
+    fn vector_search_in(&self, query: &[f32], k: usize, allowed: Option<&std::collections::HashSet<i64>>) -> Result<Vec<(i64, f64)>> {
         match &self.vectors {
-            Some(vectors) => vectors.search(query, k, None).unwrap_or_else(|e| {
-                tracing::warn!(collection = %self.name, "vector search failed: {e}");
-                Vec::new()
-            }),
-            None => Vec::new(),
+            Some(vectors) => vectors.search(query, k, allowed).map_err(|e| Error::Io(format!("vector search in `{}`: {e}", self.name))),
+            None => Ok(Vec::new()),
         }
     }
 
@@ -673,10 +804,9 @@ impl Collection {
             if self.dim != 0 && v.len() != self.dim {
                 return Err(Error::ModelMismatch { name: self.name.clone(), have: self.model.clone(), dim: self.dim, want: format!("a model giving {} dimensions", v.len()) });
             }
-            Ok(match (&self.vectors, &allowed) {
-                (Some(vectors), Some(_)) => vectors.search(v, depth, Some(&keep)).map_err(io)?,
-                _ => self.vector_search(v, depth),
-            })
+            let chunks: Option<std::collections::HashSet<i64>> =
+                allowed.as_ref().map(|_| docs_of.keys().copied().filter(|id| keep(*id)).collect());
+            self.vector_search_in(v, depth, chunks.as_ref())
         };
         // BM25 with a filter looks at every match, so a filter never starves the list.
         let bm25 = || match &allowed {

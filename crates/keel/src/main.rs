@@ -241,6 +241,10 @@ enum RagCommand {
         /// --meta team=infra.
         #[arg(long, value_name = "KEY=VALUE")]
         meta: Vec<keel_rag::Filter>,
+        /// Where a new collection keeps its vectors: embedded (HNSW in keel's data folder) or
+        /// pgvector (PostgreSQL at $KEEL_RAG_POSTGRES_URL).
+        #[arg(long)]
+        engine: Option<keel_rag::Engine>,
         #[arg(long)]
         json: bool,
         #[arg(long)]
@@ -547,9 +551,9 @@ fn main() -> std::process::ExitCode {
                 }
             }
             Command::Rag { command } => match command {
-                RagCommand::Ingest { paths, collection, embedding_model, max_tokens, overlap, json, pull, trust, meta } => {
+                RagCommand::Ingest { paths, collection, embedding_model, max_tokens, overlap, json, pull, trust, meta, engine } => {
                     let meta: std::collections::BTreeMap<String, String> = meta.into_iter().map(|f| (f.key, f.value)).collect();
-                    let args = rag::IngestArgs { paths: &paths, collection: &collection, model: &embedding_model, max_tokens, overlap, json, pull, trust: trust.as_deref(), meta: &meta };
+                    let args = rag::IngestArgs { paths: &paths, collection: &collection, model: &embedding_model, max_tokens, overlap, json, pull, trust: trust.as_deref(), meta: &meta, engine };
                     rag::ingest(cli.config.as_deref(), args).await
                 }
                 RagCommand::Query { query, collection, k, mode, embedding_model, json, filter, rrf_k, bm25_weight, vector_weight } => {

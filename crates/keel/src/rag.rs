@@ -185,6 +185,7 @@ pub struct IngestArgs<'a> {
     pub pull: bool,
     pub trust: Option<&'a str>,
     pub meta: &'a BTreeMap<String, String>,
+    pub engine: Option<keel_rag::Engine>,
 }
 
 /// `keel rag ingest PATH… -c NAME`.
@@ -202,7 +203,7 @@ pub async fn ingest(config: Option<&Path>, args: IngestArgs<'_>) -> anyhow::Resu
             }
         }
     }
-    let mut collection = Collection::open(&root(), args.collection, args.model, true)?;
+    let mut collection = Collection::open_on(&root(), args.collection, args.model, true, args.engine)?;
     if let Some(trust) = args.trust {
         collection.set_trust(trust)?;
     }
@@ -341,12 +342,12 @@ pub fn collections(json: bool) -> anyhow::Result<()> {
         let model = keel_rag::stored_model(&root(), &name).unwrap_or_default();
         match Collection::open(&root(), &name, &model, false) {
             Ok(c) => {
-                out.push(serde_json::json!({"name": name, "model": c.model, "dim": c.dim, "documents": c.doc_count(), "chunks": c.chunk_count(), "trust": c.trust()}));
+                out.push(serde_json::json!({"name": name, "model": c.model, "dim": c.dim, "documents": c.doc_count(), "chunks": c.chunk_count(), "trust": c.trust(), "engine": c.engine()}));
                 let trust = Cell::new(c.trust());
                 let trust = if trust.text == "trusted" { trust.color(table::GREEN) } else { trust.color(table::YELLOW) };
-                rows.push(vec![Cell::new(&name), Cell::new(&c.model), Cell::num(c.dim.to_string()), Cell::num(c.doc_count().to_string()), Cell::num(c.chunk_count().to_string()), trust]);
+                rows.push(vec![Cell::new(&name), Cell::new(&c.model), Cell::num(c.dim.to_string()), Cell::num(c.doc_count().to_string()), Cell::num(c.chunk_count().to_string()), trust, Cell::new(format!("{:?}", c.engine()).to_lowercase())]);
             }
-            Err(err) => rows.push(vec![Cell::new(&name), Cell::new(err.to_string()).color(table::RED), Cell::new(""), Cell::new(""), Cell::new(""), Cell::new("")]),
+            Err(err) => rows.push(vec![Cell::new(&name), Cell::new(err.to_string()).color(table::RED), Cell::new(""), Cell::new(""), Cell::new(""), Cell::new(""), Cell::new("")]),
         }
     }
     if json {
@@ -354,7 +355,7 @@ pub fn collections(json: bool) -> anyhow::Result<()> {
     } else if rows.is_empty() {
         println!("no collections yet; make one with: keel rag ingest PATH --collection NAME");
     } else {
-        print!("{}", table::render(&["COLLECTION", "MODEL", "DIM", "DOCS", "CHUNKS", "TRUST"], &rows));
+        print!("{}", table::render(&["COLLECTION", "MODEL", "DIM", "DOCS", "CHUNKS", "TRUST", "ENGINE"], &rows));
     }
     Ok(())
 }

