@@ -158,11 +158,10 @@ impl VectorIndex {
 
     /// The `k` nearest; `allowed` (chunk ids) keeps only those.
     fn search(&self, query: &[f32], k: usize, allowed: Option<&std::collections::HashSet<i64>>) -> std::result::Result<Vec<(i64, f64)>, String> {
-        let ef = vectors::EXPANSION_SEARCH.max(k);
         match (self, allowed) {
-            (VectorIndex::Embedded(v), None) => v.search_ef(query, k, ef, None),
-            (VectorIndex::Embedded(v), Some(ids)) => v.search_ef(query, k, ef, Some(&|id| ids.contains(&id))),
-            (VectorIndex::Pgvector(v), allowed) => v.search(query, k, ef, allowed.map(|ids| ids.iter().copied().collect())),
+            (VectorIndex::Embedded(v), None) => v.search(query, k, None),
+            (VectorIndex::Embedded(v), Some(ids)) => v.search(query, k, Some(&|id| ids.contains(&id))),
+            (VectorIndex::Pgvector(v), allowed) => v.search(query, k, vectors::EXPANSION_SEARCH.max(k), allowed.map(|ids| ids.iter().copied().collect())),
         }
     }
 }
@@ -719,7 +718,13 @@ impl Collection {
     /// never an empty list.
     fn vector_search_in(&self, query: &[f32], k: usize, allowed: Option<&std::collections::HashSet<i64>>) -> Result<Vec<(i64, f64)>> {
         match &self.vectors {
-            Some(vectors) => vectors.search(query, k, allowed).map_err(|e| Error::Io(format!("vector search in `{}`: {e}", self.name))),
+            // Only chunks the collection holds (an engine may lag a moment behind a delete).
+            Some(vectors) => Ok(vectors
+                .search(query, k, allowed)
+                .map_err(|e| Error::Io(format!("vector search in `{}`: {e}", self.name)))?
+                .into_iter()
+                .filter(|(id, _)| self.docs_of.contains_key(id))
+                .collect()),
             None => Ok(Vec::new()),
         }
     }

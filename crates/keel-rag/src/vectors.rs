@@ -14,6 +14,8 @@ use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 /// Graph degree (hnswlib's M) and the candidate list while building.
 pub const CONNECTIVITY: usize = 16;
 pub const EXPANSION_ADD: usize = 200;
+/// Up to this many vectors, searches compare every one (exact); above, they walk the graph.
+pub const EXACT_BELOW: usize = 20_000;
 /// Candidates kept while searching, at least (more when more results are asked for).
 pub const EXPANSION_SEARCH: usize = 128;
 
@@ -117,7 +119,28 @@ impl Vectors {
     /// The `k` nearest chunks, best first, with their inner products; `allow` keeps only the
     /// chunks it accepts (searched within the graph, not after it).
     pub fn search(&self, query: &[f32], k: usize, allow: Option<&(dyn Fn(i64) -> bool + Sync)>) -> Result<Vec<(i64, f64)>, String> {
+        if self.len() <= EXACT_BELOW {
+            return self.exact(query, k, allow);
+        }
         self.search_ef(query, k, EXPANSION_SEARCH.max(k), allow)
+    }
+
+    /// Every vector compared (small indexes, where that costs a few milliseconds and a graph
+    /// walk could miss near-duplicates).
+    fn exact(&self, query: &[f32], k: usize, allow: Option<&(dyn Fn(i64) -> bool + Sync)>) -> Result<Vec<(i64, f64)>, String> {
+        if self.is_empty() || k == 0 {
+            return Ok(Vec::new());
+        }
+        let count = if allow.is_some() { self.len() } else { k.min(self.len()) };
+        let matches = self.index.exact_search(query, count).map_err(|e| e.to_string())?;
+        Ok(matches
+            .keys
+            .iter()
+            .zip(&matches.distances)
+            .map(|(key, distance)| (*key as i64, f64::from(1.0 - distance)))
+            .filter(|(id, _)| allow.is_none_or(|allow| allow(*id)))
+            .take(k)
+            .collect())
     }
 
     /// [`Vectors::search`] keeping `ef` candidates (the recall/speed dial; benchmarks).

@@ -101,6 +101,9 @@ async fn ingest_search_update_and_delete_keep_both_indexes_in_step() {
     let hits = c.hits(&c.search("duty manager escalation", &Search::new(2, Mode::Bm25), &Words).await.unwrap()).unwrap();
     assert!(hits[0].text.contains("duty manager"));
     assert!(c.search("tomatoes", &Search::new(5, Mode::Bm25), &Words).await.unwrap().is_empty(), "deleted from BM25");
+    let everything = c.search("tomatoes sunshine watering", &Search::new(100, Mode::Vector), &Words).await.unwrap();
+    assert!(everything.iter().all(|(id, _)| c.doc_of(*id).is_some_and(|d| d != "docs/long.md")), "deleted from the vector index");
+    assert_eq!(everything.len(), 2, "one per remaining document");
     let count = c.chunk_count();
     drop(c);
 
