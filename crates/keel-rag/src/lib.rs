@@ -14,6 +14,7 @@ pub mod eval;
 pub mod pdf;
 pub mod pgvector;
 pub mod qdrant;
+pub mod rerank;
 mod worker;
 mod index;
 pub mod vectors;

@@ -67,6 +67,9 @@ pub struct QueryBody {
     bm25_weight: Option<f64>,
     #[serde(default)]
     vector_weight: Option<f64>,
+    /// A chat model alias that reranks the top 20 (listwise) before the top `k` are returned.
+    #[serde(default)]
+    rerank: Option<String>,
 }
 
 fn ten() -> usize {
@@ -107,28 +110,48 @@ pub async fn query(State(app): State<App>, Path(name): Path<String>, body: Resul
             }
         }
     };
-    let collection = collection.lock().unwrap_or_else(|p| p.into_inner());
-    let defaults = keel_rag::Search::default();
-    let search = keel_rag::Search {
-        k: body.k,
-        mode,
-        rrf_k: body.rrf_k.unwrap_or(defaults.rrf_k),
-        bm25_weight: body.bm25_weight.unwrap_or(defaults.bm25_weight),
-        vector_weight: body.vector_weight.unwrap_or(defaults.vector_weight),
-        filter: body.filter.iter().map(|(key, value)| keel_rag::Filter { key: key.clone(), value: value.clone() }).collect(),
-    };
-    if !(search.rrf_k > 0.0 && search.bm25_weight >= 0.0 && search.vector_weight >= 0.0) {
-        return problem(StatusCode::BAD_REQUEST, "invalid_request_error", "rrf_k must be above 0 and the weights 0 or more");
-    }
-    let ranked = match collection.search_with(&body.query, vector.as_deref(), &search) {
-        Ok(ranked) => ranked,
-        Err(err @ (keel_rag::Error::EmptyQuery | keel_rag::Error::ModelMismatch { .. })) => {
+    let hits = {
+        let collection = collection.lock().unwrap_or_else(|p| p.into_inner());
+        let defaults = keel_rag::Search::default();
+        let search = keel_rag::Search {
+            k: body.k,
+            mode,
+            rrf_k: body.rrf_k.unwrap_or(defaults.rrf_k),
+            bm25_weight: body.bm25_weight.unwrap_or(defaults.bm25_weight),
+            vector_weight: body.vector_weight.unwrap_or(defaults.vector_weight),
+            filter: body.filter.iter().map(|(key, value)| keel_rag::Filter { key: key.clone(), value: value.clone() }).collect(),
+        };
+        if !(search.rrf_k > 0.0 && search.bm25_weight >= 0.0 && search.vector_weight >= 0.0) {
+            return problem(StatusCode::BAD_REQUEST, "invalid_request_error", "rrf_k must be above 0 and the weights 0 or more");
+        }
+        if let Some(alias) = &body.rerank
+            && let Err(err) = app.router.alias(alias)
+        {
             return problem(StatusCode::BAD_REQUEST, "invalid_request_error", err.to_string());
         }
-        Err(err) => return problem(StatusCode::INTERNAL_SERVER_ERROR, "api_error", err.to_string()),
+        let search = keel_rag::Search { k: if body.rerank.is_some() { body.k.max(20) } else { body.k }, ..search };
+        let ranked = match collection.search_with(&body.query, vector.as_deref(), &search) {
+            Ok(ranked) => ranked,
+            Err(err @ (keel_rag::Error::EmptyQuery | keel_rag::Error::ModelMismatch { .. })) => {
+                return problem(StatusCode::BAD_REQUEST, "invalid_request_error", err.to_string());
+            }
+            Err(err) => return problem(StatusCode::INTERNAL_SERVER_ERROR, "api_error", err.to_string()),
+        };
+        match collection.hits(&ranked) {
+            Ok(hits) => hits,
+            Err(err) => return problem(StatusCode::INTERNAL_SERVER_ERROR, "api_error", err.to_string()),
+        }
     };
-    match collection.hits(&ranked) {
-        Ok(hits) => Json(json!({"collection": name, "mode": mode, "results": hits})).into_response(),
-        Err(err) => problem(StatusCode::INTERNAL_SERVER_ERROR, "api_error", err.to_string()),
-    }
+    let mut hits = match &body.rerank {
+        None => hits,
+        Some(alias) => {
+            let judge = keel_rag::rerank::GatewayJudge { router: &app.router, model: alias.clone() };
+            match keel_rag::rerank::rerank(&body.query, hits, &judge).await {
+                Ok(hits) => hits,
+                Err(err) => return problem(StatusCode::BAD_GATEWAY, "api_error", format!("reranking with {alias} failed: {err}")),
+            }
+        }
+    };
+    hits.truncate(body.k);
+    Json(json!({"collection": name, "mode": mode, "results": hits})).into_response()
 }

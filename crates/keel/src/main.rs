@@ -273,6 +273,9 @@ enum RagCommand {
         /// Weight of the vector list in hybrid fusion.
         #[arg(long, default_value_t = 1.0)]
         vector_weight: f64,
+        /// Rerank the top 20 with this chat model alias (listwise, through the gateway).
+        #[arg(long, value_name = "ALIAS")]
+        rerank: Option<String>,
         #[arg(long)]
         embedding_model: Option<String>,
         #[arg(long)]
@@ -296,6 +299,9 @@ enum RagCommand {
         /// Least cosine similarity between question and chunk for the chunk to be a source.
         #[arg(long, default_value_t = keel_rag::answer::MIN_SIMILARITY)]
         min_similarity: f64,
+        /// Rerank the retrieved chunks with this chat model alias before answering.
+        #[arg(long, value_name = "ALIAS")]
+        rerank: Option<String>,
         #[arg(long)]
         json: bool,
         #[arg(long)]
@@ -556,12 +562,22 @@ fn main() -> std::process::ExitCode {
                     let args = rag::IngestArgs { paths: &paths, collection: &collection, model: &embedding_model, max_tokens, overlap, json, pull, trust: trust.as_deref(), meta: &meta, engine };
                     rag::ingest(cli.config.as_deref(), args).await
                 }
-                RagCommand::Query { query, collection, k, mode, embedding_model, json, filter, rrf_k, bm25_weight, vector_weight } => {
+                RagCommand::Query { query, collection, k, mode, embedding_model, json, filter, rrf_k, bm25_weight, vector_weight, rerank } => {
                     let search = keel_rag::Search { k, mode, rrf_k, bm25_weight, vector_weight, filter };
-                    rag::query(cli.config.as_deref(), &collection, &query, &search, embedding_model.as_deref(), json).await
+                    rag::query(cli.config.as_deref(), &collection, &query, &search, embedding_model.as_deref(), rerank.as_deref(), json).await
                 }
-                RagCommand::Ask { question, collection, k, model, embedding_model, min_similarity, json, pull } => {
-                    let args = rag::AskArgs { question: &question, collection: &collection, k, model: &model, embedding_model: embedding_model.as_deref(), min_similarity, json, pull };
+                RagCommand::Ask { question, collection, k, model, embedding_model, min_similarity, json, pull, rerank } => {
+                    let args = rag::AskArgs {
+                        question: &question,
+                        collection: &collection,
+                        k,
+                        model: &model,
+                        embedding_model: embedding_model.as_deref(),
+                        min_similarity,
+                        rerank: rerank.as_deref(),
+                        json,
+                        pull,
+                    };
                     rag::ask(cli.config.as_deref(), args).await
                 }
                 RagCommand::Collections { json } => rag::collections(json),

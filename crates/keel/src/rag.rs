@@ -245,14 +245,23 @@ pub async fn ingest(config: Option<&Path>, args: IngestArgs<'_>) -> anyhow::Resu
 }
 
 /// `keel rag query "…" -c NAME`.
-pub async fn query(config: Option<&Path>, collection: &str, text: &str, search: &keel_rag::Search, model: Option<&str>, json: bool) -> anyhow::Result<()> {
+pub async fn query(config: Option<&Path>, collection: &str, text: &str, search: &keel_rag::Search, model: Option<&str>, rerank: Option<&str>, json: bool) -> anyhow::Result<()> {
     let stored = keel_rag::stored_model(&root(), collection).ok_or_else(|| keel_rag::Error::NoCollection(collection.into()))?;
     let model = model.unwrap_or(&stored);
     let collection = Collection::open(&root(), collection, model, false)?;
     let setup = setup(config, model, false).await?;
     let embedder = GatewayEmbedder { router: &setup.router, model: setup.model.clone() };
-    let ranked = collection.search(text, search, &embedder).await?;
-    let hits = collection.hits(&ranked)?;
+    let hits = match rerank {
+        None => collection.hits(&collection.search(text, search, &embedder).await?)?,
+        Some(judge) => {
+            // The reranker sees a deeper list than is shown, and picks the best of it.
+            let deeper = keel_rag::Search { k: search.k.max(RERANK_DEPTH), ..search.clone() };
+            let hits = collection.hits(&collection.search(text, &deeper, &embedder).await?)?;
+            let mut hits = reranked(&setup.router, judge, text, hits).await?;
+            hits.truncate(search.k);
+            hits
+        }
+    };
     if json {
         println!("{}", serde_json::to_string_pretty(&hits)?);
         return Ok(());
@@ -270,6 +279,15 @@ pub async fn query(config: Option<&Path>, collection: &str, text: &str, search: 
     Ok(())
 }
 
+/// Passages retrieved for the reranker to order.
+const RERANK_DEPTH: usize = 20;
+
+async fn reranked(router: &keel_llm::Router, alias: &str, query: &str, hits: Vec<keel_rag::Hit>) -> anyhow::Result<Vec<keel_rag::Hit>> {
+    router.alias(alias).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let judge = keel_rag::rerank::GatewayJudge { router, model: alias.to_string() };
+    keel_rag::rerank::rerank(query, hits, &judge).await.map_err(|e| anyhow::anyhow!("reranking with {alias} failed: {e}"))
+}
+
 pub struct AskArgs<'a> {
     pub question: &'a str,
     pub collection: &'a str,
@@ -277,6 +295,7 @@ pub struct AskArgs<'a> {
     pub model: &'a str,
     pub embedding_model: Option<&'a str>,
     pub min_similarity: f64,
+    pub rerank: Option<&'a str>,
     pub json: bool,
     pub pull: bool,
 }
@@ -292,9 +311,14 @@ pub async fn ask(config: Option<&Path>, args: AskArgs<'_>) -> anyhow::Result<()>
     setup.router.alias(args.model).map_err(|e| anyhow::anyhow!("{e}"))?;
     let embedder = GatewayEmbedder { router: &setup.router, model: setup.model.clone() };
     let vector = keel_rag::embed_query(&embedder, args.question).await?;
-    let ranked = collection.search_with(args.question, Some(&vector), &keel_rag::Search::new(args.k, Mode::Hybrid))?;
-    let hits: Vec<keel_rag::Hit> =
+    let depth = if args.rerank.is_some() { args.k.max(RERANK_DEPTH) } else { args.k };
+    let ranked = collection.search_with(args.question, Some(&vector), &keel_rag::Search::new(depth, Mode::Hybrid))?;
+    let mut hits: Vec<keel_rag::Hit> =
         collection.hits(&ranked)?.into_iter().filter(|hit| collection.similarity(hit.chunk_id, &vector) >= args.min_similarity).collect();
+    if let Some(judge) = args.rerank {
+        hits = reranked(&setup.router, judge, args.question, hits).await?;
+    }
+    hits.truncate(args.k);
     let (answer, model) = if hits.is_empty() {
         (keel_rag::answer::DONT_KNOW.to_string(), None)
     } else {

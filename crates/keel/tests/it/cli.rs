@@ -282,15 +282,20 @@ fn rag_ingests_searches_and_evaluates_with_real_embeddings() {
     assert_eq!(unknown["known"], false, "{unknown}");
     assert!(unknown["answer"].as_str().unwrap().starts_with("I don't know"), "{unknown}");
     assert_eq!(unknown["model"], serde_json::Value::Null, "no model was asked");
+    // Reranked by a model behind the gateway (the fake answers the schema with passage 1 first).
+    let out = keel(&["--config", "ask.toml", "rag", "query", "how long are backups kept?", "-c", "team", "-k", "2", "--rerank", "answer", "--json"]);
+    let reranked: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", stderr(&out)));
+    assert_eq!(reranked.as_array().unwrap().len(), 2, "{reranked}");
+    assert!(reranked[0]["source"].as_str().unwrap().ends_with("backups.md"), "{reranked}");
+    let out = keel(&["--config", "ask.toml", "rag", "query", "x", "-c", "team", "--rerank", "no-such-judge"]);
+    assert!(!out.status.success() && stderr(&out).contains("no-such-judge"), "{}", stderr(&out));
     let out = keel(&["--config", "ask.toml", "rag", "ask", "anything", "-c", "team", "-m", "no-such-model"]);
     assert!(!out.status.success() && stderr(&out).contains("no-such-model"), "{}", stderr(&out));
-    drop(_fake);
-    drop(runtime);
 
     // Over HTTP, from `keel serve`.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut server = crate::keel()
-        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--config", "ask.toml", "serve", "--listen", &format!("127.0.0.1:{port}")])
         .current_dir(&dir)
         .env("KEEL_HOME", dir.join("home"))
         .env("KEEL_MODELS_DIR", real_models_dir())
@@ -299,7 +304,6 @@ fn rag_ingests_searches_and_evaluates_with_real_embeddings() {
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let client = reqwest::Client::new();
         for _ in 0..1200 {
@@ -323,6 +327,11 @@ fn rag_ingests_searches_and_evaluates_with_real_embeddings() {
         let results = filtered["results"].as_array().unwrap();
         assert!(results.len() == 1 && results[0]["source"].as_str().unwrap().ends_with("guide.html"), "{filtered}");
         assert_eq!(post("/v1/rag/team/query", serde_json::json!({"query": "x", "rrf_k": 0})).await.unwrap().status(), 400);
+        let reranked = post("/v1/rag/team/query", serde_json::json!({"query": "how long are backups kept?", "k": 1, "rerank": "answer"})).await.unwrap();
+        assert_eq!(reranked.status(), 200);
+        let reranked: serde_json::Value = reranked.json().await.unwrap();
+        assert!(reranked["results"][0]["source"].as_str().unwrap().ends_with("backups.md"), "{reranked}");
+        assert_eq!(post("/v1/rag/team/query", serde_json::json!({"query": "x", "rerank": "nobody"})).await.unwrap().status(), 400);
         assert_eq!(post("/v1/rag/nope/query", serde_json::json!({"query": "x"})).await.unwrap().status(), 404);
         assert_eq!(post("/v1/rag/team/query", serde_json::json!({"query": " "})).await.unwrap().status(), 400);
         assert_eq!(post("/v1/rag/team/query", serde_json::json!({"query": "x", "mode": "fuzzy"})).await.unwrap().status(), 400);
@@ -330,6 +339,8 @@ fn rag_ingests_searches_and_evaluates_with_real_embeddings() {
     });
     let _ = server.kill();
     let _ = server.wait();
+    drop(_fake);
+    drop(runtime);
 
     // A tiny BEIR set: every metric is computed over the judged queries.
     let beir = dir.join("beir");
