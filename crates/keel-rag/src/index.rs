@@ -55,6 +55,8 @@ impl Bm25 {
         }
         self.add(&mut writer, added)?;
         writer.commit()?;
+        // Let the merges the commit started finish, so segments do not pile up batch by batch.
+        writer.wait_merging_threads()?;
         self.reader.reload()
     }
 
@@ -73,6 +75,7 @@ impl Bm25 {
         writer.delete_all_documents()?;
         self.add(&mut writer, chunks)?;
         writer.commit()?;
+        writer.wait_merging_threads()?;
         self.reader.reload()
     }
 
@@ -101,22 +104,26 @@ impl Bm25 {
             tokens += segment.inverted_index(self.text)?.total_num_tokens();
         }
         let average = (tokens as f32 / docs as f32).max(1.0);
+        // Each term's weight once, over every segment.
+        let mut weighted: Vec<(&Term, f32)> = Vec::with_capacity(terms.len());
+        for term in &terms {
+            let df = searcher.doc_freq(term)? as f32;
+            weighted.push((term, (1.0 + (docs as f32 - df + 0.5) / (df + 0.5)).ln()));
+        }
         let mut scored: Vec<(f32, DocAddress)> = Vec::new();
         for (ord, segment) in searcher.segment_readers().iter().enumerate() {
             let inverted = segment.inverted_index(self.text)?;
             let norms = segment.get_fieldnorms_reader(self.text)?;
             let alive = segment.alive_bitset();
             let mut scores: HashMap<DocId, f32> = HashMap::new();
-            for term in &terms {
-                let df = searcher.doc_freq(term)? as f32;
-                let idf = (1.0 + (docs as f32 - df + 0.5) / (df + 0.5)).ln();
+            for (term, idf) in &weighted {
                 let Some(mut postings) = inverted.read_postings(term, IndexRecordOption::WithFreqs)? else { continue };
                 let mut doc = postings.doc();
                 while doc != TERMINATED {
                     if alive.is_none_or(|a| a.is_alive(doc)) {
                         let tf = postings.term_freq() as f32;
                         let length = norms.fieldnorm(doc) as f32;
-                        *scores.entry(doc).or_insert(0.0) += idf * tf * (K1 + 1.0) / (tf + K1 * (1.0 - B + B * length / average));
+                        *scores.entry(doc).or_insert(0.0) += *idf * tf * (K1 + 1.0) / (tf + K1 * (1.0 - B + B * length / average));
                     }
                     doc = postings.advance();
                 }
