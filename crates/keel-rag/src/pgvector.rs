@@ -7,23 +7,22 @@
 
 use tokio_postgres::{Client, NoTls};
 
-use crate::worker::Worker;
+use crate::worker::{Address, Worker};
 
 /// The environment variable holding the connection string (`host=/run/pg user=keel
 /// dbname=keel`, or a `postgresql://` URL), so no secret is written in a file.
 pub const URL_ENV: &str = "KEEL_RAG_POSTGRES_URL";
 
-static URL: std::sync::RwLock<Option<String>> = std::sync::RwLock::new(None);
+static ADDRESS: Address = Address::new(URL_ENV);
 
 /// Sets the connection string for this process (over [`URL_ENV`]); `None` goes back to it.
 pub fn set_url(url: Option<&str>) {
-    *URL.write().unwrap_or_else(|e| e.into_inner()) = url.map(str::to_string);
+    ADDRESS.set(url);
 }
 
 /// The connection string: the one set, else [`URL_ENV`].
 pub fn url() -> Option<String> {
-    let set = URL.read().unwrap_or_else(|e| e.into_inner()).clone();
-    set.or_else(|| std::env::var(URL_ENV).ok()).filter(|u| !u.trim().is_empty())
+    ADDRESS.get()
 }
 
 pub struct PgVectors {

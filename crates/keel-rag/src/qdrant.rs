@@ -13,7 +13,7 @@ use qdrant_client::qdrant::{
     PointsIdsList, SearchParamsBuilder, SearchPointsBuilder, UpsertPointsBuilder, Value, VectorParamsBuilder,
 };
 
-use crate::worker::Worker;
+use crate::worker::{Address, Worker};
 
 /// The environment variable holding Qdrant's gRPC URL (e.g. `http://localhost:6334`).
 pub const URL_ENV: &str = "KEEL_RAG_QDRANT_URL";
@@ -21,17 +21,16 @@ pub const URL_ENV: &str = "KEEL_RAG_QDRANT_URL";
 /// The Qdrant collection holding each keel collection's generation.
 const GENERATIONS: &str = "keel_rag_generations";
 
-static URL: std::sync::RwLock<Option<String>> = std::sync::RwLock::new(None);
+static ADDRESS: Address = Address::new(URL_ENV);
 
-/// Sets Qdrant's URL for this process (over [`URL_ENV`]); `None` goes back to it.
+/// Sets the URL for this process (over [`URL_ENV`]); `None` goes back to it.
 pub fn set_url(url: Option<&str>) {
-    *URL.write().unwrap_or_else(|e| e.into_inner()) = url.map(str::to_string);
+    ADDRESS.set(url);
 }
 
-/// Qdrant's URL: the one set, else [`URL_ENV`].
+/// The URL: the one set, else [`URL_ENV`].
 pub fn url() -> Option<String> {
-    let set = URL.read().unwrap_or_else(|e| e.into_inner()).clone();
-    set.or_else(|| std::env::var(URL_ENV).ok()).filter(|u| !u.trim().is_empty())
+    ADDRESS.get()
 }
 
 pub struct QdrantVectors {

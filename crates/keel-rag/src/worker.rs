@@ -54,3 +54,26 @@ impl<C: 'static> Worker<C> {
         answer.recv().map_err(|_| "the engine's connection is gone".to_string())?
     }
 }
+
+/// Where a remote engine is: set for the process, else read from an environment variable
+/// (so no secret is written in a file).
+pub struct Address {
+    env: &'static str,
+    set: std::sync::RwLock<Option<String>>,
+}
+
+impl Address {
+    pub const fn new(env: &'static str) -> Address {
+        Address { env, set: std::sync::RwLock::new(None) }
+    }
+
+    pub fn set(&self, value: Option<&str>) {
+        *self.set.write().unwrap_or_else(|e| e.into_inner()) = value.map(str::to_string);
+    }
+
+    /// The address set, else the variable's; blank counts as none.
+    pub fn get(&self) -> Option<String> {
+        let set = self.set.read().unwrap_or_else(|e| e.into_inner()).clone();
+        set.or_else(|| std::env::var(self.env).ok()).filter(|v| !v.trim().is_empty())
+    }
+}

@@ -5,27 +5,10 @@
 use std::path::PathBuf;
 
 use futures_util::future::BoxFuture;
-use keel_rag::{Collection, Document, Embedder, Kind, Limits, Mode, Search};
+mod common;
 
-struct Words;
-
-impl Embedder for Words {
-    fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, String>> {
-        Box::pin(async move {
-            Ok(texts
-                .iter()
-                .map(|t| {
-                    let mut v = vec![0.0f32; 64];
-                    for w in t.split(|c: char| !c.is_alphanumeric()).filter(|w| w.len() > 3) {
-                        let h = w.to_lowercase().bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-                        v[(h % 64) as usize] += 1.0;
-                    }
-                    v
-                })
-                .collect())
-        })
-    }
-}
+use common::{Words, doc, words};
+use keel_rag::{Collection, Document, Embedder, Limits, Mode, Search};
 
 /// [`Words`] until it has embedded `budget` batches; then it fails, as a killed process or a
 /// broken upstream would.
@@ -42,9 +25,6 @@ impl Embedder for Failing {
     }
 }
 
-fn words(text: &str) -> usize {
-    text.split_whitespace().count() + 2
-}
 
 fn dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("keel-rag-{name}-{}", std::process::id()));
@@ -53,8 +33,6 @@ fn dir(name: &str) -> PathBuf {
     dir
 }
 
-fn doc(id: &str, text: &str) -> Document {
-    Document { id: format!("docs/{id}"), source: format!("docs/{id}"), title: None, text: text.into(), kind: Kind::Markdown, meta: Default::default(), pages: Vec::new() }
 }
 
 fn corpus() -> Vec<Document> {

@@ -8,28 +8,10 @@ use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 
-use futures_util::future::BoxFuture;
-use keel_rag::{Collection, Document, Embedder, Engine, Kind, Limits, Mode, Search};
+mod common;
 
-struct Words;
-
-impl Embedder for Words {
-    fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, String>> {
-        Box::pin(async move {
-            Ok(texts
-                .iter()
-                .map(|t| {
-                    let mut v = vec![0.0f32; 32];
-                    for w in t.split(|c: char| !c.is_alphanumeric()).filter(|w| w.len() > 3) {
-                        let h = w.to_lowercase().bytes().fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(u64::from(b)));
-                        v[(h % 32) as usize] += 1.0;
-                    }
-                    v
-                })
-                .collect())
-        })
-    }
-}
+use common::{Words, doc, words};
+use keel_rag::{Collection, Engine, Limits, Mode, Search};
 
 /// The PostgreSQL server; stopped and removed when dropped.
 struct Postgres {
@@ -59,13 +41,8 @@ fn postgres() -> Option<Postgres> {
     Some(Postgres { child, url: line.trim().to_string() })
 }
 
-fn doc(id: &str, text: &str) -> Document {
-    Document { id: format!("docs/{id}"), source: format!("docs/{id}"), title: None, text: text.into(), kind: Kind::Markdown, meta: Default::default(), pages: Vec::new() }
 }
 
-fn words(text: &str) -> usize {
-    text.split_whitespace().count() + 2
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pgvector_collection_keeps_its_vectors_in_postgres_and_searches_like_an_embedded_one() {
