@@ -4,10 +4,10 @@
 
 use std::path::PathBuf;
 
-use futures_util::future::BoxFuture;
 mod common;
 
 use common::{Words, doc, words};
+use futures_util::future::BoxFuture;
 use keel_rag::{Collection, Document, Embedder, Limits, Mode, Search};
 
 /// [`Words`] until it has embedded `budget` batches; then it fails, as a killed process or a
@@ -25,14 +25,11 @@ impl Embedder for Failing {
     }
 }
 
-
 fn dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("keel-rag-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
-}
-
 }
 
 fn corpus() -> Vec<Document> {

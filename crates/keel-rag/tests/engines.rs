@@ -41,9 +41,6 @@ fn postgres() -> Option<Postgres> {
     Some(Postgres { child, url: line.trim().to_string() })
 }
 
-}
-
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pgvector_collection_keeps_its_vectors_in_postgres_and_searches_like_an_embedded_one() {
     let Some(pg) = postgres() else { return };

@@ -32,3 +32,4 @@ pub fn words(text: &str) -> usize {
 
 pub fn doc(id: &str, text: &str) -> Document {
     Document { id: format!("docs/{id}"), source: format!("docs/{id}"), title: None, text: text.into(), kind: Kind::Markdown, meta: Default::default(), pages: Vec::new() }
+}
