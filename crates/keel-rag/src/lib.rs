@@ -490,8 +490,8 @@ impl Collection {
         }
         let _ = std::fs::remove_dir_all(dir.join("bm25"));
         let _ = std::fs::remove_file(dir.join(VECTORS_FILE));
+        // Opening rebuilds what is missing: the BM25 index and the embedded vector index.
         let mut collection = Collection::open(root, name, model, false)?;
-        collection.rebuild_bm25()?;
         if collection.engine != Engine::Embedded && collection.dim != 0 {
             collection.rebuild_vectors()?;
         }
