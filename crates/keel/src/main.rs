@@ -327,6 +327,15 @@ enum RagCommand {
         collection: Option<String>,
         #[arg(long, default_value = "local-embed")]
         embedding_model: String,
+        /// Reciprocal rank fusion's k for the hybrid row.
+        #[arg(long, default_value_t = 60.0)]
+        rrf_k: f64,
+        /// Weight of the BM25 list in the hybrid row.
+        #[arg(long, default_value_t = 1.0)]
+        bm25_weight: f64,
+        /// Weight of the vector list in the hybrid row.
+        #[arg(long, default_value_t = 1.0)]
+        vector_weight: f64,
         #[arg(long)]
         json: bool,
         #[arg(long)]
@@ -582,8 +591,9 @@ fn main() -> std::process::ExitCode {
                 }
                 RagCommand::Collections { json } => rag::collections(json),
                 RagCommand::Rebuild { collection } => rag::rebuild(&collection),
-                RagCommand::Eval { beir, qrels, collection, embedding_model, json, pull } => {
-                    rag::eval(cli.config.as_deref(), &beir, qrels.as_deref(), collection.as_deref(), &embedding_model, json, pull).await
+                RagCommand::Eval { beir, qrels, collection, embedding_model, json, pull, rrf_k, bm25_weight, vector_weight } => {
+                    let fusion = keel_rag::Search { rrf_k, bm25_weight, vector_weight, ..keel_rag::Search::default() };
+                    rag::eval(cli.config.as_deref(), &beir, qrels.as_deref(), collection.as_deref(), &embedding_model, &fusion, json, pull).await
                 }
             },
             Command::Mcp { command } => match command {

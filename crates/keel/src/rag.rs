@@ -392,8 +392,19 @@ pub fn rebuild(name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `keel rag eval --beir DIR`: nDCG@10, recall@100 and MRR@10 of bm25, vector and hybrid.
-pub async fn eval(config: Option<&Path>, dir: &Path, qrels: Option<&Path>, collection: Option<&str>, model: &str, json: bool, pull: bool) -> anyhow::Result<()> {
+/// `keel rag eval --beir DIR`: nDCG@10, recall@100 and MRR@10 of bm25, vector and hybrid
+/// (fused as `fusion` says: RRF k and list weights).
+#[allow(clippy::too_many_arguments)]
+pub async fn eval(
+    config: Option<&Path>,
+    dir: &Path,
+    qrels: Option<&Path>,
+    collection: Option<&str>,
+    model: &str,
+    fusion: &keel_rag::Search,
+    json: bool,
+    pull: bool,
+) -> anyhow::Result<()> {
     let beir = keel_rag::eval::Beir::load(dir, qrels).map_err(anyhow::Error::msg)?;
     if beir.queries.is_empty() {
         bail!("{} has no queries with judgements", dir.display());
@@ -436,7 +447,7 @@ pub async fn eval(config: Option<&Path>, dir: &Path, qrels: Option<&Path>, colle
         let mut latencies = Vec::new();
         for (id, text) in &beir.queries {
             let started = std::time::Instant::now();
-            let ranked = collection.search(text, &keel_rag::Search::new(100, mode), &embedder).await?;
+            let ranked = collection.search(text, &keel_rag::Search { k: 100, mode, ..fusion.clone() }, &embedder).await?;
             latencies.push(started.elapsed().as_secs_f64() * 1000.0);
             let docs: Vec<String> = ranked.iter().filter_map(|(chunk, _)| collection.doc_of(*chunk).map(String::from)).collect();
             per_query.push(keel_rag::eval::score(&docs, &beir.qrels[id]));
@@ -458,7 +469,7 @@ pub async fn eval(config: Option<&Path>, dir: &Path, qrels: Option<&Path>, colle
         results.insert(mode_name, value);
     }
     if json {
-        println!("{}", serde_json::json!({"collection": name, "queries": beir.queries.len(), "documents": collection.doc_count(), "results": results}));
+        println!("{}", serde_json::json!({"collection": name, "queries": beir.queries.len(), "documents": collection.doc_count(), "fusion": {"rrf_k": fusion.rrf_k, "bm25_weight": fusion.bm25_weight, "vector_weight": fusion.vector_weight}, "results": results}));
     } else {
         println!("{} queries over {} documents ({})", beir.queries.len(), collection.doc_count(), name);
         print!("{}", table::render(&["MODE", "NDCG@10", "RECALL@100", "MRR@10", "MS P50 / P99"], &rows));

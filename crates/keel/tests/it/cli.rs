@@ -355,6 +355,11 @@ fn rag_ingests_searches_and_evaluates_with_real_embeddings() {
     let out = keel(&["rag", "eval", "--beir", "beir", "--json"]);
     let result: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", stderr(&out)));
     assert_eq!(result["queries"], 2);
+    assert_eq!(result["fusion"]["rrf_k"], 60.0);
+    let out = keel(&["rag", "eval", "--beir", "beir", "--rrf-k", "10", "--bm25-weight", "0", "--json"]);
+    let weighted: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", stderr(&out)));
+    assert_eq!(weighted["fusion"]["bm25_weight"], 0.0);
+    assert_eq!(weighted["results"]["hybrid"]["ndcg_at_10"], weighted["results"]["vector"]["ndcg_at_10"], "BM25 weighted out: hybrid ranks as vector");
     for mode in ["bm25", "vector", "hybrid"] {
         assert_eq!(result["results"][mode]["ndcg_at_10"], 1.0, "{mode}: {result}");
         assert_eq!(result["results"][mode]["mrr_at_10"], 1.0);
