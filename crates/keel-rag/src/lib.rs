@@ -735,14 +735,9 @@ impl Collection {
         Ok(())
     }
 
-    /// The `k` nearest chunks to a unit vector, best first (cosine, through the HNSW index).
-    pub fn vector_search(&self, query: &[f32], k: usize) -> Result<Vec<(i64, f64)>> {
-        self.vector_search_in(query, k, None)
-    }
-
-    /// [`Collection::vector_search`] among some chunks only. A failing engine is an error,
-    /// never an empty list.
-    fn vector_search_in(&self, query: &[f32], k: usize, allowed: Option<&std::collections::HashSet<i64>>) -> Result<Vec<(i64, f64)>> {
+    /// The `k` nearest chunks to a unit vector, best first (among `allowed` only, when
+    /// given). A failing engine is an error, never an empty list.
+    fn vector_search(&self, query: &[f32], k: usize, allowed: Option<&std::collections::HashSet<i64>>) -> Result<Vec<(i64, f64)>> {
         match &self.vectors {
             // Only chunks the collection holds (an engine may lag a moment behind a delete).
             Some(vectors) => Ok(vectors
@@ -837,7 +832,7 @@ impl Collection {
             }
             let chunks: Option<std::collections::HashSet<i64>> =
                 allowed.as_ref().map(|_| docs_of.keys().copied().filter(|id| keep(*id)).collect());
-            self.vector_search_in(v, depth, chunks.as_ref())
+            self.vector_search(v, depth, chunks.as_ref())
         };
         // BM25 with a filter looks at every match, so a filter never starves the list.
         let bm25 = || match &allowed {

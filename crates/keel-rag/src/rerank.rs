@@ -35,6 +35,9 @@ impl Judge for GatewayJudge<'_> {
     }
 }
 
+/// How many passages are retrieved for the reranker to order (when fewer are asked for).
+pub const DEPTH: usize = 20;
+
 /// Longest passage text shown to the reranker, in characters.
 const PASSAGE_CHARS: usize = 1200;
 

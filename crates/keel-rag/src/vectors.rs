@@ -77,17 +77,17 @@ impl Vectors {
 
     /// Adds (or replaces) vectors, using every core.
     pub fn add(&self, items: &[(i64, &[f32])]) -> Result<(), String> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let wanted = self.index.size() + items.len();
         if wanted > self.index.capacity() {
-            let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-            self.index.reserve_capacity_and_threads(wanted.max(self.index.capacity() * 2), threads).map_err(|e| e.to_string())?;
+            self.index.reserve_capacity_and_threads(wanted.max(self.index.capacity() * 2), cores).map_err(|e| e.to_string())?;
         }
         for (id, _) in items {
             if self.index.contains(*id as u64) {
                 self.index.remove(*id as u64).map_err(|e| e.to_string())?;
             }
         }
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(items.len().div_ceil(64)).max(1);
+        let threads = cores.min(items.len().div_ceil(64)).max(1);
         let failed = std::sync::Mutex::new(None);
         std::thread::scope(|scope| {
             for t in 0..threads {

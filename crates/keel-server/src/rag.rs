@@ -129,7 +129,7 @@ pub async fn query(State(app): State<App>, Path(name): Path<String>, body: Resul
         {
             return problem(StatusCode::BAD_REQUEST, "invalid_request_error", err.to_string());
         }
-        let search = keel_rag::Search { k: if body.rerank.is_some() { body.k.max(20) } else { body.k }, ..search };
+        let search = keel_rag::Search { k: if body.rerank.is_some() { body.k.max(keel_rag::rerank::DEPTH) } else { body.k }, ..search };
         let ranked = match collection.search_with(&body.query, vector.as_deref(), &search) {
             Ok(ranked) => ranked,
             Err(err @ (keel_rag::Error::EmptyQuery | keel_rag::Error::ModelMismatch { .. })) => {

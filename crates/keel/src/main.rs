@@ -264,15 +264,8 @@ enum RagCommand {
         /// source, doc, title and ingest metadata. Repeatable: all must hold.
         #[arg(long, value_name = "KEY=VALUE")]
         filter: Vec<keel_rag::Filter>,
-        /// Reciprocal rank fusion's k (hybrid).
-        #[arg(long, default_value_t = 60.0)]
-        rrf_k: f64,
-        /// Weight of the BM25 list in hybrid fusion.
-        #[arg(long, default_value_t = 1.0)]
-        bm25_weight: f64,
-        /// Weight of the vector list in hybrid fusion.
-        #[arg(long, default_value_t = 1.0)]
-        vector_weight: f64,
+        #[command(flatten)]
+        fusion: FusionArgs,
         /// Rerank the top 20 with this chat model alias (listwise, through the gateway).
         #[arg(long, value_name = "ALIAS")]
         rerank: Option<String>,
@@ -327,20 +320,34 @@ enum RagCommand {
         collection: Option<String>,
         #[arg(long, default_value = "local-embed")]
         embedding_model: String,
-        /// Reciprocal rank fusion's k for the hybrid row.
-        #[arg(long, default_value_t = 60.0)]
-        rrf_k: f64,
-        /// Weight of the BM25 list in the hybrid row.
-        #[arg(long, default_value_t = 1.0)]
-        bm25_weight: f64,
-        /// Weight of the vector list in the hybrid row.
-        #[arg(long, default_value_t = 1.0)]
-        vector_weight: f64,
+        /// How the hybrid row fuses BM25 and vectors.
+        #[command(flatten)]
+        fusion: FusionArgs,
         #[arg(long)]
         json: bool,
         #[arg(long)]
         pull: bool,
     },
+}
+
+/// How hybrid search fuses the BM25 and vector rankings.
+#[derive(Debug, clap::Args)]
+struct FusionArgs {
+    /// Reciprocal rank fusion's k.
+    #[arg(long, default_value_t = 60.0)]
+    rrf_k: f64,
+    /// Weight of the BM25 list in hybrid fusion.
+    #[arg(long, default_value_t = 1.0)]
+    bm25_weight: f64,
+    /// Weight of the vector list in hybrid fusion.
+    #[arg(long, default_value_t = 1.0)]
+    vector_weight: f64,
+}
+
+impl FusionArgs {
+    fn search(&self, k: usize, mode: keel_rag::Mode, filter: Vec<keel_rag::Filter>) -> keel_rag::Search {
+        keel_rag::Search { k, mode, rrf_k: self.rrf_k, bm25_weight: self.bm25_weight, vector_weight: self.vector_weight, filter }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -571,8 +578,8 @@ fn main() -> std::process::ExitCode {
                     let args = rag::IngestArgs { paths: &paths, collection: &collection, model: &embedding_model, max_tokens, overlap, json, pull, trust: trust.as_deref(), meta: &meta, engine };
                     rag::ingest(cli.config.as_deref(), args).await
                 }
-                RagCommand::Query { query, collection, k, mode, embedding_model, json, filter, rrf_k, bm25_weight, vector_weight, rerank } => {
-                    let search = keel_rag::Search { k, mode, rrf_k, bm25_weight, vector_weight, filter };
+                RagCommand::Query { query, collection, k, mode, embedding_model, json, filter, fusion, rerank } => {
+                    let search = fusion.search(k, mode, filter);
                     rag::query(cli.config.as_deref(), &collection, &query, &search, embedding_model.as_deref(), rerank.as_deref(), json).await
                 }
                 RagCommand::Ask { question, collection, k, model, embedding_model, min_similarity, json, pull, rerank } => {
@@ -591,8 +598,8 @@ fn main() -> std::process::ExitCode {
                 }
                 RagCommand::Collections { json } => rag::collections(json),
                 RagCommand::Rebuild { collection } => rag::rebuild(&collection),
-                RagCommand::Eval { beir, qrels, collection, embedding_model, json, pull, rrf_k, bm25_weight, vector_weight } => {
-                    let fusion = keel_rag::Search { rrf_k, bm25_weight, vector_weight, ..keel_rag::Search::default() };
+                RagCommand::Eval { beir, qrels, collection, embedding_model, json, pull, fusion } => {
+                    let fusion = fusion.search(100, keel_rag::Mode::Hybrid, Vec::new());
                     rag::eval(cli.config.as_deref(), &beir, qrels.as_deref(), collection.as_deref(), &embedding_model, &fusion, json, pull).await
                 }
             },

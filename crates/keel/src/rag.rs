@@ -255,7 +255,7 @@ pub async fn query(config: Option<&Path>, collection: &str, text: &str, search: 
         None => collection.hits(&collection.search(text, search, &embedder).await?)?,
         Some(judge) => {
             // The reranker sees a deeper list than is shown, and picks the best of it.
-            let deeper = keel_rag::Search { k: search.k.max(RERANK_DEPTH), ..search.clone() };
+            let deeper = keel_rag::Search { k: search.k.max(keel_rag::rerank::DEPTH), ..search.clone() };
             let hits = collection.hits(&collection.search(text, &deeper, &embedder).await?)?;
             let mut hits = reranked(&setup.router, judge, text, hits).await?;
             hits.truncate(search.k);
@@ -278,9 +278,6 @@ pub async fn query(config: Option<&Path>, collection: &str, text: &str, search: 
     }
     Ok(())
 }
-
-/// Passages retrieved for the reranker to order.
-const RERANK_DEPTH: usize = 20;
 
 async fn reranked(router: &keel_llm::Router, alias: &str, query: &str, hits: Vec<keel_rag::Hit>) -> anyhow::Result<Vec<keel_rag::Hit>> {
     router.alias(alias).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -311,7 +308,7 @@ pub async fn ask(config: Option<&Path>, args: AskArgs<'_>) -> anyhow::Result<()>
     setup.router.alias(args.model).map_err(|e| anyhow::anyhow!("{e}"))?;
     let embedder = GatewayEmbedder { router: &setup.router, model: setup.model.clone() };
     let vector = keel_rag::embed_query(&embedder, args.question).await?;
-    let depth = if args.rerank.is_some() { args.k.max(RERANK_DEPTH) } else { args.k };
+    let depth = if args.rerank.is_some() { args.k.max(keel_rag::rerank::DEPTH) } else { args.k };
     let ranked = collection.search_with(args.question, Some(&vector), &keel_rag::Search::new(depth, Mode::Hybrid))?;
     let mut hits: Vec<keel_rag::Hit> =
         collection.hits(&ranked)?.into_iter().filter(|hit| collection.similarity(hit.chunk_id, &vector) >= args.min_similarity).collect();
