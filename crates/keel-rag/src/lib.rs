@@ -3,7 +3,7 @@
 //! chunk ids, searched alone or fused (reciprocal rank fusion, one vote per document).
 //!
 //! A collection is a folder: `meta.db` (SQLite: documents, chunks, vectors — the truth),
-//! `bm25/` (tantivy) and `vectors.usearch` (HNSW). Every change is committed to SQLite first
+//! `bm25/` (tantivy) and `vectors.hnsw` (HNSW). Every change is committed to SQLite first
 //! and bumps the collection's generation; the indexes are checked against it when the
 //! collection opens and rebuilt if they disagree, so an interrupted ingest leaves a
 //! consistent collection that the next ingest completes.
@@ -104,7 +104,7 @@ impl std::str::FromStr for Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Engine {
-    /// usearch HNSW in the collection's folder.
+    /// keel's HNSW graph in the collection's folder.
     Embedded,
     /// A table with an HNSW index in PostgreSQL (pgvector); the connection string comes from
     /// `KEEL_RAG_POSTGRES_URL`.
@@ -310,7 +310,7 @@ impl std::fmt::Debug for Collection {
 }
 
 /// The HNSW index file in a collection's folder.
-const VECTORS_FILE: &str = "vectors.usearch";
+const VECTORS_FILE: &str = "vectors.hnsw";
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

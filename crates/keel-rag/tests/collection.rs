@@ -91,7 +91,7 @@ async fn ingest_search_update_and_delete_keep_both_indexes_in_step() {
     drop(c);
 
     // A damaged vector index is named at open, and `rebuild` makes it again from the chunks.
-    std::fs::write(root.join("notes/vectors.usearch"), b"garbage where the HNSW graph was").unwrap();
+    std::fs::write(root.join("notes/vectors.hnsw"), b"garbage where the HNSW graph was").unwrap();
     let err = Collection::open(&root, "notes", "words", false).unwrap_err().to_string();
     assert!(err.contains("collection `notes` is damaged") && err.contains("vector index") && err.contains("keel rag rebuild"), "{err}");
     let c = Collection::rebuild(&root, "notes", "words").unwrap();

@@ -811,7 +811,7 @@ fn best_at_target(points: &[AnnPoint]) -> Option<AnnPoint> {
     points.iter().filter(|p| p.recall >= ANN_RECALL_TARGET).copied().max_by(|a, b| a.qps.total_cmp(&b.qps))
 }
 
-/// `keel bench ann`: keel's HNSW index (usearch) against hnswlib on GloVe-6B-50d: the same
+/// `keel bench ann`: keel's HNSW index against hnswlib on GloVe-6B-50d: the same
 /// held-out queries and ground truth, M = 16, ef_construction = 200, the same ef values, one
 /// search thread each; recall@10 and queries per second.
 pub async fn ann(args: AnnArgs) -> anyhow::Result<()> {
@@ -829,7 +829,7 @@ pub async fn ann(args: AnnArgs) -> anyhow::Result<()> {
     eprintln!("building keel's index (M {}, ef_construction {})…", keel_rag::vectors::CONNECTIVITY, keel_rag::vectors::EXPANSION_ADD);
     let scratch = std::env::temp_dir().join(format!("keel-ann-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
-    let index = keel_rag::Vectors::new(&scratch.join("glove.usearch"), d).map_err(anyhow::Error::msg)?;
+    let index = keel_rag::Vectors::new(&scratch.join("glove.hnsw"), d).map_err(anyhow::Error::msg)?;
     let items: Vec<(i64, &[f32])> = data.chunks(d).enumerate().map(|(i, v)| (i as i64, v)).collect();
     let started = Instant::now();
     index.add(&items).map_err(anyhow::Error::msg)?;
