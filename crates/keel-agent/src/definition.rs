@@ -51,6 +51,9 @@ pub struct AgentDef {
     pub temperature: Option<f64>,
     #[serde(default)]
     pub max_tokens: Option<u32>,
+    /// Information-flow policies checked before every tool call (the Rule of Two by default).
+    #[serde(default)]
+    pub guard: keel_guard::GuardSpec,
     /// How many invalid tool calls in a row the model may make before the run stops.
     #[serde(default = "three")]
     pub max_invalid_tool_calls: u32,
@@ -134,6 +137,11 @@ pub struct ToolSpec {
     /// passages with their sources and the collection's trust label.
     #[serde(default)]
     pub collection: Option<String>,
+    /// What the tool does, for the guard: `private_data`, `untrusted_output`, `external`,
+    /// `changes_state` (built-ins know theirs; commands default to untrusted output and an
+    /// external effect).
+    #[serde(default)]
+    pub capabilities: Option<keel_guard::Capabilities>,
 }
 
 /// A handoff target.
@@ -229,6 +237,10 @@ pub struct McpServerSpec {
     /// Settings for single tools, by the server's name for them.
     #[serde(default)]
     pub tool: BTreeMap<String, McpToolSpec>,
+    /// What every tool of this server does, for the guard (default: untrusted output and an
+    /// external effect).
+    #[serde(default)]
+    pub capabilities: Option<keel_guard::Capabilities>,
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -238,9 +250,55 @@ pub struct McpToolSpec {
     pub approval: Option<Approval>,
     #[serde(default)]
     pub timeout_s: Option<f64>,
+    #[serde(default)]
+    pub capabilities: Option<keel_guard::Capabilities>,
 }
 
 impl AgentDef {
+    /// What a tool (by the name the model calls it) does, for the guard: what the agent file
+    /// declares, else what keel knows of its built-ins, else the conservative default
+    /// (untrusted output, external effect) that MCP servers and commands get.
+    pub fn capabilities(&self, tool: &str) -> keel_guard::Capabilities {
+        use keel_guard::{Capabilities, Capability::*};
+        if let Some(declared) = self.tools.get(tool).and_then(|spec| spec.capabilities) {
+            return declared;
+        }
+        if let Some(spec) = self.tools.get(tool) {
+            if spec.collection.is_some() {
+                // Private documents, written by whoever wrote them: a trusted collection's
+                // output is relabelled when it is read.
+                return Capabilities::of(&[PrivateData, UntrustedOutput]);
+            }
+            if spec.agent.is_some() {
+                // Another agent's answer carries whatever it read.
+                return Capabilities::of(&[PrivateData, UntrustedOutput]);
+            }
+        }
+        match tool {
+            "read_file" | "list_dir" => return Capabilities::of(&[PrivateData]),
+            "write_file" => return Capabilities::of(&[ChangesState]),
+            "http_get" => return Capabilities::of(&[UntrustedOutput, External]),
+            // Without network access the shell reaches only the workspace.
+            "shell" if self.tools.get("shell").is_some_and(|spec| spec.network) => {
+                return Capabilities::of(&[PrivateData, UntrustedOutput, External, ChangesState]);
+            }
+            "shell" => return Capabilities::of(&[PrivateData, ChangesState]),
+            // Facts carry no label of their own yet, so recalled ones count as untrusted.
+            "memory_search" => return Capabilities::of(&[PrivateData, UntrustedOutput]),
+            "memory_save" => return Capabilities::NONE,
+            _ => {}
+        }
+        if tool.starts_with("transfer_to_") && self.handoffs.contains_key(&tool["transfer_to_".len()..]) {
+            return Capabilities::NONE;
+        }
+        if let Some((server, remote)) = tool.split_once("__") {
+            if let Some(spec) = self.mcp.get(server) {
+                return spec.tool.get(remote).and_then(|t| t.capabilities).or(spec.capabilities).unwrap_or_else(Capabilities::conservative);
+            }
+        }
+        Capabilities::conservative()
+    }
+
     /// Reads and checks an agent file.
     pub fn load(path: &Path) -> Result<AgentDef, Error> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::Definition(format!("could not read {}: {e}", path.display())))?;
@@ -265,6 +323,7 @@ impl AgentDef {
         if self.name.trim().is_empty() {
             return Err("`name` is empty".into());
         }
+        self.guard.check()?;
         for (name, spec) in &self.tools {
             if crate::memory::TOOLS.contains(&name.as_str()) {
                 return Err(format!("tool `{name}` comes with [memory]; add a [memory] table instead of declaring it"));

@@ -44,8 +44,9 @@ impl keel_rag::Embedder for Embed<'_> {
     }
 }
 
-/// Runs a search tool: the passages as JSON, each labelled with the collection's trust.
-pub async fn search(root: &Path, collection: &str, arguments: &Value, model: &dyn ChatModel) -> Result<String, String> {
+/// Runs a search tool: the passages as JSON, each labelled with the collection's trust, and
+/// whether the collection is trusted.
+pub async fn search(root: &Path, collection: &str, arguments: &Value, model: &dyn ChatModel) -> Result<(String, bool), String> {
     let query = arguments["query"].as_str().unwrap_or_default();
     let k = arguments["k"].as_u64().unwrap_or(5).clamp(1, 20) as usize;
     let alias = keel_rag::stored_model(root, collection).ok_or_else(|| keel_rag::Error::NoCollection(collection.into()).to_string())?;
@@ -64,5 +65,5 @@ pub async fn search(root: &Path, collection: &str, arguments: &Value, model: &dy
             })
         })
         .collect();
-    Ok(json!({"collection": collection, "trust": trust, "results": results}).to_string())
+    Ok((json!({"collection": collection, "trust": trust, "results": results}).to_string(), trust == "trusted"))
 }

@@ -176,7 +176,12 @@ pub enum Step {
         /// The agent this call handed the conversation to.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         handoff: Option<String>,
+        /// Where the output came from and who may read it (the guard's label).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        label: Option<keel_guard::Label>,
     },
+    /// The guard's decision on a call, before it ran: allow, ask a human, or deny.
+    Guard { call_id: String, decision: keel_guard::Decision },
     /// A human's decision on a call that needed approval.
     Approval { call_id: String, approved: bool, note: Option<String> },
 }
@@ -187,6 +192,7 @@ impl Step {
             Step::Model { .. } => "model",
             Step::Tool { .. } => "tool",
             Step::Approval { .. } => "approval",
+            Step::Guard { .. } => "guard",
         }
     }
 }
@@ -248,6 +254,8 @@ pub enum RunEvent {
     /// A recorded result reused on resume instead of running the call again.
     ToolReused { call_id: String, name: String },
     WaitingApproval { call_id: String, name: String, arguments: String },
+    /// The guard's decision on a call, before it runs.
+    Guard { step: i64, call_id: String, name: String, verdict: keel_guard::Verdict, policy: String, reason: String },
     Finished { status: RunStatus, output: Option<String>, reason: Option<String> },
 }
 
@@ -295,6 +303,10 @@ struct State {
     last_text: Option<String>,
     /// The agent the conversation was handed to last (none: the one the run started with).
     active: Option<String>,
+    /// What the run has seen, labelled, for the guard.
+    context: keel_guard::Context,
+    /// The guard's verdicts by call, with the reason.
+    verdicts: HashMap<String, (keel_guard::Verdict, String)>,
 }
 
 impl State {
@@ -302,8 +314,10 @@ impl State {
         let mut state = State::default();
         if !system.trim().is_empty() {
             state.messages.push(Message::text(Role::System, system));
+            state.context.push("system", keel_guard::Label::system(), system);
         }
         state.messages.push(Message::text(Role::User, input));
+        state.context.push("user", keel_guard::Label::user(), input);
         state
     }
 
@@ -322,8 +336,11 @@ impl State {
                 self.messages.push(response.message.clone());
                 self.pending = response.message.tool_calls.clone();
             }
-            Step::Tool { call_id, output, is_error, invalid, ms, spent, handoff, .. } => {
+            Step::Tool { call_id, name, output, is_error, invalid, ms, spent, handoff, label, .. } => {
                 self.active_ms += ms;
+                // Runs recorded before labels count their tools' output as untrusted.
+                let label = label.clone().unwrap_or_else(|| keel_guard::Label::tool(name, keel_guard::Capabilities::conservative()));
+                self.context.push(&format!("tool:{name}"), label, output);
                 if let Some(to) = handoff {
                     self.active = Some(to.clone());
                 }
@@ -336,6 +353,9 @@ impl State {
             }
             Step::Approval { call_id, approved, note } => {
                 self.approvals.insert(call_id.clone(), (*approved, note.clone()));
+            }
+            Step::Guard { call_id, decision } => {
+                self.verdicts.insert(call_id.clone(), (decision.verdict, format!("{} (policy {})", decision.reason, decision.policy)));
             }
         }
     }
@@ -487,6 +507,25 @@ impl<'a> Live<'a> {
                     "gen_ai.tool.name": name,
                     "gen_ai.tool.call.id": call_id,
                     "keel.tool.invalid_arguments": invalid,
+                    "keel.step": seq,
+                }),
+            )),
+            Step::Guard { call_id, decision } => Some(self.span(
+                format!("{}:{call_id}:guard", self.id),
+                format!("guard {}", decision.tool),
+                "guard",
+                now,
+                0.0,
+                decision.verdict != keel_guard::Verdict::Deny,
+                serde_json::json!({
+                    "gen_ai.tool.name": decision.tool,
+                    "gen_ai.tool.call.id": call_id,
+                    "keel.guard.verdict": decision.verdict,
+                    "keel.guard.policy": decision.policy,
+                    "keel.guard.reason": decision.reason,
+                    "keel.guard.capabilities": decision.capabilities,
+                    "keel.guard.context": decision.context,
+                    "keel.guard.arguments": decision.arguments,
                     "keel.step": seq,
                 }),
             )),
@@ -763,13 +802,32 @@ impl Runner {
                 return self.end(live, &state, RunStatus::Failed, state.last_text.clone(), Some(err));
             }
             if !state.pending.is_empty() {
+                // The guard decides every call before anything runs, and the decision is a step.
+                let undecided: Vec<ToolCall> =
+                    state.pending.iter().filter(|call| !state.results.contains_key(&call.id) && !state.verdicts.contains_key(&call.id)).cloned().collect();
+                for call in undecided {
+                    let Some(step) = Runner::guard(agent, &call, &state) else { continue };
+                    let seq = self.record(live, &step, RunStatus::Running)?;
+                    if let Step::Guard { decision, .. } = &step {
+                        self.emit(RunEvent::Guard {
+                            step: seq,
+                            call_id: call.id.clone(),
+                            name: call.name.clone(),
+                            verdict: decision.verdict,
+                            policy: decision.policy.clone(),
+                            reason: decision.reason.clone(),
+                        });
+                    }
+                    state.apply(&step);
+                }
                 let waiting: Vec<ToolCall> = state
                     .pending
                     .iter()
                     .filter(|call| {
                         !state.results.contains_key(&call.id)
                             && !state.approvals.contains_key(&call.id)
-                            && agent.tools.get(&call.name).is_some_and(|entry| entry.approval == Approval::Required)
+                            && (agent.tools.get(&call.name).is_some_and(|entry| entry.approval == Approval::Required)
+                                || state.verdicts.get(&call.id).is_some_and(|(v, _)| *v == keel_guard::Verdict::Ask))
                     })
                     .cloned()
                     .collect();
@@ -781,7 +839,11 @@ impl Runner {
                     .cloned()
                     .collect();
                 let remaining = Runner::remaining(root, &state);
-                let runs = todo.iter().map(|call| self.execute(live, agent, call, state.approvals.get(&call.id).cloned(), &remaining));
+                let blocked = |call: &ToolCall| match state.verdicts.get(&call.id) {
+                    Some((keel_guard::Verdict::Deny, reason)) => Some(reason.clone()),
+                    _ => None,
+                };
+                let runs = todo.iter().map(|call| self.execute(live, agent, call, state.approvals.get(&call.id).cloned(), blocked(call), &remaining));
                 let mut in_sub_runs = Vec::new();
                 for (call, executed) in todo.iter().zip(futures_util::future::join_all(runs).await) {
                     match executed? {
@@ -906,6 +968,16 @@ impl Runner {
         }
     }
 
+    /// The guard's decision on a call whose arguments parse (others fail as invalid anyway).
+    fn guard(agent: &Agent, call: &ToolCall, state: &State) -> Option<Step> {
+        let arguments = if call.arguments.trim().is_empty() { "{}" } else { call.arguments.as_str() };
+        let value: serde_json::Value = serde_json::from_str(arguments).ok()?;
+        agent.tools.get(&call.name)?;
+        let guard = keel_guard::Guard::new(agent.def.guard.clone());
+        let decision = guard.decide(&call.name, agent.def.capabilities(&call.name), &value, &state.context);
+        Some(Step::Guard { call_id: call.id.clone(), decision })
+    }
+
     /// Runs one tool call and commits its result; a sub-agent that stops to wait for a human
     /// leaves the call without a result, and the run waits with it.
     async fn execute(
@@ -914,8 +986,10 @@ impl Runner {
         agent: &Agent,
         call: &ToolCall,
         decision: Option<(bool, Option<String>)>,
+        blocked: Option<String>,
         remaining: &Budget,
     ) -> Result<Executed, Error> {
+        let mut capabilities = agent.def.capabilities(&call.name);
         let started = Instant::now();
         let mut handoff = None;
         let idempotency_key = format!("{}:{}", live.id, call.id);
@@ -933,6 +1007,9 @@ impl Runner {
                     Ok(value) => match schema::validate(&def.parameters, &value) {
                         Err(e) => (format!("invalid arguments: {e}"), true, true),
                         Ok(()) => match decision {
+                            _ if blocked.is_some() => {
+                                (format!("keel's guard blocked this call: {}", blocked.unwrap_or_default()), true, false)
+                            }
                             Some((false, note)) => {
                                 (format!("a human denied this call{}", note.map(|n| format!(": {n}")).unwrap_or_default()), true, false)
                             }
@@ -956,7 +1033,12 @@ impl Runner {
                                     None => Err("RAG collections are not available to this runner".to_string()),
                                 };
                                 match result {
-                                    Ok(output) => (output, false, false),
+                                    Ok((output, trusted)) => {
+                                        if trusted && agent.def.tools[&call.name].capabilities.is_none() {
+                                            capabilities = keel_guard::Capabilities::of(&[keel_guard::Capability::PrivateData]);
+                                        }
+                                        (output, false, false)
+                                    }
                                     Err(err) => (err, true, false),
                                 }
                             }
@@ -1001,6 +1083,7 @@ impl Runner {
             ms,
             spent,
             handoff,
+            label: Some(keel_guard::Label::tool(&call.name, capabilities)),
         };
         let seq = self.record(live, &step, RunStatus::Running)?;
         self.emit(RunEvent::ToolResult {

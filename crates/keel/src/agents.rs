@@ -111,6 +111,12 @@ fn print_event(event: &RunEvent, streaming: bool) -> bool {
         RunEvent::ToolReused { call_id, name } => {
             println!("  {} {name} [{call_id}] already ran; its recorded result is used", table::paint("tool", table::DIM));
         }
+        // Allowed calls go by quietly; the guard speaks when it stops one.
+        RunEvent::Guard { verdict: keel_guard::Verdict::Allow, .. } => {}
+        RunEvent::Guard { call_id, name, verdict, policy, reason, .. } => {
+            let color = if *verdict == keel_guard::Verdict::Deny { table::RED } else { table::YELLOW };
+            println!("  {} {name} [{call_id}] {} by {policy}: {}", table::paint("guard", table::DIM), table::paint(verdict.name(), color), short(reason, 160));
+        }
         RunEvent::WaitingApproval { call_id, name, arguments } => {
             println!("  {} {name}({}) needs approval [{call_id}]", table::paint("⏸", table::YELLOW), short(arguments, 160));
         }
@@ -318,9 +324,24 @@ pub fn show(config: Option<&Path>, id: &str, json: bool) -> anyhow::Result<()> {
                 cost += cost_usd.unwrap_or(0.0);
                 (format!("model {provider}"), detail, response.usage.total().to_string(), cost_usd.map_or("-".into(), |c| format!("{c:.4}")), format!("{ms:.0}"))
             }
-            Step::Tool { name, output, is_error, ms, call_id, .. } => {
+            Step::Tool { name, output, is_error, ms, call_id, label, .. } => {
                 let mark = if *is_error { "error: " } else { "" };
-                (format!("tool {name}"), format!("[{call_id}] {mark}{}", short(output, 60)), "".into(), "".into(), format!("{ms:.0}"))
+                // The output's label: where it came from and who may read it.
+                let label = label.as_ref().map(|l| table::paint(&format!(" ({})", l.summary()), table::DIM)).unwrap_or_default();
+                (format!("tool {name}"), format!("[{call_id}] {mark}{}{label}", short(output, 60)), "".into(), "".into(), format!("{ms:.0}"))
+            }
+            Step::Guard { call_id, decision } => {
+                let code = match decision.verdict {
+                    keel_guard::Verdict::Allow => table::GREEN,
+                    keel_guard::Verdict::Ask => table::YELLOW,
+                    keel_guard::Verdict::Deny => table::RED,
+                };
+                let verdict = table::paint(decision.verdict.name(), code);
+                let detail = match decision.verdict {
+                    keel_guard::Verdict::Allow => format!("[{call_id}] {verdict} {}", decision.tool),
+                    _ => format!("[{call_id}] {verdict} {} by {}: {}", decision.tool, decision.policy, short(&decision.reason, 90)),
+                };
+                ("guard".into(), detail, "".into(), "".into(), "".into())
             }
             Step::Approval { call_id, approved, note } => {
                 let verdict = if *approved { "approved" } else { "denied" };

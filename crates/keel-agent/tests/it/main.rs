@@ -117,7 +117,8 @@ async fn tools_run_concurrently_and_results_follow_their_calls_in_order() {
     let (record, steps) = fx.store.load_run(&outcome.run_id).unwrap();
     assert_eq!(record.status, "completed");
     let kinds: Vec<&str> = steps.iter().map(|s| s.kind.as_str()).collect();
-    assert_eq!(kinds, ["model", "tool", "tool", "model", "tool", "model"]);
+    // The guard decides each call before it runs.
+    assert_eq!(kinds, ["model", "guard", "guard", "tool", "tool", "model", "guard", "tool", "model"]);
     let mut events = Vec::new();
     while let Ok(event) = rx.try_recv() {
         events.push(event);
@@ -198,7 +199,7 @@ async fn approval_pauses_the_run_and_a_decision_resumes_it() {
     assert_eq!(paused.waiting[0].id, "c1");
     assert_eq!(count.load(Ordering::SeqCst), 0, "the call waiting for a decision does not run");
     let (_, steps) = fx.store.load_run(&paused.run_id).unwrap();
-    assert_eq!(steps.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>(), ["model", "tool"], "the call that needs no decision ran");
+    assert_eq!(steps.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>(), ["model", "guard", "guard", "tool"], "the call that needs no decision ran");
     assert_eq!(fx.store.load_run(&paused.run_id).unwrap().0.status, "waiting_approval");
 
     // Resuming without a decision pauses again; a decision on another call is refused.
@@ -406,6 +407,7 @@ async fn a_model_repeating_the_same_call_is_stopped_as_a_loop() {
 mod mcp;
 mod workflows;
 mod examples;
+mod guard;
 
 #[tokio::test]
 async fn memories_are_saved_recalled_for_the_same_user_and_kept_apart_for_others() {

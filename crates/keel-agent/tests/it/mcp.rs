@@ -39,7 +39,7 @@ async fn the_filesystem_server_over_stdio_gives_the_agent_its_tools() {
     std::fs::write(docs.join("notes.md"), "# Notes\nThe launch is on Tuesday.\n").unwrap();
     let bin = servers().join("node_modules/@modelcontextprotocol/server-filesystem/dist/index.js");
     let agent = fx.agent(&format!(
-        "[mcp.files]\ncommand = [\"node\", {}, {}]\nallow_tools = [\"list_directory\", \"read_text_file\", \"write_file\"]\ntool.write_file.approval = \"required\"\n",
+        "[mcp.files]\ncommand = [\"node\", {}, {}]\nallow_tools = [\"list_directory\", \"read_text_file\", \"write_file\"]\ntool.write_file.approval = \"required\"\ncapabilities = [\"private_data\"]\n",
         toml_str(&bin),
         toml_str(&docs.canonicalize().unwrap())
     ));
@@ -144,7 +144,7 @@ async fn the_everything_server_over_streamable_http_serves_tools_and_resources()
 
 fn flaky(fx: &Fixture, extra: &str) -> keel_agent::Agent {
     let script = servers().join("flaky-server.mjs");
-    fx.agent(&format!("[mcp.flaky]\ncommand = [\"node\", {}]\n{extra}", toml_str(&script)))
+    fx.agent(&format!("[mcp.flaky]\ncommand = [\"node\", {}]\ncapabilities = []\n{extra}", toml_str(&script)))
 }
 
 #[tokio::test]

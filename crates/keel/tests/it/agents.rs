@@ -110,7 +110,7 @@ async fn a_killed_run_resumes_from_its_last_step_without_repeating_a_tool_call()
     let shown: serde_json::Value = serde_json::from_slice(&run(&["runs", "show", &run_id, "--json"], &dir).stdout).unwrap();
     assert_eq!(shown["status"], "completed");
     let kinds: Vec<&str> = shown["steps"].as_array().unwrap().iter().map(|s| s["step"]["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["model", "tool", "model"]);
+    assert_eq!(kinds, ["model", "guard", "tool", "model"]);
     // The exact request the model got, tools and all.
     assert_eq!(shown["steps"][0]["step"]["request"]["tools"][0]["name"], "record");
     assert_eq!(shown["steps"][1]["step"]["idempotency_key"], format!("{run_id}:call_fake_0"));
