@@ -281,6 +281,52 @@ pub struct Item {
     pub text: String,
     /// The text with ASCII letters in lower case, searched for argument values.
     folded: Vec<u8>,
+    /// Which 4-byte pieces the folded text has, so most items are ruled out without a scan.
+    grams: Grams,
+}
+
+impl Item {
+    fn says(&self, needle: &[u8], finder: &memchr::memmem::Finder<'_>) -> bool {
+        self.grams.may_contain(needle) && finder.find(&self.folded).is_some()
+    }
+}
+
+/// A Bloom filter of a text's 4-byte pieces: a needle with a piece the text lacks is not in it.
+#[derive(Debug, Clone)]
+struct Grams {
+    bits: Vec<u64>,
+    mask: u32,
+}
+
+impl Grams {
+    fn of(text: &[u8]) -> Grams {
+        // About 16 bits per piece keeps false positives rare; past 1 MiB of bits the filter
+        // fills and the scan that follows decides.
+        let bits = (text.len() * 16).next_power_of_two().clamp(1 << 12, 1 << 23);
+        let mut grams = Grams { bits: vec![0; bits / 64], mask: bits as u32 - 1 };
+        for piece in text.windows(4) {
+            let at = grams.slot(piece);
+            grams.bits[at / 64] |= 1 << (at % 64);
+        }
+        grams
+    }
+
+    fn slot(&self, piece: &[u8]) -> usize {
+        let word = u32::from_le_bytes([piece[0], piece[1], piece[2], piece[3]]);
+        (word.wrapping_mul(0x9e37_79b1).rotate_right(13) & self.mask) as usize
+    }
+
+    fn may_contain(&self, needle: &[u8]) -> bool {
+        if needle.len() < 4 {
+            return true;
+        }
+        // Up to eight pieces spread over the needle, the first and the last among them.
+        let last = needle.len() - 4;
+        (0..8usize).map(|i| i * last / 7).all(|start| {
+            let at = self.slot(&needle[start..start + 4]);
+            self.bits[at / 64] & (1 << (at % 64)) != 0
+        })
+    }
 }
 
 /// What a run has seen so far, and the label of all of it together.
@@ -300,7 +346,9 @@ impl Default for Context {
 impl Context {
     pub fn push(&mut self, source: &str, label: Label, text: &str) {
         self.label = self.label.join(&label);
-        self.items.push(Item { source: source.into(), label, text: text.into(), folded: text.as_bytes().to_ascii_lowercase() });
+        let folded = text.as_bytes().to_ascii_lowercase();
+        let grams = Grams::of(&folded);
+        self.items.push(Item { source: source.into(), label, text: text.into(), folded, grams });
     }
 
     /// The label of a value the model put in a call: the join of the trusted sources that
@@ -317,7 +365,7 @@ impl Context {
         let mut trusted: Option<Label> = None;
         let mut untrusted: Option<Label> = None;
         for item in &self.items {
-            if finder.find(&item.folded).is_some() {
+            if item.says(&needle, &finder) {
                 let slot = if item.label.trusted { &mut trusted } else { &mut untrusted };
                 *slot = Some(slot.as_ref().map_or_else(|| item.label.clone(), |l| l.join(&item.label)));
             }
@@ -331,7 +379,7 @@ impl Context {
         let finder = memchr::memmem::Finder::new(&needle);
         self.items.iter().any(|item| {
             let named = sources.iter().any(|s| item.source == *s || item.source.strip_prefix("tool:") == Some(s.as_str()));
-            named && finder.find(&item.folded).is_some()
+            named && item.says(&needle, &finder)
         })
     }
 }
@@ -538,6 +586,30 @@ mod tests {
         assert_eq!((delete.verdict, delete.policy.as_str()), (Verdict::Deny, "no-deletes"));
         let bad: GuardSpec = toml::from_str("[[policy]]\ntool = \"x\"\nargument = \"to\"\n").unwrap();
         assert!(bad.check().unwrap_err().contains("`from`"));
+    }
+
+    #[test]
+    fn the_piece_filter_never_hides_a_match() {
+        let mut rng = 12345u64;
+        let mut next = || {
+            rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (rng >> 33) as usize
+        };
+        let text: String = (0..5000).map(|_| (b'a' + (next() % 6) as u8) as char).collect();
+        let grams = Grams::of(text.as_bytes());
+        let mut ruled_out = 0;
+        for _ in 0..2000 {
+            let start = next() % 4990;
+            let len = 1 + next() % 9;
+            assert!(grams.may_contain(&text.as_bytes()[start..start + len]), "a piece of the text");
+            let other: Vec<u8> = (0..len).map(|_| b'a' + (next() % 8) as u8).collect();
+            let present = memchr::memmem::find(text.as_bytes(), &other).is_some();
+            if !grams.may_contain(&other) {
+                assert!(!present);
+                ruled_out += 1;
+            }
+        }
+        assert!(ruled_out > 500, "the filter rules out most absent needles ({ruled_out})");
     }
 
     #[test]

@@ -113,7 +113,8 @@ async fn a_killed_run_resumes_from_its_last_step_without_repeating_a_tool_call()
     assert_eq!(kinds, ["model", "guard", "tool", "model"]);
     // The exact request the model got, tools and all.
     assert_eq!(shown["steps"][0]["step"]["request"]["tools"][0]["name"], "record");
-    assert_eq!(shown["steps"][1]["step"]["idempotency_key"], format!("{run_id}:call_fake_0"));
+    assert_eq!(shown["steps"][1]["step"]["decision"]["verdict"], "allow");
+    assert_eq!(shown["steps"][2]["step"]["idempotency_key"], format!("{run_id}:call_fake_0"));
     let table = stdout(&run(&["runs", "show", &run_id], &dir));
     assert!(table.contains("tool record") && table.contains("total:"), "{table}");
 
