@@ -179,8 +179,11 @@ pub enum Step {
         /// Where the output came from and who may read it (the guard's label).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         label: Option<keel_guard::Label>,
+        /// The guard's decision that let the call run (one that stopped it is a step of its own).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        guard: Option<Box<keel_guard::Decision>>,
     },
-    /// The guard's decision on a call, before it ran: allow, ask a human, or deny.
+    /// The guard's decision on a call that it stopped: ask a human, or deny.
     Guard { call_id: String, decision: keel_guard::Decision },
     /// A human's decision on a call that needed approval.
     Approval { call_id: String, approved: bool, note: Option<String> },
@@ -495,7 +498,7 @@ impl<'a> Live<'a> {
                     "keel.step": seq,
                 }),
             )),
-            Step::Tool { call_id, name, is_error, invalid, ms, .. } => Some(self.span(
+            Step::Tool { call_id, name, is_error, invalid, ms, guard, label, .. } => Some(self.span(
                 format!("{}:{call_id}", self.id),
                 format!("execute_tool {name}"),
                 "execute_tool",
@@ -507,6 +510,10 @@ impl<'a> Live<'a> {
                     "gen_ai.tool.name": name,
                     "gen_ai.tool.call.id": call_id,
                     "keel.tool.invalid_arguments": invalid,
+                    "keel.guard.verdict": guard.as_ref().map(|d| d.verdict),
+                    "keel.guard.policy": guard.as_ref().map(|d| &d.policy),
+                    "keel.guard.arguments": guard.as_ref().map(|d| &d.arguments),
+                    "keel.guard.output_label": label,
                     "keel.step": seq,
                 }),
             )),
@@ -805,19 +812,27 @@ impl Runner {
                 // The guard decides every call before anything runs, and the decision is a step.
                 let undecided: Vec<ToolCall> =
                     state.pending.iter().filter(|call| !state.results.contains_key(&call.id) && !state.verdicts.contains_key(&call.id)).cloned().collect();
+                // Allowed calls carry their decision into their result's step (one write, not
+                // two); a call the guard stops gets a step of its own before anything runs.
+                let mut allowed: HashMap<String, keel_guard::Decision> = HashMap::new();
                 for call in undecided {
-                    let Some(step) = Runner::guard(agent, &call, &state) else { continue };
-                    let seq = self.record(live, &step, RunStatus::Running)?;
-                    if let Step::Guard { decision, .. } = &step {
-                        self.emit(RunEvent::Guard {
-                            step: seq,
-                            call_id: call.id.clone(),
-                            name: call.name.clone(),
-                            verdict: decision.verdict,
-                            policy: decision.policy.clone(),
-                            reason: decision.reason.clone(),
-                        });
+                    let Some(decision) = Runner::guard(agent, &call, &state) else { continue };
+                    let event = |step| RunEvent::Guard {
+                        step,
+                        call_id: call.id.clone(),
+                        name: call.name.clone(),
+                        verdict: decision.verdict,
+                        policy: decision.policy.clone(),
+                        reason: decision.reason.clone(),
+                    };
+                    if decision.verdict == keel_guard::Verdict::Allow {
+                        self.emit(event(live.next_seq.load(Ordering::SeqCst)));
+                        allowed.insert(call.id.clone(), decision);
+                        continue;
                     }
+                    let step = Step::Guard { call_id: call.id.clone(), decision: decision.clone() };
+                    let seq = self.record(live, &step, RunStatus::Running)?;
+                    self.emit(event(seq));
                     state.apply(&step);
                 }
                 let waiting: Vec<ToolCall> = state
@@ -826,6 +841,8 @@ impl Runner {
                     .filter(|call| {
                         !state.results.contains_key(&call.id)
                             && !state.approvals.contains_key(&call.id)
+                            // A call the guard denies is not put to a human: it fails.
+                            && !state.verdicts.get(&call.id).is_some_and(|(v, _)| *v == keel_guard::Verdict::Deny)
                             && (agent.tools.get(&call.name).is_some_and(|entry| entry.approval == Approval::Required)
                                 || state.verdicts.get(&call.id).is_some_and(|(v, _)| *v == keel_guard::Verdict::Ask))
                     })
@@ -843,7 +860,10 @@ impl Runner {
                     Some((keel_guard::Verdict::Deny, reason)) => Some(reason.clone()),
                     _ => None,
                 };
-                let runs = todo.iter().map(|call| self.execute(live, agent, call, state.approvals.get(&call.id).cloned(), blocked(call), &remaining));
+                let runs = todo.iter().map(|call| {
+                    let decided = allowed.remove(&call.id);
+                    self.execute(live, agent, call, state.approvals.get(&call.id).cloned(), blocked(call), decided, &remaining)
+                });
                 let mut in_sub_runs = Vec::new();
                 for (call, executed) in todo.iter().zip(futures_util::future::join_all(runs).await) {
                     match executed? {
@@ -968,14 +988,20 @@ impl Runner {
         }
     }
 
+    /// What a tool does: as the tool declares it (tools built in Rust), else as the agent file
+    /// says or keel knows; `None` for a tool the agent does not have.
+    fn capabilities(agent: &Agent, name: &str) -> Option<keel_guard::Capabilities> {
+        let entry = agent.tools.get(name)?;
+        Some(entry.tool.capabilities().unwrap_or_else(|| agent.def.capabilities(name)))
+    }
+
     /// The guard's decision on a call whose arguments parse (others fail as invalid anyway).
-    fn guard(agent: &Agent, call: &ToolCall, state: &State) -> Option<Step> {
+    fn guard(agent: &Agent, call: &ToolCall, state: &State) -> Option<keel_guard::Decision> {
         let arguments = if call.arguments.trim().is_empty() { "{}" } else { call.arguments.as_str() };
         let value: serde_json::Value = serde_json::from_str(arguments).ok()?;
-        agent.tools.get(&call.name)?;
+        let capabilities = Runner::capabilities(agent, &call.name)?;
         let guard = keel_guard::Guard::new(agent.def.guard.clone());
-        let decision = guard.decide(&call.name, agent.def.capabilities(&call.name), &value, &state.context);
-        Some(Step::Guard { call_id: call.id.clone(), decision })
+        Some(guard.decide(&call.name, capabilities, &value, &state.context))
     }
 
     /// Runs one tool call and commits its result; a sub-agent that stops to wait for a human
@@ -987,9 +1013,10 @@ impl Runner {
         call: &ToolCall,
         decision: Option<(bool, Option<String>)>,
         blocked: Option<String>,
+        allowed: Option<keel_guard::Decision>,
         remaining: &Budget,
     ) -> Result<Executed, Error> {
-        let mut capabilities = agent.def.capabilities(&call.name);
+        let mut capabilities = Runner::capabilities(agent, &call.name).unwrap_or_else(keel_guard::Capabilities::conservative);
         let started = Instant::now();
         let mut handoff = None;
         let idempotency_key = format!("{}:{}", live.id, call.id);
@@ -1084,6 +1111,7 @@ impl Runner {
             spent,
             handoff,
             label: Some(keel_guard::Label::tool(&call.name, capabilities)),
+            guard: allowed.map(Box::new),
         };
         let seq = self.record(live, &step, RunStatus::Running)?;
         self.emit(RunEvent::ToolResult {

@@ -35,12 +35,18 @@ pub trait Tool: Send + Sync {
     fn def(&self) -> ToolDef;
     /// Runs the call; `Err` is a failure the model gets to see.
     fn call<'a>(&'a self, arguments: Value, ctx: &'a ToolContext) -> BoxFuture<'a, Result<String, String>>;
+    /// What the tool does, for the guard; `None` leaves it to the agent file (or keel's
+    /// conservative default: untrusted output, external effect).
+    fn capabilities(&self) -> Option<keel_guard::Capabilities> {
+        None
+    }
 }
 
 /// A Rust closure as a tool, with a JSON Schema for its arguments.
 pub struct FunctionTool<F> {
     def: ToolDef,
     run: F,
+    capabilities: Option<keel_guard::Capabilities>,
 }
 
 impl<F> FunctionTool<F>
@@ -48,7 +54,14 @@ where
     F: Fn(Value, ToolContext) -> BoxFuture<'static, Result<String, String>> + Send + Sync,
 {
     pub fn new(name: &str, description: &str, parameters: Value, run: F) -> FunctionTool<F> {
-        FunctionTool { def: ToolDef { name: name.into(), description: Some(description.into()), parameters, strict: None }, run }
+        FunctionTool { def: ToolDef { name: name.into(), description: Some(description.into()), parameters, strict: None }, run, capabilities: None }
+    }
+
+    /// Declares what the tool does, for the guard (`private_data`, `untrusted_output`,
+    /// `external`, `changes_state`).
+    pub fn with_capabilities(mut self, capabilities: &[keel_guard::Capability]) -> FunctionTool<F> {
+        self.capabilities = Some(keel_guard::Capabilities::of(capabilities));
+        self
     }
 }
 
@@ -93,6 +106,10 @@ where
 
     fn call<'a>(&'a self, arguments: Value, ctx: &'a ToolContext) -> BoxFuture<'a, Result<String, String>> {
         (self.run)(arguments, ctx.clone())
+    }
+
+    fn capabilities(&self) -> Option<keel_guard::Capabilities> {
+        self.capabilities
     }
 }
 

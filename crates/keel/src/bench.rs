@@ -592,7 +592,8 @@ fn bench_agent(dir: &std::path::Path) -> anyhow::Result<keel_agent::Agent> {
         "Look a key up.",
         json!({"type": "object", "properties": {"key": {"type": "string"}}, "required": ["key"]}),
         |args, _ctx| Box::pin(async move { Ok(format!("value of {}", args["key"])) }),
-    );
+    )
+    .with_capabilities(&[keel_guard::Capability::PrivateData]);
     agent.tools.insert(Arc::new(lookup), keel_agent::Approval::Never, None);
     Ok(agent)
 }

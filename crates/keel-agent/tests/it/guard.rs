@@ -36,6 +36,7 @@ fn guard_steps(fx: &Fixture, run_id: &str) -> Vec<keel_guard::Decision> {
         .iter()
         .filter_map(|s| match serde_json::from_str::<Step>(&s.data).unwrap() {
             Step::Guard { decision, .. } => Some(decision),
+            Step::Tool { guard, .. } => guard.map(|d| *d),
             _ => None,
         })
         .collect()

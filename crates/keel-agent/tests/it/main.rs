@@ -117,8 +117,7 @@ async fn tools_run_concurrently_and_results_follow_their_calls_in_order() {
     let (record, steps) = fx.store.load_run(&outcome.run_id).unwrap();
     assert_eq!(record.status, "completed");
     let kinds: Vec<&str> = steps.iter().map(|s| s.kind.as_str()).collect();
-    // The guard decides each call before it runs.
-    assert_eq!(kinds, ["model", "guard", "guard", "tool", "tool", "model", "guard", "tool", "model"]);
+    assert_eq!(kinds, ["model", "tool", "tool", "model", "tool", "model"]);
     let mut events = Vec::new();
     while let Ok(event) = rx.try_recv() {
         events.push(event);
@@ -199,7 +198,7 @@ async fn approval_pauses_the_run_and_a_decision_resumes_it() {
     assert_eq!(paused.waiting[0].id, "c1");
     assert_eq!(count.load(Ordering::SeqCst), 0, "the call waiting for a decision does not run");
     let (_, steps) = fx.store.load_run(&paused.run_id).unwrap();
-    assert_eq!(steps.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>(), ["model", "guard", "guard", "tool"], "the call that needs no decision ran");
+    assert_eq!(steps.iter().map(|s| s.kind.as_str()).collect::<Vec<_>>(), ["model", "tool"], "the call that needs no decision ran");
     assert_eq!(fx.store.load_run(&paused.run_id).unwrap().0.status, "waiting_approval");
 
     // Resuming without a decision pauses again; a decision on another call is refused.

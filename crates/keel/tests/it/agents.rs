@@ -110,11 +110,13 @@ async fn a_killed_run_resumes_from_its_last_step_without_repeating_a_tool_call()
     let shown: serde_json::Value = serde_json::from_slice(&run(&["runs", "show", &run_id, "--json"], &dir).stdout).unwrap();
     assert_eq!(shown["status"], "completed");
     let kinds: Vec<&str> = shown["steps"].as_array().unwrap().iter().map(|s| s["step"]["kind"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["model", "guard", "tool", "model"]);
+    assert_eq!(kinds, ["model", "tool", "model"]);
     // The exact request the model got, tools and all.
     assert_eq!(shown["steps"][0]["step"]["request"]["tools"][0]["name"], "record");
-    assert_eq!(shown["steps"][1]["step"]["decision"]["verdict"], "allow");
-    assert_eq!(shown["steps"][2]["step"]["idempotency_key"], format!("{run_id}:call_fake_0"));
+    assert_eq!(shown["steps"][1]["step"]["idempotency_key"], format!("{run_id}:call_fake_0"));
+    // The guard's decision rides with the call it let through, with the output's label.
+    assert_eq!(shown["steps"][1]["step"]["guard"]["verdict"], "allow");
+    assert_eq!(shown["steps"][1]["step"]["label"]["sources"][0], "tool:record");
     let table = stdout(&run(&["runs", "show", &run_id], &dir));
     assert!(table.contains("tool record") && table.contains("total:"), "{table}");
 
@@ -217,8 +219,10 @@ async fn agents_run_over_http_with_streamed_steps_and_approvals() {
     let events: Vec<serde_json::Value> =
         body.lines().filter_map(|l| l.strip_prefix("data: ")).map(|l| serde_json::from_str(l).unwrap()).collect();
     let kinds: Vec<&str> = events.iter().map(|e| e["event"].as_str().unwrap()).collect();
-    assert_eq!(kinds, ["started", "model_call", "waiting_approval", "outcome"]);
-    let outcome = &events[3]["outcome"];
+    // The guard's decision on the call streams too (allowed: it needs approval for itself).
+    assert_eq!(kinds, ["started", "model_call", "guard", "waiting_approval", "outcome"]);
+    assert_eq!(events[2]["verdict"], "allow");
+    let outcome = &events[4]["outcome"];
     assert_eq!(outcome["status"], "waiting_approval");
     let run_id = outcome["run_id"].as_str().unwrap().to_string();
 
@@ -303,12 +307,18 @@ async fn the_support_example_pauses_refunds_for_approval() {
     let keel_in = |args: &[&str]| {
         keel().args(args).current_dir(&dir).env("KEEL_HOME", dir.join("home")).env("FAKE_KEY", "k").output().unwrap()
     };
-    let paused = keel_in(&["agent", "run", "support.toml", "--var", "shop=Acme", "Order A-1002 arrived broken"]);
+    // The fake model fills every string argument with "Paris"; the example's guard policy lets
+    // a refund through only for an order the customer named, so the customer names that one.
+    let paused = keel_in(&["agent", "run", "support.toml", "--var", "shop=Acme", "Order Paris arrived broken"]);
     let text = stdout(&paused);
     assert!(paused.status.success(), "{text}{}", String::from_utf8_lossy(&paused.stderr));
     assert!(text.contains("lookup_order error"), "the fake asks for an order that does not exist: {text}");
     assert!(text.contains("refund(") && text.contains("needs approval [call_fake_1]"), "{text}");
     let run_id = text.split("keel runs approve ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
+    // Another order is refused by the policy outright, with no human asked.
+    let refused = keel_in(&["agent", "run", "support.toml", "--var", "shop=Acme", "Order A-1002 arrived broken"]);
+    let text = stdout(&refused);
+    assert!(text.contains("deny by refund.order_id") && text.contains("keel's guard blocked this call") && !text.contains("needs approval"), "{text}");
     let missing_var = keel_in(&["agent", "run", "support.toml", "hi"]);
     assert!(String::from_utf8_lossy(&missing_var.stderr).contains("--var shop="));
 

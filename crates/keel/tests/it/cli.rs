@@ -54,7 +54,7 @@ fn guard_check_decides_a_call_by_the_agent_files_policies() {
     // An order id found only in a web page's text (untrusted) would need a human by the Rule of Two.
     std::fs::write(
         dir.join("shop.toml"),
-        "name = \"shop\"\nmodel = \"local\"\ninstructions = \"Help.\"\n[tools.http_get]\n[tools.refund]\ncommand = [\"true\"]\ncapabilities = [\"changes_state\"]\n",
+        "name = \"shop\"\nmodel = \"local\"\ninstructions = \"Help.\"\n[tools.http_get]\nallow_hosts = [\"shop.example\"]\n[tools.refund]\ncommand = [\"true\"]\ncapabilities = [\"changes_state\"]\n",
     )
     .unwrap();
     let output = run(
@@ -75,6 +75,34 @@ fn guard_check_decides_a_call_by_the_agent_files_policies() {
     assert!(stderr(&output).contains("has no tool `send_email`"), "{}", stderr(&output));
     let output = run(&["guard", "check", support, "--tool", "refund", "--args", "{not json"], &dir);
     assert!(stderr(&output).contains("--args is not JSON"), "{}", stderr(&output));
+}
+
+#[test]
+fn guard_bench_replays_agentdojo_with_a_model_that_obeys_every_injection() {
+    let installed = std::process::Command::new("python3").args(["-c", "import agentdojo"]).stderr(std::process::Stdio::null()).status().is_ok_and(|s| s.success());
+    if !installed {
+        assert!(std::env::var_os("KEEL_REQUIRE_AGENTDOJO").is_none(), "KEEL_REQUIRE_AGENTDOJO is set but agentdojo is not installed");
+        eprintln!("skipped: pip install agentdojo to replay its suites through the guard");
+        return;
+    }
+    let dir = temp_dir("agentdojo");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../benches/agentdojo/convert.py");
+    for suite in ["banking", "slack"] {
+        let converted = std::process::Command::new("python3").args([script, suite, "scenarios"]).current_dir(&dir).output().unwrap();
+        assert!(converted.status.success(), "{}", stderr(&converted));
+        let output = run(&["guard", "bench", "--agentdojo", "scenarios", "--suite", suite, "--json"], &dir);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert!(report["pairs"].as_u64().unwrap() >= 100 && report["injection_sink_calls"].as_u64().unwrap() >= 100, "{report}");
+        assert_eq!(report["reached_sink"], 0, "{suite}: {}", report["misses"]);
+        let (stopped, calls) = (report["user_calls_blocked_or_asked"].as_u64().unwrap(), report["user_calls"].as_u64().unwrap());
+        assert!(calls >= 30 && stopped < calls, "{suite}: the user tasks' own calls mostly go through ({stopped} of {calls} stopped)");
+    }
+    let output = run(&["guard", "bench", "--agentdojo", "scenarios", "--suite", "banking"], &dir);
+    assert!(stdout(&output).contains("no injection call reached its sink"), "{}", stdout(&output));
+    let output = run(&["guard", "bench", "--agentdojo", "scenarios", "--suite", "travel"], &dir);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("run benches/agentdojo/convert.py travel DIR first"), "{}", stderr(&output));
 }
 
 #[test]
