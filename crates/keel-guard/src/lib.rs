@@ -14,6 +14,8 @@
 //! user's; a value that appears only in a web page is the page's; a value that appears nowhere
 //! was written by the model and carries everything the model saw.
 
+pub mod pii;
+
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};

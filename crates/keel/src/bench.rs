@@ -936,3 +936,145 @@ pub async fn ann(args: AnnArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(Debug, clap::Args)]
+pub struct PiiArgs {
+    /// Sentences with labelled PII spans (Presidio's synthetic data set format).
+    #[arg(long, default_value = "../shared/data/presidio-synth/dev.json")]
+    data: PathBuf,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Span-level scores of one entity type: a found span is right when a labelled span of the
+/// same type overlaps it (each labelled span counts once).
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+struct SpanScore {
+    labelled: usize,
+    found: usize,
+    right: usize,
+}
+
+impl SpanScore {
+    fn precision(&self) -> f64 {
+        if self.found == 0 { 0.0 } else { self.right as f64 / self.found as f64 }
+    }
+    fn recall(&self) -> f64 {
+        if self.labelled == 0 { 0.0 } else { self.right as f64 / self.labelled as f64 }
+    }
+    fn f2(&self) -> f64 {
+        let (p, r) = (self.precision(), self.recall());
+        if p + r == 0.0 { 0.0 } else { 5.0 * p * r / (4.0 * p + r) }
+    }
+}
+
+/// Scores findings `(type, start, end)` per sentence against the labels, for `types`.
+fn score_spans(labels: &[Vec<(String, usize, usize)>], found: &[Vec<(String, usize, usize)>], types: &[&str]) -> std::collections::BTreeMap<String, SpanScore> {
+    let mut scores: std::collections::BTreeMap<String, SpanScore> = types.iter().map(|t| (t.to_string(), SpanScore::default())).collect();
+    for (gold, predicted) in labels.iter().zip(found) {
+        let mut used = vec![false; gold.len()];
+        for (kind, start, end) in gold {
+            if let Some(s) = scores.get_mut(kind) {
+                s.labelled += 1;
+            }
+            let _ = (start, end);
+        }
+        for (kind, start, end) in predicted {
+            let Some(s) = scores.get_mut(kind) else { continue };
+            s.found += 1;
+            if let Some(i) = gold.iter().enumerate().position(|(i, (k, gs, ge))| !used[i] && k == kind && start < ge && gs < end) {
+                used[i] = true;
+                s.right += 1;
+            }
+        }
+    }
+    scores
+}
+
+/// `keel bench pii`: keel's PII rules against presidio-analyzer on the same labelled
+/// sentences: span-level precision, recall and F2 per entity type, and scan throughput.
+pub async fn pii(args: PiiArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.data).with_context(|| format!("could not read {}", args.data.display()))?;
+    let items: Vec<serde_json::Value> = serde_json::from_str(&text).with_context(|| format!("{} is not a JSON list", args.data.display()))?;
+    // Character offsets (Presidio's) to byte offsets (keel's) and back.
+    let texts: Vec<String> = items.iter().map(|i| i["full_text"].as_str().unwrap_or_default().to_string()).collect();
+    let byte_of = |t: &str, chars: usize| t.char_indices().nth(chars).map_or(t.len(), |(b, _)| b);
+    let labels: Vec<Vec<(String, usize, usize)>> = items
+        .iter()
+        .zip(&texts)
+        .map(|(item, t)| {
+            item["spans"].as_array().into_iter().flatten().map(|s| {
+                let at = |k: &str| s[k].as_u64().unwrap_or(0) as usize;
+                (s["entity_type"].as_str().unwrap_or_default().to_string(), byte_of(t, at("start_position")), byte_of(t, at("end_position")))
+            }).collect()
+        })
+        .collect();
+    let types: Vec<&str> = keel_guard::pii::Entity::ALL.iter().map(|e| e.name()).collect();
+    let keel_found: Vec<Vec<(String, usize, usize)>> =
+        texts.iter().map(|t| keel_guard::pii::scan(t).into_iter().map(|f| (f.entity.name().to_string(), f.start, f.end)).collect()).collect();
+    let keel_scores = score_spans(&labels, &keel_found, &types);
+    // Throughput over about 16 MB of the sentences, one core.
+    let corpus: String = texts.join("\n");
+    let repeats = (16_000_000 / corpus.len().max(1)).max(1);
+    let big = corpus.repeat(repeats);
+    let started = Instant::now();
+    let n = keel_guard::pii::scan(&big).len();
+    let mb_s = big.len() as f64 / 1e6 / started.elapsed().as_secs_f64();
+    anyhow::ensure!(n > 0, "no PII found in the throughput text");
+
+    let peer = run_peer("benches/peer_presidio.py", &[args.data.as_os_str()], "pip install presidio-analyzer").and_then(|value| {
+        let seconds = value["seconds"].as_f64().unwrap_or(f64::NAN);
+        let found: Vec<Vec<(String, usize, usize)>> = value["found"]
+            .as_array()
+            .ok_or("the peer printed no findings")?
+            .iter()
+            .zip(&texts)
+            .map(|(list, t)| {
+                list.as_array().into_iter().flatten().map(|f| {
+                    let kind = match f["entity"].as_str().unwrap_or_default() {
+                        "URL" => "DOMAIN_NAME",
+                        other => other,
+                    };
+                    let at = |k: &str| byte_of(t, f[k].as_u64().unwrap_or(0) as usize);
+                    (kind.to_string(), at("start"), at("end"))
+                }).collect()
+            })
+            .collect();
+        Ok((score_spans(&labels, &found, &types), corpus.len() as f64 / 1e6 / seconds))
+    });
+
+    if args.json {
+        let rows = |scores: &std::collections::BTreeMap<String, SpanScore>| -> serde_json::Value {
+            scores.iter().map(|(k, s)| (k.clone(), json!({"labelled": s.labelled, "found": s.found, "right": s.right, "precision": s.precision(), "recall": s.recall(), "f2": s.f2()}))).collect::<serde_json::Map<_, _>>().into()
+        };
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({
+                "data": args.data, "sentences": texts.len(),
+                "keel": {"scores": rows(&keel_scores), "mb_per_s": mb_s},
+                "presidio": peer.as_ref().ok().map(|(s, mb)| json!({"scores": rows(s), "mb_per_s": mb})),
+                "peer_error": peer.as_ref().err(),
+            }))?
+        );
+        return Ok(());
+    }
+    println!("{} sentences of {} (span level: a found span is right when a labelled one of its type overlaps it)", texts.len(), args.data.display());
+    let fmt = |s: &SpanScore| format!("{:.2} / {:.2} / {:.2}", s.precision(), s.recall(), s.f2());
+    let rows: Vec<Vec<Cell>> = keel_scores
+        .iter()
+        .map(|(kind, s)| {
+            let theirs = peer.as_ref().ok().and_then(|(p, _)| p.get(kind)).map_or("-".into(), fmt);
+            vec![Cell::new(kind), Cell::num(s.labelled.to_string()), Cell::num(fmt(s)), Cell::num(theirs)]
+        })
+        .collect();
+    print!("{}", table::render(&["ENTITY", "LABELLED", "KEEL P / R / F2", "PRESIDIO P / R / F2"], &rows));
+    let speed = match &peer {
+        Ok((_, theirs)) => format!("scan: keel {mb_s:.0} MB/s on one core (target ≥ 20 MB/s), presidio {theirs:.2} MB/s = {:.0}x", mb_s / theirs),
+        Err(_) => format!("scan: keel {mb_s:.0} MB/s on one core (target ≥ 20 MB/s)"),
+    };
+    println!("{}", table::paint(&speed, if mb_s >= 20.0 { table::GREEN } else { table::RED }));
+    if let Err(err) = &peer {
+        println!("{}", table::paint(&format!("peer not measured: {err}"), table::YELLOW));
+    }
+    Ok(())
+}

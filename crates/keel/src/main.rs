@@ -517,6 +517,9 @@ enum BenchCommand {
     Ann(bench::AnnArgs),
     /// The guard's policy decision per tool call (labels, declared policies, Rule of Two).
     Guard(guard::BenchArgs),
+    /// PII detection: span-level precision, recall and F2 per entity type against
+    /// presidio-analyzer on the same labelled sentences, and scan throughput.
+    Pii(bench::PiiArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -565,6 +568,7 @@ fn main() -> std::process::ExitCode {
             Command::Bench { command: BenchCommand::Agent(args) } => bench::agent(args).await,
             Command::Bench { command: BenchCommand::Ann(args) } => bench::ann(args).await,
             Command::Bench { command: BenchCommand::Guard(args) } => guard::bench(args),
+            Command::Bench { command: BenchCommand::Pii(args) } => bench::pii(args).await,
             Command::Guard { command: GuardCommand::Check(args) } => guard::check(args),
             Command::Guard { command: GuardCommand::Bench(args) } => guard::agentdojo(args),
             Command::Agent { command: AgentCommand::New { name, dir } } => agents::new_agent(&name, dir.as_deref()),

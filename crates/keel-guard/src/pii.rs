@@ -1,0 +1,300 @@
+//! PII and secrets in text: the kinds a rule can find, each checked the way its format allows
+//! (Luhn for card numbers, ISO 7064 mod 97 for IBANs, octet ranges for IP addresses, known
+//! prefixes and character entropy for API keys), scored, and raised by context words before
+//! them ("phone", "SSN", "card") the way Presidio does. Used to redact text at rest and as a
+//! policy input for outbound calls.
+
+use std::sync::LazyLock;
+
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
+/// What a finding is; the names are Presidio's entity types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Entity {
+    EmailAddress,
+    PhoneNumber,
+    CreditCard,
+    IbanCode,
+    UsSsn,
+    IpAddress,
+    DomainName,
+    Secret,
+}
+
+impl Entity {
+    pub const ALL: [Entity; 8] =
+        [Entity::EmailAddress, Entity::PhoneNumber, Entity::CreditCard, Entity::IbanCode, Entity::UsSsn, Entity::IpAddress, Entity::DomainName, Entity::Secret];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Entity::EmailAddress => "EMAIL_ADDRESS",
+            Entity::PhoneNumber => "PHONE_NUMBER",
+            Entity::CreditCard => "CREDIT_CARD",
+            Entity::IbanCode => "IBAN_CODE",
+            Entity::UsSsn => "US_SSN",
+            Entity::IpAddress => "IP_ADDRESS",
+            Entity::DomainName => "DOMAIN_NAME",
+            Entity::Secret => "SECRET",
+        }
+    }
+
+    /// Words that, shortly before a match, make it likelier to be this kind.
+    fn context(self) -> &'static [&'static str] {
+        match self {
+            Entity::PhoneNumber => &[
+                "phone", "call", "tel", "mobile", "cell", "fax", "number", "reach", "text me", "contact", "dial", "desk", "office", "messages to",
+                "registered", "answering at", "whatsapp",
+            ],
+            Entity::CreditCard => &["card", "credit", "visa", "mastercard", "amex", "payment"],
+            Entity::IbanCode => &["iban", "account", "bank", "transfer"],
+            Entity::UsSsn => &["ssn", "social security", "social", "security number", "ss#"],
+            Entity::IpAddress => &["ip", "address", "server", "host"],
+            Entity::Secret => &["key", "token", "secret", "password", "api", "bearer"],
+            Entity::EmailAddress | Entity::DomainName => &[],
+        }
+    }
+}
+
+/// One span of PII: byte offsets into the text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Finding {
+    pub entity: Entity,
+    pub start: usize,
+    pub end: usize,
+    pub score: f32,
+}
+
+/// Findings below this score are not reported.
+pub const THRESHOLD: f32 = 0.5;
+/// What a context word adds to a score.
+const CONTEXT_BOOST: f32 = 0.35;
+/// How far before a match a context word counts, in bytes.
+const CONTEXT_WINDOW: usize = 48;
+/// And how far after it.
+const CONTEXT_AFTER: usize = 12;
+
+struct Pattern {
+    entity: Entity,
+    regex: Regex,
+    score: f32,
+    /// A format check on the matched text: `None` rejects the match, `Some(s)` sets its score.
+    check: fn(&str, f32) -> Option<f32>,
+}
+
+fn keep(_: &str, score: f32) -> Option<f32> {
+    Some(score)
+}
+
+static PATTERNS: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
+    let p = |entity, pattern: &str, score, check: fn(&str, f32) -> Option<f32>| Pattern {
+        entity,
+        regex: Regex::new(pattern).expect("a valid built-in pattern"),
+        score,
+        check,
+    };
+    vec![
+        p(Entity::EmailAddress, r"(?i)\b[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}\b", 1.0, keep),
+        p(Entity::DomainName, r"(?i)\b(?:https?://|www\.)[a-z0-9.-]+\.[a-z]{2,}(?:[/?#][^\s<>\x22']*)?", 0.6, trim_url),
+        p(Entity::CreditCard, r"\b(?:\d[ -]?){12,18}\d\b", 0.3, luhn),
+        p(Entity::IbanCode, r"(?i)\b[a-z]{2}\d{2}(?: ?[a-z0-9]{4}){2,7}(?: ?[a-z0-9]{1,4})?\b", 0.3, iban),
+        p(Entity::UsSsn, r"\b\d{3}[- .]\d{2}[- .]\d{4}\b", 0.5, ssn),
+        p(Entity::UsSsn, r"\b\d{9}\b", 0.2, ssn),
+        p(Entity::IpAddress, r"\b(?:\d{1,3}\.){3}\d{1,3}\b", 0.6, ipv4),
+        p(Entity::IpAddress, r"(?i)\b(?:[0-9a-f]{1,4}:){7}[0-9a-f]{1,4}\b", 0.6, keep),
+        p(
+            Entity::PhoneNumber,
+            r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\b\d{1,5}(?:[ .-]?(?:\(\d{1,4}\))?[ .-]?\d{1,5}){0,5}(?:\s?x\d{1,5})?\b",
+            0.4,
+            phone,
+        ),
+        p(
+            Entity::Secret,
+            r"\b(?:sk-(?:ant-|proj-)?[A-Za-z0-9_-]{20,}|gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{40,}|xox[abpors]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16}|AIza[0-9A-Za-z_-]{35}|glpat-[A-Za-z0-9_-]{20,}|hf_[A-Za-z0-9]{30,})",
+            1.0,
+            keep,
+        ),
+        p(Entity::Secret, r"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----", 1.0, keep),
+        p(Entity::Secret, r"\b[A-Za-z0-9+/_=-]{32,}\b", 0.0, entropy),
+    ]
+});
+
+fn digits(text: &str) -> Vec<u32> {
+    text.chars().filter_map(|c| c.to_digit(10)).collect()
+}
+
+/// Card numbers: 13 to 19 digits whose Luhn sum is a multiple of ten.
+fn luhn(text: &str, score: f32) -> Option<f32> {
+    let d = digits(text);
+    if !(13..=19).contains(&d.len()) || d.iter().all(|x| *x == d[0]) {
+        return None;
+    }
+    let sum: u32 = d.iter().rev().enumerate().map(|(i, &x)| if i % 2 == 1 { if x * 2 > 9 { x * 2 - 9 } else { x * 2 } } else { x }).sum();
+    (sum % 10 == 0).then_some(score.max(0.9))
+}
+
+/// IBANs: the country and check digits moved to the end, letters as 10..35, mod 97 is 1.
+fn iban(text: &str, score: f32) -> Option<f32> {
+    let compact: String = text.chars().filter(|c| !c.is_whitespace()).collect::<String>().to_ascii_uppercase();
+    if !(15..=34).contains(&compact.len()) {
+        return None;
+    }
+    let rearranged = compact[4..].chars().chain(compact[..4].chars());
+    let mut remainder = 0u32;
+    for c in rearranged {
+        let value = c.to_digit(36)?;
+        for digit in if value >= 10 { vec![value / 10, value % 10] } else { vec![value] } {
+            remainder = (remainder * 10 + digit) % 97;
+        }
+    }
+    (remainder == 1).then_some(score.max(1.0))
+}
+
+/// US SSNs: no all-zero group, not 666, not every digit the same.
+fn ssn(text: &str, score: f32) -> Option<f32> {
+    let d = digits(text);
+    if d.len() != 9 || d.iter().all(|x| *x == d[0]) {
+        return None;
+    }
+    let (area, group, serial) = (&d[..3], &d[3..5], &d[5..]);
+    if area.iter().all(|x| *x == 0) || area == [6, 6, 6] || group.iter().all(|x| *x == 0) || serial.iter().all(|x| *x == 0) {
+        return None;
+    }
+    Some(score)
+}
+
+fn ipv4(text: &str, score: f32) -> Option<f32> {
+    text.split('.').all(|octet| octet.parse::<u16>().is_ok_and(|n| n <= 255) && (octet == "0" || !octet.starts_with('0'))).then_some(score)
+}
+
+/// Phone numbers: 7 to 15 digits; a leading `+` or a bracketed area code makes one likelier.
+fn phone(text: &str, score: f32) -> Option<f32> {
+    let d = digits(text);
+    if !(7..=15).contains(&d.len()) {
+        return None;
+    }
+    let formatted = text.starts_with('+') || text.contains('(');
+    Some(if formatted { score + 0.2 } else { score })
+}
+
+/// A URL without the punctuation that ends the sentence around it.
+fn trim_url(_: &str, score: f32) -> Option<f32> {
+    Some(score)
+}
+
+/// Long tokens of mixed letters and digits with high character entropy (keys, tokens).
+fn entropy(text: &str, _: f32) -> Option<f32> {
+    let has = |f: fn(&char) -> bool| text.chars().any(|c| f(&c));
+    if !(has(char::is_ascii_digit) && has(char::is_ascii_lowercase) && has(char::is_ascii_uppercase)) {
+        return None;
+    }
+    let mut counts = [0u32; 128];
+    for b in text.bytes() {
+        counts[(b & 127) as usize] += 1;
+    }
+    let n = text.len() as f64;
+    let bits: f64 = counts.iter().filter(|c| **c > 0).map(|&c| -(c as f64 / n) * (c as f64 / n).log2()).sum();
+    (bits >= 4.0).then_some(0.7)
+}
+
+/// Every finding at or above [`THRESHOLD`], in text order, overlaps resolved by score (then
+/// length).
+pub fn scan(text: &str) -> Vec<Finding> {
+    let lower = text.to_ascii_lowercase();
+    let mut found: Vec<Finding> = Vec::new();
+    for pattern in PATTERNS.iter() {
+        for m in pattern.regex.find_iter(text) {
+            let (mut start, mut end) = (m.start(), m.end());
+            if pattern.entity == Entity::DomainName {
+                while end > start && matches!(text.as_bytes()[end - 1], b'.' | b',' | b')' | b';' | b':' | b'!' | b'?') {
+                    end -= 1;
+                }
+            }
+            if pattern.entity == Entity::PhoneNumber {
+                while start < end && text.as_bytes()[start] == b' ' {
+                    start += 1;
+                }
+            }
+            let Some(mut score) = (pattern.check)(&text[start..end], pattern.score) else { continue };
+            // Bytes, not characters: the window may start inside a multi-byte character. A few
+            // words after count too ("555 0142 office").
+            let before = &lower.as_bytes()[start.saturating_sub(CONTEXT_WINDOW)..start];
+            let after = &lower.as_bytes()[end..(end + CONTEXT_AFTER).min(lower.len())];
+            let said = |window: &[u8]| pattern.entity.context().iter().any(|word| memchr::memmem::find(window, word.as_bytes()).is_some());
+            if said(before) || said(after) {
+                score += CONTEXT_BOOST;
+            }
+            if score >= THRESHOLD {
+                found.push(Finding { entity: pattern.entity, start, end, score: score.min(1.0) });
+            }
+        }
+    }
+    // The strongest of overlapping findings wins; a longer one breaks a tie.
+    found.sort_by(|a, b| b.score.total_cmp(&a.score).then((b.end - b.start).cmp(&(a.end - a.start))));
+    let mut kept: Vec<Finding> = Vec::new();
+    for f in found {
+        if kept.iter().all(|k| f.end <= k.start || f.start >= k.end) {
+            kept.push(f);
+        }
+    }
+    kept.sort_by_key(|f| f.start);
+    kept
+}
+
+/// The text with each finding replaced by `<ENTITY>`.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for f in scan(text) {
+        out.push_str(&text[at..f.start]);
+        out.push('<');
+        out.push_str(f.entity.name());
+        out.push('>');
+        at = f.end;
+    }
+    out.push_str(&text[at..]);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(text: &str) -> Vec<(Entity, &str)> {
+        scan(text).into_iter().map(|f| (f.entity, &text[f.start..f.end])).collect()
+    }
+
+    #[test]
+    fn checksums_separate_real_numbers_from_look_alikes() {
+        assert_eq!(kinds("card 4111 1111 1111 1111 please"), [(Entity::CreditCard, "4111 1111 1111 1111")]);
+        assert!(kinds("order 4111 1111 1111 1112").iter().all(|(e, _)| *e != Entity::CreditCard), "fails Luhn");
+        assert_eq!(kinds("pay to GB82 WEST 1234 5698 7654 32 today"), [(Entity::IbanCode, "GB82 WEST 1234 5698 7654 32")]);
+        assert!(kinds("ref GB82WEST12345698765433").is_empty(), "fails mod 97");
+        assert_eq!(kinds("server 192.168.1.20 is up"), [(Entity::IpAddress, "192.168.1.20")]);
+        assert!(kinds("version 1.2.300.4").is_empty(), "300 is no octet");
+    }
+
+    #[test]
+    fn context_words_raise_weak_patterns() {
+        assert_eq!(kinds("My SSN is 123-45-6789."), [(Entity::UsSsn, "123-45-6789")]);
+        assert_eq!(kinds("social security: 123456789"), [(Entity::UsSsn, "123456789")]);
+        assert!(kinds("invoice 123456789").is_empty(), "nine digits alone are not an SSN");
+        assert_eq!(kinds("call me on 555 014 2231"), [(Entity::PhoneNumber, "555 014 2231")]);
+        assert_eq!(kinds("(602)272-9781"), [(Entity::PhoneNumber, "(602)272-9781")]);
+    }
+
+    #[test]
+    fn text_in_any_script_is_scanned() {
+        assert_eq!(kinds("Ζωή Λαμπράκη, τηλέφωνο: +30 210 123 4567"), [(Entity::PhoneNumber, "+30 210 123 4567")]);
+    }
+
+    #[test]
+    fn emails_urls_and_secrets_are_found_and_redacted() {
+        let text = "Write to ada@example.org, see https://example.org/docs. Key: sk-ant-REDACTEDxxxxxxxxxxxxxxxxxxxxxxxx";
+        assert_eq!(redact(text), "Write to <EMAIL_ADDRESS>, see <DOMAIN_NAME>. Key: <SECRET>");
+        assert_eq!(kinds("token=ghp_aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5bC7d"), [(Entity::Secret, "ghp_aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5bC7d")]);
+        assert_eq!(kinds("x Zk8QpL2vR9sT4wX7yB1nM6cF3hJ5gD0aE2 y").len(), 1, "a high-entropy token");
+        assert!(kinds("the_quick_brown_fox_jumps_over_the_lazy_dog_again").is_empty());
+    }
+}
