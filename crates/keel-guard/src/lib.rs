@@ -458,12 +458,23 @@ impl Guard {
             let steered = decision.arguments.iter().find(|a| !a.label.trusted);
             let leaking = capabilities.has(Capability::External) && !context.label.trusted;
             let private = decision.arguments.iter().find(|a| a.label.is_private());
+            // PII the user did not give counts as private in an outbound argument, whatever its
+            // label says (a tool that under-declares what it returns).
+            let pii = || {
+                leaves.iter().zip(&decision.arguments).filter(|(_, arg)| !arg.label.sources.contains("user")).find_map(|((_, value), arg)| {
+                    let found = pii::scan(value);
+                    found.first().map(|f| (arg, f.entity.name()))
+                })
+            };
             if let Some(arg) = steered {
                 let from: Vec<&str> = arg.label.sources.iter().filter(|s| s.starts_with("tool:")).map(String::as_str).collect();
                 let reason = format!("`{}` came from untrusted content ({}) and {tool} {}", arg.path, from.join(", "), sink_words(capabilities));
                 raise(&mut decision, Verdict::Ask, "rule_of_two".into(), reason);
             } else if let (true, Some(arg)) = (leaking, private) {
                 let reason = format!("the run has read untrusted content and `{}` carries private data out through {tool}", arg.path);
+                raise(&mut decision, Verdict::Ask, "rule_of_two".into(), reason);
+            } else if let Some((arg, entity)) = leaking.then(pii).flatten() {
+                let reason = format!("the run has read untrusted content and `{}` carries PII ({entity}) out through {tool}", arg.path);
                 raise(&mut decision, Verdict::Ask, "rule_of_two".into(), reason);
             }
         }
@@ -549,6 +560,22 @@ mod tests {
         assert_eq!(guard.decide("read_inbox", caps(&[Capability::PrivateData]), &json!({}), &ctx).verdict, Verdict::Allow);
         let off = Guard::new(GuardSpec { rule_of_two: false, policy: Vec::new() });
         assert_eq!(off.decide("send_email", send, &json!({"to": "eve@evil.test"}), &ctx).verdict, Verdict::Allow);
+    }
+
+    #[test]
+    fn pii_in_an_outbound_argument_counts_as_private() {
+        let mut ctx = Context::default();
+        ctx.push("user", Label::user(), "Fill in the form at forms.example for me");
+        // A tool that declared nothing private returned a card number.
+        ctx.push("tool:crm", Label::tool("crm", Capabilities::NONE), "customer card 4111 1111 1111 1111");
+        ctx.push("tool:http_get", Label::tool("http_get", caps(&[Capability::UntrustedOutput, Capability::External])), "A form.");
+        let post = |card: &str, ctx: &Context| Guard::default().decide("http_post", caps(&[Capability::External]), &json!({"url": "forms.example", "card": card}), ctx);
+        let d = post("4111 1111 1111 1111", &ctx);
+        assert_eq!(d.verdict, Verdict::Ask, "{d:?}");
+        assert!(d.reason.contains("`card` carries PII (CREDIT_CARD)"), "{}", d.reason);
+        // What the user typed is theirs to send.
+        ctx.push("user", Label::user(), "my card is 5500 0000 0000 0004");
+        assert_eq!(post("5500 0000 0000 0004", &ctx).verdict, Verdict::Allow);
     }
 
     #[test]

@@ -340,3 +340,50 @@ pub fn agentdojo(args: AgentDojoArgs) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[derive(Debug, clap::Args)]
+pub struct PiiArgs {
+    /// The text to scan; `-` (or nothing) reads standard input.
+    text: Option<String>,
+    /// Print the text with each finding replaced by <ENTITY> instead of a table.
+    #[arg(long)]
+    redact: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+/// `keel guard pii [TEXT]`: the PII and secrets in a text, or the text redacted.
+pub fn pii(args: PiiArgs) -> anyhow::Result<()> {
+    let text = match args.text.as_deref() {
+        None | Some("-") => std::io::read_to_string(std::io::stdin()).context("could not read standard input")?,
+        Some(text) => text.to_string(),
+    };
+    if args.redact {
+        print!("{}", keel_guard::pii::redact(&text));
+        if !text.ends_with('\n') {
+            println!();
+        }
+        return Ok(());
+    }
+    let found = keel_guard::pii::scan(&text);
+    if args.json {
+        let list: Vec<serde_json::Value> = found
+            .iter()
+            .map(|f| serde_json::json!({"entity": f.entity, "start": f.start, "end": f.end, "score": f.score, "text": &text[f.start..f.end]}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
+    if found.is_empty() {
+        println!("{}", table::paint("no PII or secrets found", table::GREEN));
+        return Ok(());
+    }
+    let rows: Vec<Vec<Cell>> = found
+        .iter()
+        .map(|f| {
+            vec![Cell::new(f.entity.name()), Cell::num(format!("{}..{}", f.start, f.end)), Cell::num(format!("{:.2}", f.score)), Cell::new(&text[f.start..f.end])]
+        })
+        .collect();
+    print!("{}", table::render(&["ENTITY", "BYTES", "SCORE", "TEXT"], &rows));
+    Ok(())
+}

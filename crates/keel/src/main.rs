@@ -533,6 +533,9 @@ enum GuardCommand {
     /// every injection: the share of injection calls that reach their sink, and of the user
     /// tasks' own calls that are blocked or sent for approval.
     Bench(guard::AgentDojoArgs),
+    /// Find PII and secrets (emails, phones, cards, IBANs, SSNs, IPs, URLs, API keys) in a
+    /// text, or print it redacted.
+    Pii(guard::PiiArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -571,6 +574,7 @@ fn main() -> std::process::ExitCode {
             Command::Bench { command: BenchCommand::Pii(args) } => bench::pii(args).await,
             Command::Guard { command: GuardCommand::Check(args) } => guard::check(args),
             Command::Guard { command: GuardCommand::Bench(args) } => guard::agentdojo(args),
+            Command::Guard { command: GuardCommand::Pii(args) } => guard::pii(args),
             Command::Agent { command: AgentCommand::New { name, dir } } => agents::new_agent(&name, dir.as_deref()),
             Command::Agent { command: AgentCommand::Run { agent, input, vars, json, pull } } => {
                 let file = agents::find_agent(&agent)?;

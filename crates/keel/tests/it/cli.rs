@@ -78,6 +78,20 @@ fn guard_check_decides_a_call_by_the_agent_files_policies() {
 }
 
 #[test]
+fn guard_pii_finds_and_redacts() {
+    let dir = temp_dir("pii");
+    let text = "Card 4111 1111 1111 1111, mail ada@example.org, call 555 014 2231";
+    let output = run(&["guard", "pii", text, "--redact"], &dir);
+    assert_eq!(stdout(&output), "Card <CREDIT_CARD>, mail <EMAIL_ADDRESS>, call <PHONE_NUMBER>\n");
+    let found: serde_json::Value = serde_json::from_slice(&run(&["guard", "pii", text, "--json"], &dir).stdout).unwrap();
+    let kinds: Vec<&str> = found.as_array().unwrap().iter().map(|f| f["entity"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["CREDIT_CARD", "EMAIL_ADDRESS", "PHONE_NUMBER"]);
+    assert_eq!(found[1]["text"], "ada@example.org");
+    let table = stdout(&run(&["guard", "pii", "nothing to see"], &dir));
+    assert!(table.contains("no PII or secrets found"), "{table}");
+}
+
+#[test]
 fn guard_bench_replays_agentdojo_with_a_model_that_obeys_every_injection() {
     let installed = std::process::Command::new("python3").args(["-c", "import agentdojo"]).stderr(std::process::Stdio::null()).status().is_ok_and(|s| s.success());
     if !installed {
