@@ -86,11 +86,15 @@ pub struct StoreConfig {
     /// Traces waiting for the writer before requests wait for it (back-pressure).
     #[serde(default = "default_trace_buffer")]
     pub trace_buffer: usize,
+    /// Replace PII and secrets (emails, phones, cards, IBANs, SSNs, IPs, URLs, API keys) in
+    /// stored request and response bodies with `<ENTITY>` before they are written.
+    #[serde(default)]
+    pub redact_pii: bool,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        StoreConfig { path: None, log_bodies: true, trace_buffer: default_trace_buffer() }
+        StoreConfig { path: None, log_bodies: true, trace_buffer: default_trace_buffer(), redact_pii: false }
     }
 }
 

@@ -152,6 +152,8 @@ pub struct Trace {
 pub struct Store {
     path: PathBuf,
     pub(crate) conn: Mutex<Connection>,
+    /// Trace bodies are redacted of PII and secrets before they are written.
+    redact_pii: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -177,7 +179,7 @@ impl Store {
             tx.pragma_update(None, "user_version", idx as i64 + 1).map_err(err)?;
             tx.commit().map_err(err)?;
         }
-        Ok(Store { path: path.to_path_buf(), conn: Mutex::new(conn) })
+        Ok(Store { path: path.to_path_buf(), conn: Mutex::new(conn), redact_pii: std::sync::atomic::AtomicBool::new(false) })
     }
 
     pub fn path(&self) -> &Path {
@@ -188,8 +190,19 @@ impl Store {
         Error::Sqlite { path: self.path.clone(), source }
     }
 
+    /// Redact PII and secrets from the bodies of traces written from now on (`[store]
+    /// redact_pii`).
+    pub fn set_redact_pii(&self, on: bool) {
+        self.redact_pii.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Writes traces in one transaction.
     pub fn insert_traces(&self, traces: &[Trace]) -> Result<()> {
+        let redact = self.redact_pii.load(std::sync::atomic::Ordering::Relaxed);
+        let body = |b: &Option<String>| match b {
+            Some(b) if redact => Some(keel_guard::pii::redact(b)),
+            other => other.clone(),
+        };
         let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         {
@@ -222,8 +235,8 @@ impl Store {
                     t.cost_usd,
                     t.finish_reason,
                     t.error,
-                    t.request_body,
-                    t.response_body,
+                    body(&t.request_body),
+                    body(&t.response_body),
                 ])
                 .map_err(|e| self.err(e))?;
             }

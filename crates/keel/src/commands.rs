@@ -113,7 +113,10 @@ pub async fn chat(
         info.provider, info.model, usage.input_tokens, usage.output_tokens, trace.latency_ms
     );
     let store_path = settings.store_path();
-    let stored = Store::open(&store_path).and_then(|store| store.insert_traces(std::slice::from_ref(&trace)));
+    let stored = Store::open(&store_path).and_then(|store| {
+        store.set_redact_pii(settings.config.store.redact_pii);
+        store.insert_traces(std::slice::from_ref(&trace))
+    });
     if let Err(err) = stored {
         eprintln!("{} could not save the trace: {err}", table::paint("warning:", table::YELLOW));
     }

@@ -29,6 +29,7 @@ pub async fn run(config: Option<&Path>, listen: Option<SocketAddr>, pull: bool) 
     };
     let store_path = settings.store_path();
     let store = Arc::new(Store::open(&store_path)?);
+    store.set_redact_pii(config.store.redact_pii);
     let router = Arc::new(router);
     let agents = match settings.agents_dir() {
         None => None,

@@ -176,6 +176,30 @@ async fn chat_streams_an_answer_and_leaves_a_trace() {
     assert_eq!(models[1]["routes"][0]["price"]["input"], 0.15);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_are_redacted_of_pii_at_rest_when_the_config_says_so() {
+    let dir = temp_dir("redact");
+    let (upstream, _fake) = keel_server::fake::spawn(Some("k-123".into())).await.unwrap();
+    let config = config(&upstream.to_string(), "127.0.0.1:0", &[("fast", "gpt-4o-mini")]).replace("path = \"keel.db\"\n", "path = \"keel.db\"\nredact_pii = true\n");
+    std::fs::write(dir.join("keel.toml"), config).unwrap();
+    let dir2 = dir.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        crate::keel().args(["chat", "-m", "fast", "mail ada@example.org my card 4111 1111 1111 1111"]).current_dir(&dir2).env("FAKE_KEY", "k-123").output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "echo: mail ada@example.org my card 4111 1111 1111 1111\n", "the answer itself is untouched");
+    let traces: serde_json::Value = serde_json::from_slice(&run(&["traces", "--json"], &dir).stdout).unwrap();
+    let id = traces[0]["id"].as_str().unwrap();
+    let one: serde_json::Value = serde_json::from_slice(&run(&["traces", "--id", id], &dir).stdout).unwrap();
+    for body in [&one["request_body"], &one["response_body"]] {
+        let body = body.as_str().unwrap();
+        assert!(body.contains("mail <EMAIL_ADDRESS> my card <CREDIT_CARD>"), "{body}");
+        assert!(!body.contains("ada@example.org") && !body.contains("4111"), "{body}");
+    }
+}
+
 pub fn real_models_dir() -> std::path::PathBuf {
     if let Some(dir) = std::env::var_os("KEEL_MODELS_DIR") {
         return dir.into();
