@@ -809,7 +809,7 @@ impl Runner {
                 return self.end(live, &state, RunStatus::Failed, state.last_text.clone(), Some(err));
             }
             if !state.pending.is_empty() {
-                // The guard decides every call before anything runs, and the decision is a step.
+                // The guard decides every call before anything runs.
                 let undecided: Vec<ToolCall> =
                     state.pending.iter().filter(|call| !state.results.contains_key(&call.id) && !state.verdicts.contains_key(&call.id)).cloned().collect();
                 // Allowed calls carry their decision into their result's step (one write, not
@@ -1000,8 +1000,7 @@ impl Runner {
         let arguments = if call.arguments.trim().is_empty() { "{}" } else { call.arguments.as_str() };
         let value: serde_json::Value = serde_json::from_str(arguments).ok()?;
         let capabilities = Runner::capabilities(agent, &call.name)?;
-        let guard = keel_guard::Guard::new(agent.def.guard.clone());
-        Some(guard.decide(&call.name, capabilities, &value, &state.context))
+        Some(agent.def.guard.decide(&call.name, capabilities, &value, &state.context))
     }
 
     /// Runs one tool call and commits its result; a sub-agent that stops to wait for a human

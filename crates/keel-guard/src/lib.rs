@@ -425,6 +425,13 @@ impl Guard {
     /// Decides a call of `tool` (with its declared capabilities) with these JSON arguments,
     /// in this context.
     pub fn decide(&self, tool: &str, capabilities: Capabilities, arguments: &serde_json::Value, context: &Context) -> Decision {
+        self.spec.decide(tool, capabilities, arguments, context)
+    }
+}
+
+impl GuardSpec {
+    /// [`Guard::decide`] on the policies themselves (no copy of them per call).
+    pub fn decide(&self, tool: &str, capabilities: Capabilities, arguments: &serde_json::Value, context: &Context) -> Decision {
         let mut leaves = Vec::new();
         flatten(arguments, String::new(), &mut leaves);
         let labelled: Vec<ArgumentLabel> = leaves.iter().map(|(path, value)| ArgumentLabel { path: path.clone(), label: context.label_of(value) }).collect();
@@ -442,7 +449,7 @@ impl Guard {
                 (decision.verdict, decision.policy, decision.reason) = (verdict, policy, reason);
             }
         };
-        for policy in self.spec.policy.iter().filter(|p| p.tool == "*" || p.tool == tool) {
+        for policy in self.policy.iter().filter(|p| p.tool == "*" || p.tool == tool) {
             if let Some(verdict) = policy.decision {
                 raise(&mut decision, verdict, policy.name(), format!("policy `{}` says {} for every call of {tool}", policy.name(), verdict.name()));
                 continue;
@@ -454,7 +461,7 @@ impl Guard {
                 raise(&mut decision, policy.otherwise, policy.name(), reason);
             }
         }
-        if self.spec.rule_of_two && capabilities.is_sink() {
+        if self.rule_of_two && capabilities.is_sink() {
             let steered = decision.arguments.iter().find(|a| !a.label.trusted);
             let leaking = capabilities.has(Capability::External) && !context.label.trusted;
             let private = decision.arguments.iter().find(|a| a.label.is_private());

@@ -99,7 +99,7 @@ static PATTERNS: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
     };
     vec![
         p(Entity::EmailAddress, r"(?i)(?-u:\b)[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}(?-u:\b)", 1.0, keep),
-        p(Entity::DomainName, r"(?i)(?-u:\b)(?:https?://|www\.)[a-z0-9.-]+\.[a-z]{2,}(?:[/?#][^\s<>\x22']*)?", 0.6, trim_url),
+        p(Entity::DomainName, r"(?i)(?-u:\b)(?:https?://|www\.)[a-z0-9.-]+\.[a-z]{2,}(?:[/?#][^\s<>\x22']*)?", 0.6, keep),
         p(Entity::CreditCard, r"(?-u:\b)(?:[0-9][ -]?){12,18}[0-9](?-u:\b)", 0.3, luhn),
         p(Entity::IbanCode, r"(?i)(?-u:\b)[a-z]{2}[0-9]{2}(?: ?[a-z0-9]{4}){2,7}(?: ?[a-z0-9]{1,4})?(?-u:\b)", 0.3, iban),
         p(Entity::UsSsn, r"(?-u:\b)[0-9]{3}[- .][0-9]{2}[- .][0-9]{4}(?-u:\b)", 0.5, ssn),
@@ -181,11 +181,6 @@ fn phone(text: &str, score: f32) -> Option<f32> {
     Some(if formatted { score + 0.2 } else { score })
 }
 
-/// A URL without the punctuation that ends the sentence around it.
-fn trim_url(_: &str, score: f32) -> Option<f32> {
-    Some(score)
-}
-
 /// Long tokens of mixed letters and digits with high character entropy (keys, tokens).
 fn entropy(text: &str, _: f32) -> Option<f32> {
     let has = |f: fn(&char) -> bool| text.chars().any(|c| f(&c));
@@ -212,6 +207,7 @@ pub fn scan(text: &str) -> Vec<Finding> {
         let searched: &[std::ops::Range<usize>] = if pattern.digits { &regions } else { &whole };
         let matches = searched.iter().flat_map(|r| pattern.regex.find_iter(&text[r.clone()]).map(move |m| (r.start + m.start(), r.start + m.end())));
         for (mut start, mut end) in matches {
+            // A URL without the punctuation that ends the sentence around it.
             if pattern.entity == Entity::DomainName {
                 while end > start && matches!(text.as_bytes()[end - 1], b'.' | b',' | b')' | b';' | b':' | b'!' | b'?') {
                     end -= 1;

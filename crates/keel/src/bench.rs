@@ -973,11 +973,10 @@ fn score_spans(labels: &[Vec<(String, usize, usize)>], found: &[Vec<(String, usi
     let mut scores: std::collections::BTreeMap<String, SpanScore> = types.iter().map(|t| (t.to_string(), SpanScore::default())).collect();
     for (gold, predicted) in labels.iter().zip(found) {
         let mut used = vec![false; gold.len()];
-        for (kind, start, end) in gold {
+        for (kind, _, _) in gold {
             if let Some(s) = scores.get_mut(kind) {
                 s.labelled += 1;
             }
-            let _ = (start, end);
         }
         for (kind, start, end) in predicted {
             let Some(s) = scores.get_mut(kind) else { continue };
