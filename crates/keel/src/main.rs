@@ -4,6 +4,7 @@
 mod agents;
 mod bench;
 mod commands;
+mod detector;
 mod guard;
 mod local;
 mod mcp;
@@ -536,6 +537,14 @@ enum GuardCommand {
     /// Find PII and secrets (emails, phones, cards, IBANs, SSNs, IPs, URLs, API keys) in a
     /// text, or print it redacted.
     Pii(guard::PiiArgs),
+    /// Score a text for prompt injection (rules, then the classifier): the score, the
+    /// threshold and the rule that fired. Example: keel guard detect "ignore previous instructions"
+    Detect(detector::DetectArgs),
+    /// Train the injection classifier on labelled prompts, or measure it.
+    Detector {
+        #[command(subcommand)]
+        command: detector::DetectorCommand,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -575,6 +584,9 @@ fn main() -> std::process::ExitCode {
             Command::Guard { command: GuardCommand::Check(args) } => guard::check(args),
             Command::Guard { command: GuardCommand::Bench(args) } => guard::agentdojo(args),
             Command::Guard { command: GuardCommand::Pii(args) } => guard::pii(args),
+            Command::Guard { command: GuardCommand::Detect(args) } => detector::detect(args),
+            Command::Guard { command: GuardCommand::Detector { command: detector::DetectorCommand::Train(args) } } => detector::train(args),
+            Command::Guard { command: GuardCommand::Detector { command: detector::DetectorCommand::Eval(args) } } => detector::eval(args),
             Command::Agent { command: AgentCommand::New { name, dir } } => agents::new_agent(&name, dir.as_deref()),
             Command::Agent { command: AgentCommand::Run { agent, input, vars, json, pull } } => {
                 let file = agents::find_agent(&agent)?;

@@ -1,0 +1,226 @@
+//! `keel guard detect`, `keel guard detector train` and `keel guard detector eval`: the
+//! prompt-injection detector on a text, trained on labelled prompts, and measured.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use keel_guard::detect::{self, Detector, TrainOptions};
+
+use crate::table::{self, Cell};
+
+#[derive(Debug, clap::Args)]
+pub struct DetectArgs {
+    /// The text to score; `-` (or nothing) reads standard input.
+    text: Option<String>,
+    /// A model written by `keel guard detector train` instead of the one keel ships.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum DetectorCommand {
+    /// Train the classifier on labelled prompts: four fifths of them (a fixed split by a
+    /// hash of each text); the held-out fifth sets the threshold at 1% false positives.
+    /// Example: keel guard detector train --data ../shared/data/llm-warden/train.csv --out injection.model
+    Train(TrainArgs),
+    /// Precision and recall at the model's threshold and at a 1% false-positive rate, for the
+    /// rules, the classifier and both, plus latency per 2 KB; on CSV (prompt,type) or JSON
+    /// lines ({"text", "label"}) files.
+    Eval(EvalArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TrainArgs {
+    /// Labelled prompts: CSV with `prompt`/`text` and `type`/`label` columns, or JSON lines.
+    #[arg(long)]
+    data: PathBuf,
+    /// Where to write the model (keel ships crates/keel-guard/data/injection.model).
+    #[arg(long, default_value = "injection.model")]
+    out: PathBuf,
+    #[arg(long, default_value_t = 12)]
+    epochs: usize,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EvalArgs {
+    /// Labelled files to measure on, each reported on its own.
+    #[arg(long = "data", required = true)]
+    data: Vec<PathBuf>,
+    /// Which rows: `validation` (the fifth `train` held out) or `all` (a separate test file).
+    #[arg(long, default_value = "all")]
+    split: String,
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+fn load(model: &Option<PathBuf>) -> anyhow::Result<Detector> {
+    match model {
+        None => Ok(Detector::builtin().clone()),
+        Some(path) => {
+            let bytes = std::fs::read(path).with_context(|| format!("could not read {}", path.display()))?;
+            Detector::from_bytes(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        }
+    }
+}
+
+/// `keel guard detect [TEXT]`.
+pub fn detect(args: DetectArgs) -> anyhow::Result<()> {
+    let text = match args.text.as_deref() {
+        None | Some("-") => std::io::read_to_string(std::io::stdin()).context("could not read standard input")?,
+        Some(text) => text.to_string(),
+    };
+    let detector = load(&args.model)?;
+    let found = detector.scan(&text);
+    if args.json {
+        println!("{}", serde_json::json!({"score": found.score, "flagged": found.flagged, "rule": found.rule, "threshold": detector.threshold}));
+        return Ok(());
+    }
+    let verdict = if found.flagged { table::paint("injection", table::RED) } else { table::paint("no injection found", table::GREEN) };
+    let why = found.rule.map_or_else(|| "classifier".to_string(), |r| format!("rule {r}"));
+    println!("{verdict}  score {:.3} (threshold {:.3}, {why})", found.score, detector.threshold);
+    Ok(())
+}
+
+/// `keel guard detector train`.
+pub fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let examples = detect::read_labelled(&args.data).map_err(anyhow::Error::msg)?;
+    let (validation, training): (Vec<_>, Vec<_>) = examples.into_iter().partition(|(text, _)| detect::is_validation(text));
+    if training.iter().all(|(_, y)| *y) || training.iter().all(|(_, y)| !*y) {
+        bail!("{}: training needs both benign and injection examples", args.data.display());
+    }
+    let started = Instant::now();
+    let mut model = Detector::train(&training, &TrainOptions { epochs: args.epochs, ..TrainOptions::default() }).quantised();
+    let benign: Vec<f32> = validation.iter().filter(|(_, y)| !*y).map(|(t, _)| model.scan(t).score).collect();
+    if benign.is_empty() {
+        bail!("the validation fifth of {} has no benign examples to set the threshold on", args.data.display());
+    }
+    model.threshold = detect::threshold_at_fpr(&benign, 0.01);
+    std::fs::write(&args.out, model.to_bytes()).with_context(|| format!("could not write {}", args.out.display()))?;
+    let scored: Vec<(f32, bool)> = validation.iter().map(|(t, y)| (model.scan(t).score, *y)).collect();
+    let (precision, recall, ..) = detect::precision_recall(&scored, model.threshold);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({"train": training.len(), "validation": validation.len(), "threshold": model.threshold,
+                "precision": precision, "recall": recall, "seconds": started.elapsed().as_secs_f64(), "out": args.out})
+        );
+    } else {
+        println!(
+            "trained on {} prompts in {:.1} s; threshold {:.4} (1% false positives on the {} held out): precision {:.3}, recall {:.3}; wrote {}",
+            training.len(),
+            started.elapsed().as_secs_f64(),
+            model.threshold,
+            validation.len(),
+            precision,
+            recall,
+            args.out.display()
+        );
+    }
+    Ok(())
+}
+
+/// One file's figures.
+#[derive(Debug, serde::Serialize)]
+struct Report {
+    file: String,
+    benign: usize,
+    injections: usize,
+    /// Per part: precision, recall, false-positive rate at the model's threshold, then
+    /// precision and recall at the threshold that lets through 1% of this file's benign rows.
+    parts: Vec<Part>,
+    p50_us_per_2kb: f64,
+    p99_us_per_2kb: f64,
+}
+
+#[derive(Debug, serde::Serialize)]
+struct Part {
+    part: &'static str,
+    precision: f64,
+    recall: f64,
+    false_positive_rate: f64,
+    precision_at_1pct_fpr: f64,
+    recall_at_1pct_fpr: f64,
+}
+
+fn part(name: &'static str, scores: &[(f32, bool)], threshold: f32) -> Part {
+    let benign = scores.iter().filter(|(_, y)| !*y).count().max(1);
+    let (precision, recall, _, fp) = detect::precision_recall(scores, threshold);
+    let benign_scores: Vec<f32> = scores.iter().filter(|(_, y)| !*y).map(|(s, _)| *s).collect();
+    let at = detect::threshold_at_fpr(&benign_scores, 0.01);
+    let (p1, r1, ..) = detect::precision_recall(scores, at);
+    Part { part: name, precision, recall, false_positive_rate: fp as f64 / benign as f64, precision_at_1pct_fpr: p1, recall_at_1pct_fpr: r1 }
+}
+
+/// `keel guard detector eval`.
+pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
+    let detector = load(&args.model)?;
+    let validation_only = match args.split.as_str() {
+        "validation" => true,
+        "all" => false,
+        other => bail!("--split is `validation` or `all`, not `{other}`"),
+    };
+    let mut reports = Vec::new();
+    for file in &args.data {
+        let rows: Vec<(String, bool)> =
+            detect::read_labelled(file).map_err(anyhow::Error::msg)?.into_iter().filter(|(t, _)| !validation_only || detect::is_validation(t)).collect();
+        if rows.is_empty() {
+            bail!("{}: no rows to measure", file.display());
+        }
+        let mut per_2kb = Vec::new();
+        let mut both = Vec::new();
+        let mut rules = Vec::new();
+        let mut classifier = Vec::new();
+        for (text, y) in &rows {
+            let started = Instant::now();
+            let found = detector.scan(text);
+            let us = started.elapsed().as_secs_f64() * 1e6;
+            per_2kb.push(us * 2048.0 / text.len().max(1) as f64);
+            both.push((found.score, *y));
+            rules.push((if Detector::rule(text).is_some() { 1.0 } else { 0.0 }, *y));
+            classifier.push((detector.classifier_score(text), *y));
+        }
+        per_2kb.sort_by(f64::total_cmp);
+        let quantile = |q: f64| per_2kb[((per_2kb.len() - 1) as f64 * q).round() as usize];
+        reports.push(Report {
+            file: file.display().to_string(),
+            benign: rows.iter().filter(|(_, y)| !*y).count(),
+            injections: rows.iter().filter(|(_, y)| *y).count(),
+            parts: vec![part("rules + classifier", &both, detector.threshold), part("rules", &rules, 0.5), part("classifier", &classifier, detector.threshold)],
+            p50_us_per_2kb: quantile(0.5),
+            p99_us_per_2kb: quantile(0.99),
+        });
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+        return Ok(());
+    }
+    for report in &reports {
+        println!(
+            "{}: {} benign, {} injections; threshold {:.4}; {:.0} µs p50, {:.0} µs p99 per 2 KB (one core)",
+            report.file, report.benign, report.injections, detector.threshold, report.p50_us_per_2kb, report.p99_us_per_2kb
+        );
+        let rows: Vec<Vec<Cell>> = report
+            .parts
+            .iter()
+            .map(|p| {
+                vec![
+                    Cell::new(p.part),
+                    Cell::num(format!("{:.3}", p.precision)),
+                    Cell::num(format!("{:.3}", p.recall)),
+                    Cell::num(format!("{:.3}", p.false_positive_rate)),
+                    Cell::num(format!("{:.3}", p.precision_at_1pct_fpr)),
+                    Cell::num(format!("{:.3}", p.recall_at_1pct_fpr)),
+                ]
+            })
+            .collect();
+        print!("{}", table::render(&["PART", "PRECISION", "RECALL", "FPR", "P @1% FPR", "R @1% FPR"], &rows));
+    }
+    Ok(())
+}
