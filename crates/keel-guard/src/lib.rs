@@ -206,6 +206,12 @@ pub struct GuardSpec {
     /// Policies of your own, checked before the Rule of Two; the strictest verdict wins.
     #[serde(default)]
     pub policy: Vec<PolicySpec>,
+    /// Scan untrusted tool output with the injection detector (on unless set false); once it
+    /// flags something, a call that sends data out or changes state waits for a human even
+    /// where the Rule of Two would let it through. Never the only defence: the labels decide
+    /// the rest whatever the detector says.
+    #[serde(default = "yes")]
+    pub detector: bool,
 }
 
 fn yes() -> bool {
@@ -214,7 +220,7 @@ fn yes() -> bool {
 
 impl Default for GuardSpec {
     fn default() -> GuardSpec {
-        GuardSpec { rule_of_two: true, policy: Vec::new() }
+        GuardSpec { rule_of_two: true, policy: Vec::new(), detector: true }
     }
 }
 
@@ -338,17 +344,40 @@ pub struct Context {
     pub items: Vec<Item>,
     /// Everything joined: the label of whatever the model writes next.
     pub label: Label,
+    /// Secure mode: the model that chooses the calls (the planner) sees only the user and the
+    /// system prompt; tool output reaches the calls only as values, with their own labels.
+    pub secure: bool,
+    /// The label of what chose the calls: everything in the default mode, only the user and
+    /// the system prompt in secure mode.
+    pub control: Label,
+    /// Untrusted content the injection detector flagged: (source, score, rule).
+    pub flagged: Vec<(String, f32, Option<String>)>,
 }
 
 impl Default for Context {
     fn default() -> Context {
-        Context { items: Vec::new(), label: Label::empty() }
+        Context { items: Vec::new(), label: Label::empty(), secure: false, control: Label::empty(), flagged: Vec::new() }
     }
 }
 
 impl Context {
+    /// An empty context for a secure-mode run.
+    pub fn secure() -> Context {
+        Context { secure: true, ..Context::default() }
+    }
+
+    /// Records what the injection detector found in a source's text.
+    pub fn flag(&mut self, source: &str, detection: &detect::Detection) {
+        if detection.flagged {
+            self.flagged.push((source.into(), detection.score, detection.rule.map(str::to_string)));
+        }
+    }
+
     pub fn push(&mut self, source: &str, label: Label, text: &str) {
         self.label = self.label.join(&label);
+        if !self.secure || source == "user" || source == "system" {
+            self.control = self.control.join(&label);
+        }
         let folded = text.as_bytes().to_ascii_lowercase();
         let grams = Grams::of(&folded);
         self.items.push(Item { source: source.into(), label, text: text.into(), folded, grams });
@@ -435,14 +464,22 @@ impl GuardSpec {
     pub fn decide(&self, tool: &str, capabilities: Capabilities, arguments: &serde_json::Value, context: &Context) -> Decision {
         let mut leaves = Vec::new();
         flatten(arguments, String::new(), &mut leaves);
-        let labelled: Vec<ArgumentLabel> = leaves.iter().map(|(path, value)| ArgumentLabel { path: path.clone(), label: context.label_of(value) }).collect();
+        let labels: Vec<Label> = leaves.iter().map(|(_, value)| context.label_of(value)).collect();
+        self.decide_labelled(tool, capabilities, &leaves, labels, context)
+    }
+
+    /// The decision when each argument's label is known from where its value came from (a
+    /// secure-mode plan says which step's output a value is), not looked up by its text.
+    /// `leaves` are the arguments flattened (path, value), `labels` theirs in the same order.
+    pub fn decide_labelled(&self, tool: &str, capabilities: Capabilities, leaves: &[(String, String)], labels: Vec<Label>, context: &Context) -> Decision {
+        let labelled: Vec<ArgumentLabel> = leaves.iter().zip(labels).map(|((path, _), label)| ArgumentLabel { path: path.clone(), label }).collect();
         let mut decision = Decision {
             tool: tool.into(),
             verdict: Verdict::Allow,
             policy: "none".into(),
             reason: "no policy objects".into(),
             capabilities,
-            context: context.label.clone(),
+            context: context.control.clone(),
             arguments: labelled,
         };
         let raise = |decision: &mut Decision, verdict: Verdict, policy: String, reason: String| {
@@ -456,15 +493,24 @@ impl GuardSpec {
                 continue;
             }
             let Some(argument) = &policy.argument else { continue };
-            let values: Vec<&String> = leaves.iter().filter(|(path, _)| path == argument || path.starts_with(&format!("{argument}["))).map(|(_, v)| v).collect();
-            if let Some(bad) = values.iter().find(|v| !context.said_by(v, &policy.from)) {
+            let values: Vec<(&String, &String)> =
+                leaves.iter().filter(|(path, _)| path == argument || path.starts_with(&format!("{argument}["))).map(|(p, v)| (p, v)).collect();
+            let from_ok = |(path, value): &(&String, &String)| {
+                if !context.secure {
+                    return context.said_by(value, &policy.from);
+                }
+                // In secure mode a value's label says where it came from.
+                let label = &decision.arguments.iter().find(|a| a.path == **path).expect("every leaf is labelled").label;
+                !label.sources.is_empty() && label.sources.iter().all(|s| policy.from.iter().any(|f| s == f || s.strip_prefix("tool:") == Some(f.as_str())))
+            };
+            if let Some((_, bad)) = values.iter().find(|pv| !from_ok(pv)) {
                 let reason = format!("`{argument}` = {bad:?} did not come from {}", policy.from.join(" or "));
                 raise(&mut decision, policy.otherwise, policy.name(), reason);
             }
         }
         if self.rule_of_two && capabilities.is_sink() {
             let steered = decision.arguments.iter().find(|a| !a.label.trusted);
-            let leaking = capabilities.has(Capability::External) && !context.label.trusted;
+            let leaking = capabilities.has(Capability::External) && !context.control.trusted;
             let private = decision.arguments.iter().find(|a| a.label.is_private());
             // PII the user did not give counts as private in an outbound argument, whatever its
             // label says (a tool that under-declares what it returns).
@@ -484,6 +530,14 @@ impl GuardSpec {
             } else if let Some((arg, entity)) = leaking.then(pii).flatten() {
                 let reason = format!("the run has read untrusted content and `{}` carries PII ({entity}) out through {tool}", arg.path);
                 raise(&mut decision, Verdict::Ask, "rule_of_two".into(), reason);
+            }
+        }
+        // The detector's flag counts where the flagged text could have chosen this call.
+        if self.detector && capabilities.is_sink() && !context.control.trusted && decision.verdict == Verdict::Allow {
+            if let Some((source, score, rule)) = context.flagged.first() {
+                let by = rule.as_ref().map_or_else(|| format!("score {score:.2}"), |r| format!("rule {r}"));
+                let reason = format!("the injection detector flagged {source}'s output ({by}) and {tool} {}", sink_words(capabilities));
+                raise(&mut decision, Verdict::Ask, "injection_detector".into(), reason);
             }
         }
         decision
@@ -566,7 +620,7 @@ mod tests {
         assert_eq!(summary.verdict, Verdict::Ask);
         // Reading is never stopped; with the rule off, nothing is.
         assert_eq!(guard.decide("read_inbox", caps(&[Capability::PrivateData]), &json!({}), &ctx).verdict, Verdict::Allow);
-        let off = Guard::new(GuardSpec { rule_of_two: false, policy: Vec::new() });
+        let off = Guard::new(GuardSpec { rule_of_two: false, detector: false, policy: Vec::new() });
         assert_eq!(off.decide("send_email", send, &json!({"to": "eve@evil.test"}), &ctx).verdict, Verdict::Allow);
     }
 

@@ -189,6 +189,14 @@ pub struct AgentDojoArgs {
     /// The suite (a folder under DIR): banking, slack, travel, workspace, …
     #[arg(long)]
     suite: String,
+    /// `default`: the model that chooses the calls reads every tool output (the Rule of Two
+    /// on the run's whole context); `secure`: the planner reads only the user's request and
+    /// values reach calls with the labels of the outputs they came from.
+    #[arg(long, default_value = "default")]
+    mode: String,
+    /// Leave the injection detector out (measure the labels alone).
+    #[arg(long)]
+    no_detector: bool,
     /// Every miss, not only the first 20.
     #[arg(long)]
     all: bool,
@@ -244,14 +252,31 @@ pub fn agentdojo(args: AgentDojoArgs) -> anyhow::Result<()> {
         capabilities.insert(name, caps);
     }
     let caps_of = |tool: &str| capabilities.get(tool).copied().unwrap_or_else(Capabilities::conservative);
-    let guard = Guard::new(GuardSpec::default());
+    let secure = match args.mode.as_str() {
+        "default" => false,
+        "secure" => true,
+        other => bail!("--mode is `default` or `secure`, not `{other}`"),
+    };
+    let guard = Guard::new(GuardSpec { detector: !args.no_detector, ..GuardSpec::default() });
     let system = "You are a helpful assistant with access to the user's tools.";
     let fresh = |prompt: &str| {
-        let mut context = Context::default();
+        let mut context = if secure { Context::secure() } else { Context::default() };
         context.push("system", Label::system(), system);
         context.push("user", Label::user(), prompt);
         context
     };
+    // Each distinct output is scanned once.
+    let mut scanned: std::collections::HashMap<String, keel_guard::detect::Detection> = std::collections::HashMap::new();
+    let mut add_output = |context: &mut Context, call: &DojoCall| {
+        let caps = caps_of(&call.tool);
+        let source = format!("tool:{}", call.tool);
+        context.push(&source, Label::tool(&call.tool, caps), &call.output);
+        if !args.no_detector && caps.has(keel_guard::Capability::UntrustedOutput) {
+            let found = scanned.entry(call.output.clone()).or_insert_with(|| keel_guard::detect::Detector::builtin().scan(&call.output));
+            context.flag(&source, found);
+        }
+    };
+    let mode = if secure { "secure mode (planner sees only the user's request)" } else { "default mode (Rule of Two)" };
 
     // Utility: the user tasks alone.
     let user_tasks = read_jsonl(&folder.join("user_tasks.jsonl"))?;
@@ -266,7 +291,7 @@ pub fn agentdojo(args: AgentDojoArgs) -> anyhow::Result<()> {
                 user_stopped += 1;
                 stopped_calls.push(serde_json::json!({"user_task": task.user_task, "tool": call.tool, "verdict": decision.verdict, "policy": decision.policy, "reason": decision.reason}));
             }
-            context.push(&format!("tool:{}", call.tool), Label::tool(&call.tool, caps_of(&call.tool)), &call.output);
+            add_output(&mut context, call);
         }
     }
 
@@ -278,7 +303,7 @@ pub fn agentdojo(args: AgentDojoArgs) -> anyhow::Result<()> {
     for scenario in &scenarios {
         let mut context = fresh(&scenario.prompt);
         for call in &scenario.calls {
-            context.push(&format!("tool:{}", call.tool), Label::tool(&call.tool, caps_of(&call.tool)), &call.output);
+            add_output(&mut context, call);
         }
         seen_injection += usize::from(!context.label.trusted);
         for call in &scenario.attack {
@@ -303,7 +328,7 @@ pub fn agentdojo(args: AgentDojoArgs) -> anyhow::Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
-                "suite": args.suite, "mode": "default (Rule of Two)", "pairs": scenarios.len(),
+                "suite": args.suite, "mode": mode, "detector": !args.no_detector, "pairs": scenarios.len(),
                 "pairs_with_untrusted_context": seen_injection,
                 "injection_sink_calls": attack_calls, "reached_sink": reached, "reached_share": share(reached, attack_calls),
                 "user_calls": user_calls, "user_calls_blocked_or_asked": user_stopped, "user_blocked_share": share(user_stopped, user_calls),
@@ -313,10 +338,11 @@ pub fn agentdojo(args: AgentDojoArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "AgentDojo {}: {} user × injection pairs (untrusted content in the context of {}), default mode (Rule of Two), a model that obeys every injection",
+        "AgentDojo {}: {} user × injection pairs (untrusted content in the context of {}), {mode}{}, a model that obeys every injection",
         args.suite,
         scenarios.len(),
-        seen_injection
+        seen_injection,
+        if args.no_detector { ", no detector" } else { ", injection detector on" }
     );
     let rows = vec![
         vec![
