@@ -54,6 +54,15 @@ pub struct AgentDef {
     /// Information-flow policies checked before every tool call (the Rule of Two by default).
     #[serde(default)]
     pub guard: keel_guard::GuardSpec,
+    /// `default`: one model reads everything and chooses the calls as it goes. `secure`
+    /// (after CaMeL): a planner that sees only the request and the tool schemas writes the
+    /// whole plan first; tool output reaches later calls only as values, read by a quarantined
+    /// model that has no tools and answers in a schema, and keeps its label to the sinks.
+    #[serde(default)]
+    pub mode: Mode,
+    /// The model the quarantined reads go to in secure mode (default: `model`).
+    #[serde(default)]
+    pub quarantine_model: Option<String>,
     /// How many invalid tool calls in a row the model may make before the run stops.
     #[serde(default = "three")]
     pub max_invalid_tool_calls: u32,
@@ -65,6 +74,15 @@ pub struct AgentDef {
     /// turns; a tool call and its results are kept or left out together.
     #[serde(default)]
     pub max_context_tokens: Option<u64>,
+}
+
+/// How an agent's run is driven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    #[default]
+    Default,
+    Secure,
 }
 
 fn three() -> u32 {
@@ -324,6 +342,9 @@ impl AgentDef {
             return Err("`name` is empty".into());
         }
         self.guard.check()?;
+        if self.mode == Mode::Secure && (!self.handoffs.is_empty() || self.output_schema.is_some()) {
+            return Err("mode = \"secure\" runs a plan; it takes no handoffs or output_schema (the plan's answer is the output)".into());
+        }
         for (name, spec) in &self.tools {
             if crate::memory::TOOLS.contains(&name.as_str()) {
                 return Err(format!("tool `{name}` comes with [memory]; add a [memory] table instead of declaring it"));

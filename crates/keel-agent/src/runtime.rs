@@ -3,6 +3,8 @@
 //! to the store before the loop goes on, and a run is rebuilt from its steps to resume, so a
 //! killed process loses at most the step it was in and never repeats a recorded tool call.
 
+mod secure;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -157,7 +159,16 @@ impl Agent {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Step {
     /// A model call: the exact request keel sent and the answer it got.
-    Model { request: Box<ChatRequest>, response: Box<ChatResponse>, provider: String, cost_usd: Option<f64>, ms: f64 },
+    Model {
+        request: Box<ChatRequest>,
+        response: Box<ChatResponse>,
+        provider: String,
+        cost_usd: Option<f64>,
+        ms: f64,
+        /// Secure mode: `planner`, or `quarantine:STEP` for a quarantined read.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<String>,
+    },
     /// A finished tool call.
     Tool {
         call_id: String,
@@ -182,11 +193,22 @@ pub enum Step {
         /// The guard's decision that let the call run (one that stopped it is a step of its own).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         guard: Option<Box<keel_guard::Decision>>,
+        /// What the injection detector flagged in untrusted output.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        injection: Option<Flagged>,
     },
     /// The guard's decision on a call that it stopped: ask a human, or deny.
     Guard { call_id: String, decision: keel_guard::Decision },
     /// A human's decision on a call that needed approval.
     Approval { call_id: String, approved: bool, note: Option<String> },
+}
+
+/// The injection detector's finding on a tool's output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Flagged {
+    pub score: f32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
 }
 
 impl Step {
@@ -310,22 +332,60 @@ struct State {
     context: keel_guard::Context,
     /// The guard's verdicts by call, with the reason.
     verdicts: HashMap<String, (keel_guard::Verdict, String)>,
+    /// Secure mode: the planner's conversation (system, user, its attempts and what was wrong
+    /// with them), the plan once one is valid, and each finished step's value and label.
+    planner: Vec<Message>,
+    plan: Option<secure::Plan>,
+    plan_error: Option<String>,
+    values: HashMap<String, (serde_json::Value, keel_guard::Label)>,
+    /// Secure mode: quarantined reads whose answer did not fit, by step.
+    read_errors: HashMap<String, String>,
+    /// The agent's tool names (secure mode checks plans against them).
+    tools: Vec<String>,
 }
 
 impl State {
+    /// A run's state before its first step, for the agent that runs it.
+    fn for_agent(system: &str, input: &str, agent: &Agent) -> State {
+        if agent.def.mode == crate::definition::Mode::Default {
+            return State::new(system, input);
+        }
+        let mut state = State { context: keel_guard::Context::secure(), ..State::default() };
+        state.push_start(system, input);
+        state.tools = agent.tools.names().into_iter().map(String::from).collect();
+        state.planner = vec![
+            Message::text(Role::System, secure::planner_prompt(system, &agent.tools.defs())),
+            Message::text(Role::User, input),
+        ];
+        state
+    }
+
     fn new(system: &str, input: &str) -> State {
         let mut state = State::default();
+        state.push_start(system, input);
+        state
+    }
+
+    fn push_start(&mut self, system: &str, input: &str) {
+        let state = self;
         if !system.trim().is_empty() {
             state.messages.push(Message::text(Role::System, system));
             state.context.push("system", keel_guard::Label::system(), system);
         }
         state.messages.push(Message::text(Role::User, input));
         state.context.push("user", keel_guard::Label::user(), input);
-        state
     }
 
     fn apply(&mut self, step: &Step) {
         match step {
+            Step::Model { response, cost_usd, ms, role: Some(role), .. } => {
+                self.model_calls += 1;
+                self.usage.add(response.usage);
+                self.cost_usd += cost_usd.unwrap_or(0.0);
+                self.active_ms += ms;
+                // Whatever calls these answers hold are never made.
+                self.apply_secure(role, &response.message.text_content());
+            }
             Step::Model { response, cost_usd, ms, .. } => {
                 self.settle();
                 self.model_calls += 1;
@@ -339,10 +399,17 @@ impl State {
                 self.messages.push(response.message.clone());
                 self.pending = response.message.tool_calls.clone();
             }
-            Step::Tool { call_id, name, output, is_error, invalid, ms, spent, handoff, label, .. } => {
+            Step::Tool { call_id, name, output, is_error, invalid, ms, spent, handoff, label, injection, .. } => {
                 self.active_ms += ms;
                 // Runs recorded before labels count their tools' output as untrusted.
                 let label = label.clone().unwrap_or_else(|| keel_guard::Label::tool(name, keel_guard::Capabilities::conservative()));
+                if let Some(flag) = injection {
+                    self.context.flag(&format!("tool:{name}"), flag.score, flag.rule.as_deref());
+                }
+                if let Some(id) = call_id.strip_prefix(secure::CALL_PREFIX).filter(|_| !is_error) {
+                    let value = serde_json::from_str(output).unwrap_or_else(|_| serde_json::Value::String(output.clone()));
+                    self.values.insert(id.to_string(), (value, label.clone()));
+                }
                 self.context.push(&format!("tool:{name}"), label, output);
                 if let Some(to) = handoff {
                     self.active = Some(to.clone());
@@ -479,7 +546,7 @@ impl<'a> Live<'a> {
     fn span_of(&self, seq: i64, step: &Step) -> Option<SpanRecord> {
         let now = now_ms();
         match step {
-            Step::Model { request, response, provider, cost_usd, ms } => Some(self.span(
+            Step::Model { request, response, provider, cost_usd, ms, role } => Some(self.span(
                 format!("{}:{seq}", self.id),
                 format!("chat {}", request.model),
                 "chat",
@@ -495,6 +562,7 @@ impl<'a> Live<'a> {
                     "gen_ai.usage.output_tokens": response.usage.output_tokens,
                     "gen_ai.response.finish_reasons": [response.finish_reason],
                     "keel.cost_usd": cost_usd,
+                    "keel.secure.role": role,
                     "keel.step": seq,
                 }),
             )),
@@ -618,7 +686,7 @@ impl Runner {
         let lease = Lease::held(&self.store, &id, owner);
         self.emit(RunEvent::Started { run_id: id.clone(), agent: agent.def.name.clone(), resumed: false });
         let live = Live::new(id, agent, 0, parent, false, user, started.systems);
-        self.drive(&live, State::new(&system, input), Some(lease)).await
+        self.drive(&live, State::for_agent(&system, input, agent), Some(lease)).await
     }
 
     /// The agent a stored run started with (built-in and command tools; Rust tools are the
@@ -652,7 +720,7 @@ impl Runner {
             _ => {}
         }
         let started = Started::of(&record)?;
-        let (state, next_seq) = State::new(&started.system, &record.input).replay(run_id, &steps)?;
+        let (state, next_seq) = State::for_agent(&started.system, &record.input, agent).replay(run_id, &steps)?;
         for call in &state.pending {
             if state.results.contains_key(&call.id) {
                 self.emit(RunEvent::ToolReused { call_id: call.id.clone(), name: call.name.clone() });
@@ -676,7 +744,12 @@ impl Runner {
         let (state, seq) = State::default().replay(run_id, &steps)?;
         let open: Vec<&ToolCall> = state.pending.iter().filter(|c| !state.results.contains_key(&c.id)).collect();
         let waiting: Vec<&ToolCall> = open.iter().copied().filter(|c| !state.approvals.contains_key(&c.id)).collect();
-        if !waiting.iter().any(|c| c.id == call_id) {
+        // A secure plan's step waits on its guard step alone (it is in no model's answer).
+        let plan_step_waits = call_id.starts_with(secure::CALL_PREFIX)
+            && state.verdicts.get(call_id).is_some_and(|(v, _)| *v == keel_guard::Verdict::Ask)
+            && !state.results.contains_key(call_id)
+            && !state.approvals.contains_key(call_id);
+        if !plan_step_waits && !waiting.iter().any(|c| c.id == call_id) {
             // The call may be a sub-agent's: its run is this run's id and the calling call's.
             let mut ids: Vec<String> = Vec::new();
             for call in &open {
@@ -770,7 +843,10 @@ impl Runner {
             Some(lease) => lease,
             None => Lease::take(&self.store, &live.id)?,
         };
-        let result = self.drive_steps(live, state).await;
+        let result = match live.agent.def.mode {
+            crate::definition::Mode::Default => self.drive_steps(live, state).await,
+            crate::definition::Mode::Secure => self.drive_secure(live, state).await,
+        };
         let (ok, status, reason) = match &result {
             Ok(outcome) => (!matches!(outcome.status, RunStatus::Failed), outcome.status.as_str(), outcome.reason.clone()),
             Err(err) => (false, "error", Some(err.to_string())),
@@ -960,7 +1036,7 @@ impl Runner {
                 }
             };
             let ms = started.elapsed().as_secs_f64() * 1000.0;
-            let step = Step::Model { request: Box::new(request), response: Box::new(reply.response.clone()), provider: reply.provider, cost_usd: reply.cost_usd, ms };
+            let step = Step::Model { request: Box::new(request), response: Box::new(reply.response.clone()), provider: reply.provider, cost_usd: reply.cost_usd, ms, role: None };
             let seq = self.record(live, &step, RunStatus::Running)?;
             state.apply(&step);
             let message = &reply.response.message;
@@ -1098,6 +1174,12 @@ impl Runner {
             }
         };
         let ms = started.elapsed().as_secs_f64() * 1000.0;
+        // Untrusted output is scanned once, when it arrives; the finding is part of the step.
+        let scan = !is_error && agent.def.guard.detector && capabilities.has(keel_guard::Capability::UntrustedOutput);
+        let injection = scan.then(|| keel_guard::detect::Detector::builtin().scan(&output)).filter(|found| found.flagged).map(|found| Flagged {
+            score: found.score,
+            rule: found.rule.map(str::to_string),
+        });
         let step = Step::Tool {
             call_id: call.id.clone(),
             name: call.name.clone(),
@@ -1111,7 +1193,9 @@ impl Runner {
             handoff,
             label: Some(keel_guard::Label::tool(&call.name, capabilities)),
             guard: allowed.map(Box::new),
+            injection,
         };
+
         let seq = self.record(live, &step, RunStatus::Running)?;
         self.emit(RunEvent::ToolResult {
             step: seq,

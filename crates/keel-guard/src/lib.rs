@@ -366,11 +366,9 @@ impl Context {
         Context { secure: true, ..Context::default() }
     }
 
-    /// Records what the injection detector found in a source's text.
-    pub fn flag(&mut self, source: &str, detection: &detect::Detection) {
-        if detection.flagged {
-            self.flagged.push((source.into(), detection.score, detection.rule.map(str::to_string)));
-        }
+    /// Records that the injection detector flagged a source's text (its score, the rule).
+    pub fn flag(&mut self, source: &str, score: f32, rule: Option<&str>) {
+        self.flagged.push((source.into(), score, rule.map(str::to_string)));
     }
 
     pub fn push(&mut self, source: &str, label: Label, text: &str) {
@@ -553,7 +551,7 @@ fn sink_words(capabilities: Capabilities) -> &'static str {
 }
 
 /// Every scalar of a JSON value with its path; numbers and booleans as their text.
-fn flatten(value: &serde_json::Value, path: String, out: &mut Vec<(String, String)>) {
+pub fn flatten(value: &serde_json::Value, path: String, out: &mut Vec<(String, String)>) {
     match value {
         serde_json::Value::Object(map) => {
             for (key, v) in map {

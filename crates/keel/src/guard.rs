@@ -273,7 +273,9 @@ pub fn agentdojo(args: AgentDojoArgs) -> anyhow::Result<()> {
         context.push(&source, Label::tool(&call.tool, caps), &call.output);
         if !args.no_detector && caps.has(keel_guard::Capability::UntrustedOutput) {
             let found = scanned.entry(call.output.clone()).or_insert_with(|| keel_guard::detect::Detector::builtin().scan(&call.output));
-            context.flag(&source, found);
+            if found.flagged {
+                context.flag(&source, found.score, found.rule);
+            }
         }
     };
     let mode = if secure { "secure mode (planner sees only the user's request)" } else { "default mode (Rule of Two)" };
