@@ -160,6 +160,11 @@ pub struct ToolSpec {
     /// external effect).
     #[serde(default)]
     pub capabilities: Option<keel_guard::Capabilities>,
+    /// The arguments that choose where the tool's action lands (`["to"]`); in secure mode
+    /// untrusted values may fill the others. Default: every argument without a content word
+    /// (body, subject, title, text, date, time, amount, …) in its name.
+    #[serde(default)]
+    pub targets: Option<Vec<String>>,
 }
 
 /// A handoff target.

@@ -463,13 +463,26 @@ impl GuardSpec {
         let mut leaves = Vec::new();
         flatten(arguments, String::new(), &mut leaves);
         let labels: Vec<Label> = leaves.iter().map(|(_, value)| context.label_of(value)).collect();
-        self.decide_labelled(tool, capabilities, &leaves, labels, context)
+        self.decide_labelled(tool, capabilities, &leaves, labels, None, context)
     }
 
     /// The decision when each argument's label is known from where its value came from (a
     /// secure-mode plan says which step's output a value is), not looked up by its text.
     /// `leaves` are the arguments flattened (path, value), `labels` theirs in the same order.
-    pub fn decide_labelled(&self, tool: &str, capabilities: Capabilities, leaves: &[(String, String)], labels: Vec<Label>, context: &Context) -> Decision {
+    ///
+    /// Where the calls were chosen by trusted content alone (secure mode), untrusted content
+    /// may fill an action's content but not choose its target: `targets` names the arguments
+    /// that do (else [`is_target`] decides by name). Where untrusted content could have chosen
+    /// the call itself, every argument counts.
+    pub fn decide_labelled(
+        &self,
+        tool: &str,
+        capabilities: Capabilities,
+        leaves: &[(String, String)],
+        labels: Vec<Label>,
+        targets: Option<&[String]>,
+        context: &Context,
+    ) -> Decision {
         let labelled: Vec<ArgumentLabel> = leaves.iter().zip(labels).map(|((path, _), label)| ArgumentLabel { path: path.clone(), label }).collect();
         let mut decision = Decision {
             tool: tool.into(),
@@ -507,7 +520,19 @@ impl GuardSpec {
             }
         }
         if self.rule_of_two && capabilities.is_sink() {
-            let steered = decision.arguments.iter().find(|a| !a.label.trusted);
+            // Where the user's plan chose the call, untrusted content may still fill its
+            // content with scalars (a date, an amount, a name), but not choose its target nor
+            // write prose or links into it (prose can carry instructions onward, links carry
+            // data out), nor shape private data that leaves.
+            let carries = |(_, value): &(String, String)| value.split_whitespace().count() >= PROSE_WORDS || !pii::scan(value).is_empty();
+            let steered = decision.arguments.iter().zip(leaves).find(|(a, leaf)| {
+                !a.label.trusted
+                    && (!context.control.trusted
+                        || is_target(&a.path, targets)
+                        || carries(leaf)
+                        || (a.label.is_private() && capabilities.has(Capability::External)))
+            });
+            let steered = steered.map(|(a, _)| a);
             let leaking = capabilities.has(Capability::External) && !context.control.trusted;
             let private = decision.arguments.iter().find(|a| a.label.is_private());
             // PII the user did not give counts as private in an outbound argument, whatever its
@@ -539,6 +564,29 @@ impl GuardSpec {
             }
         }
         decision
+    }
+}
+
+/// From this many words on, an untrusted value is prose, not a scalar.
+const PROSE_WORDS: usize = 4;
+
+/// Argument names (or `_`-separated words of them) that carry an action's content or timing
+/// rather than choose where it lands: what untrusted content may fill in a call the user's
+/// plan chose.
+const CONTENT_WORDS: [&str; 22] = [
+    "body", "content", "contents", "text", "message", "subject", "title", "description", "summary", "note", "notes", "comment", "caption",
+    "date", "time", "day", "start", "end", "duration", "location", "amount", "quantity",
+];
+
+/// Whether an argument (a flattened path: `to`, `recipients[0]`, `event.title`) says where an
+/// action lands or what it acts on: one of `declared` if the tool names its targets, else
+/// every argument whose top-level name has no content word (so `to`, `file_id`, `command`,
+/// `password` are targets; `body`, `start_time`, `amount` are not).
+pub fn is_target(path: &str, declared: Option<&[String]>) -> bool {
+    let top = path.split(['.', '[']).next().unwrap_or(path);
+    match declared {
+        Some(targets) => targets.iter().any(|t| t == top),
+        None => !top.to_ascii_lowercase().split(['_', '-']).any(|word| CONTENT_WORDS.contains(&word)),
     }
 }
 

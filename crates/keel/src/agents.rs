@@ -316,18 +316,27 @@ pub fn show(config: Option<&Path>, id: &str, json: bool) -> anyhow::Result<()> {
     let (mut tokens, mut cost) = (0u64, 0.0f64);
     for (seq, step) in &parsed {
         let (kind, detail, tok, usd, ms) = match step {
-            Step::Model { response, cost_usd, ms, provider, .. } => {
+            Step::Model { response, cost_usd, ms, provider, role, .. } => {
                 let calls: Vec<String> = response.message.tool_calls.iter().map(|c| format!("{}({})", c.name, short(&c.arguments, 40))).collect();
                 let text = response.message.text_content();
                 let detail = if calls.is_empty() { short(&text, 70) } else { format!("→ {}", calls.join(", ")) };
                 tokens += response.usage.total();
                 cost += cost_usd.unwrap_or(0.0);
-                (format!("model {provider}"), detail, response.usage.total().to_string(), cost_usd.map_or("-".into(), |c| format!("{c:.4}")), format!("{ms:.0}"))
+                // Secure mode: the planner, or a quarantined read of a plan step.
+                let kind = match role.as_deref() {
+                    Some(role) => format!("{} {provider}", role.replace("quarantine:", "quarantined read ")),
+                    None => format!("model {provider}"),
+                };
+                (kind, detail, response.usage.total().to_string(), cost_usd.map_or("-".into(), |c| format!("{c:.4}")), format!("{ms:.0}"))
             }
-            Step::Tool { name, output, is_error, ms, call_id, label, .. } => {
+            Step::Tool { name, output, is_error, ms, call_id, label, injection, .. } => {
                 let mark = if *is_error { "error: " } else { "" };
                 // The output's label: where it came from and who may read it.
-                let label = label.as_ref().map(|l| table::paint(&format!(" ({})", l.summary()), table::DIM)).unwrap_or_default();
+                let mut label = label.as_ref().map(|l| table::paint(&format!(" ({})", l.summary()), table::DIM)).unwrap_or_default();
+                if let Some(flag) = injection {
+                    let by = flag.rule.clone().unwrap_or_else(|| format!("score {:.2}", flag.score));
+                    label.push_str(&table::paint(&format!(" injection flagged ({by})"), table::RED));
+                }
                 (format!("tool {name}"), format!("[{call_id}] {mark}{}{label}", short(output, 60)), "".into(), "".into(), format!("{ms:.0}"))
             }
             Step::Guard { call_id, decision } => {

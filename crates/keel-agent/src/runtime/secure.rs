@@ -404,7 +404,8 @@ impl Runner {
             let mut allowed = None;
             if !state.verdicts.contains_key(&call_id) {
                 let capabilities = Runner::capabilities(agent, tool).unwrap_or_else(Capabilities::conservative);
-                let mut decision = agent.def.guard.decide_labelled(tool, capabilities, &leaves, labels, &state.context);
+                let targets = agent.def.tools.get(tool).and_then(|spec| spec.targets.as_deref());
+                let mut decision = agent.def.guard.decide_labelled(tool, capabilities, &leaves, labels, targets, &state.context);
                 if decision.verdict == Verdict::Allow && agent.tools.get(tool).is_some_and(|entry| entry.approval == Approval::Required) {
                     (decision.verdict, decision.policy, decision.reason) = (Verdict::Ask, "approval".into(), format!("the agent file says {tool} needs approval"));
                 }
