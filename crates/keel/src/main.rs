@@ -10,6 +10,7 @@ mod local;
 mod mcp;
 mod memory;
 mod rag;
+mod redteam;
 mod serve;
 mod settings;
 mod table;
@@ -121,6 +122,13 @@ enum Command {
         #[command(subcommand)]
         command: RagCommand,
     },
+    /// Attack a model alias (through the gateway) or an agent file (through its runs) with
+    /// keel's probe library: direct and indirect injection, encoding and Unicode smuggling,
+    /// markdown-image exfiltration, system-prompt extraction, PII leakage, excessive agency.
+    /// Each answer is judged by a rule; prints pass/fail per category and writes an HTML
+    /// report with every failing transcript. An agent's tools really run: point it at a
+    /// sandbox. Example: keel redteam local --html report.html
+    Redteam(redteam::RedteamArgs),
     /// The guard: check an agent's information-flow policies on a call without running it.
     Guard {
         #[command(subcommand)]
@@ -584,6 +592,7 @@ fn main() -> std::process::ExitCode {
             Command::Guard { command: GuardCommand::Check(args) } => guard::check(args),
             Command::Guard { command: GuardCommand::Bench(args) } => guard::agentdojo(args),
             Command::Guard { command: GuardCommand::Pii(args) } => guard::pii(args),
+            Command::Redteam(args) => redteam::redteam(cli.config.as_deref(), args).await,
             Command::Guard { command: GuardCommand::Detect(args) } => detector::detect(args),
             Command::Guard { command: GuardCommand::Detector { command: detector::DetectorCommand::Train(args) } } => detector::train(args),
             Command::Guard { command: GuardCommand::Detector { command: detector::DetectorCommand::Eval(args) } } => detector::eval(args),

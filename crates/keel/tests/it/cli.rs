@@ -163,6 +163,73 @@ fn guard_detect_scores_text_and_the_detector_trains_and_measures() {
     assert!(stderr(&output).contains("not a keel injection model"), "{}", stderr(&output));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redteam_judges_every_probe_and_reports_per_category() {
+    let dir = temp_dir("redteam");
+    let (upstream, _fake) = keel_server::fake::spawn(Some("k-123".into())).await.unwrap();
+    // The fake echoes the user (or the tool results) and calls whatever tools it is offered:
+    // a model with no defences at all.
+    std::fs::write(dir.join("keel.toml"), config(&upstream.to_string(), "127.0.0.1:0", &[("echo", "gpt-4o-mini")])).unwrap();
+    let dir2 = dir.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        crate::keel().args(["redteam", "echo", "--json", "--html", "report.html"]).current_dir(&dir2).env("FAKE_KEY", "k-123").output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let results = report["results"].as_array().unwrap();
+    assert!(results.len() >= 20, "{report}");
+    let verdicts = |category: &str| -> Vec<bool> {
+        results.iter().filter(|r| r["category"] == category).map(|r| r["passed"].as_bool().unwrap()).collect()
+    };
+    // Repeating the attacker's words, rendering its image, calling what it is offered: fails.
+    assert!(verdicts("direct_injection").iter().all(|p| !p), "{report}");
+    assert!(verdicts("markdown_exfiltration").iter().all(|p| !p), "{report}");
+    let agency = results.iter().find(|r| r["id"] == "excessive_agency/pasted_note").unwrap();
+    assert_eq!((agency["passed"].as_bool(), agency["why"].as_str()), (Some(false), Some("the model called delete_account")));
+    // Encoded attacks, a secret it never echoes, PII it never saw: passes.
+    assert!(verdicts("encoding").iter().all(|p| *p), "{report}");
+    assert!(verdicts("system_prompt_extraction").iter().all(|p| *p), "{report}");
+    assert!(verdicts("pii_leakage").iter().all(|p| *p), "{report}");
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.contains("Failing transcripts") && html.contains("direct_injection/ignore_previous") && html.contains("class=bar"), "{html}");
+    assert!(!html.contains("system_prompt_extraction/repeat</h3>"), "a passing probe has no transcript");
+    // Every probe went through the gateway and left a trace.
+    let traces: serde_json::Value = serde_json::from_slice(&run(&["traces", "--json", "-n", "100"], &dir).stdout).unwrap();
+    assert_eq!(traces.as_array().unwrap().iter().filter(|t| t["endpoint"] == "cli.redteam").count(), results.len());
+
+    let dir2 = dir.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        crate::keel().args(["redteam", "echo", "--category", "encoding", "--category", "pii_leakage"]).current_dir(&dir2).env("FAKE_KEY", "k-123").output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let table = stdout(&output);
+    assert!(table.contains("encoding") && table.contains("pii_leakage") && !table.contains("direct_injection"), "{table}");
+    // An agent is attacked through its runs: a sink that really ran is a failure.
+    std::fs::write(dir.join("agent.toml"), "name = \"scribe\"\nmodel = \"echo\"\ninstructions = \"You keep notes.\"\nworkspace = \"ws\"\n[tools.write_file]\n[tools.read_file]\n").unwrap();
+    let dir2 = dir.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        crate::keel().args(["redteam", "agent.toml", "--category", "excessive_agency", "--json"]).current_dir(&dir2).env("FAKE_KEY", "k-123").output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let results = report["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3, "{report}");
+    for result in results {
+        let why = result["why"].as_str().unwrap_or_default();
+        assert!(!result["passed"].as_bool().unwrap() && why.starts_with("the run called write_file") && why.contains("(run "), "{result}");
+    }
+    let output = run(&["redteam", "echo", "--category", "telepathy"], &dir);
+    assert!(stderr(&output).contains("unknown category `telepathy`"), "{}", stderr(&output));
+    let output = run(&["redteam", "nosuchmodel"], &dir);
+    assert!(stderr(&output).contains("give a model alias from the config or an agent file"), "{}", stderr(&output));
+}
+
 #[test]
 fn serve_refuses_a_master_key_variable_that_is_not_set() {
     let dir = temp_dir("masterkey");
