@@ -524,7 +524,9 @@ impl GuardSpec {
             // content with scalars (a date, an amount, a name), but not choose its target nor
             // write prose or links into it (prose can carry instructions onward, links carry
             // data out), nor shape private data that leaves.
-            let carries = |(_, value): &(String, String)| value.split_whitespace().count() >= PROSE_WORDS || !pii::scan(value).is_empty();
+            let carries = |(_, value): &(String, String)| {
+                value.split_whitespace().count() >= PROSE_WORDS || pii::scan(value).iter().any(|f| f.entity != pii::Entity::Person)
+            };
             let steered = decision.arguments.iter().zip(leaves).find(|(a, leaf)| {
                 !a.label.trusted
                     && (!context.control.trusted
@@ -539,8 +541,9 @@ impl GuardSpec {
             // label says (a tool that under-declares what it returns).
             let pii = || {
                 leaves.iter().zip(&decision.arguments).filter(|(_, arg)| !arg.label.sources.contains("user")).find_map(|((_, value), arg)| {
+                    // A name alone is not what the rule guards (names are everywhere).
                     let found = pii::scan(value);
-                    found.first().map(|f| (arg, f.entity.name()))
+                    found.iter().find(|f| f.entity != pii::Entity::Person).map(|f| (arg, f.entity.name()))
                 })
             };
             if let Some(arg) = steered {

@@ -21,11 +21,25 @@ pub enum Entity {
     IpAddress,
     DomainName,
     Secret,
+    /// A person's name, where a rule can tell: after a title or words that introduce one.
+    Person,
+    /// A street address: a number with a street word, or an apartment or suite number.
+    StreetAddress,
 }
 
 impl Entity {
-    pub const ALL: [Entity; 8] =
-        [Entity::EmailAddress, Entity::PhoneNumber, Entity::CreditCard, Entity::IbanCode, Entity::UsSsn, Entity::IpAddress, Entity::DomainName, Entity::Secret];
+    pub const ALL: [Entity; 10] = [
+        Entity::EmailAddress,
+        Entity::PhoneNumber,
+        Entity::CreditCard,
+        Entity::IbanCode,
+        Entity::UsSsn,
+        Entity::IpAddress,
+        Entity::DomainName,
+        Entity::Secret,
+        Entity::Person,
+        Entity::StreetAddress,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -37,6 +51,8 @@ impl Entity {
             Entity::IpAddress => "IP_ADDRESS",
             Entity::DomainName => "DOMAIN_NAME",
             Entity::Secret => "SECRET",
+            Entity::Person => "PERSON",
+            Entity::StreetAddress => "STREET_ADDRESS",
         }
     }
 
@@ -52,7 +68,8 @@ impl Entity {
             Entity::UsSsn => &["ssn", "social security", "social", "security number", "ss#"],
             Entity::IpAddress => &["ip", "address", "server", "host"],
             Entity::Secret => &["key", "token", "secret", "password", "api", "bearer"],
-            Entity::EmailAddress | Entity::DomainName => &[],
+            Entity::StreetAddress => &["address", "live at", "lives at", "located at", "ship to", "deliver to", "send it to", "mail to", "resides"],
+            Entity::EmailAddress | Entity::DomainName | Entity::Person => &[],
         }
     }
 }
@@ -83,6 +100,9 @@ struct Pattern {
     check: fn(&str, f32) -> Option<f32>,
     /// Every match holds a digit, so only the text around digits is searched.
     digits: bool,
+    /// The finding is the match's group `v`, not the whole match (the words that introduce a
+    /// name are not part of it).
+    group: bool,
 }
 
 fn keep(_: &str, score: f32) -> Option<f32> {
@@ -95,8 +115,14 @@ static PATTERNS: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
         regex: Regex::new(pattern).expect("a valid built-in pattern"),
         score,
         check,
-        digits: matches!(entity, Entity::CreditCard | Entity::IbanCode | Entity::UsSsn | Entity::IpAddress | Entity::PhoneNumber),
+        digits: matches!(entity, Entity::CreditCard | Entity::IbanCode | Entity::UsSsn | Entity::IpAddress | Entity::PhoneNumber | Entity::StreetAddress),
+        group: pattern.contains("(?P<v>"),
     };
+    // A capitalised word of a name: Anne, O'Neil, Jean-Luc, Željko.
+    const NAME: &str = r"\p{Lu}[\p{Ll}'’]+(?:-\p{Lu}[\p{Ll}'’]+)?";
+    let name = |lead: &str, score| p(Entity::Person, &format!(r"{lead}(?P<v>{NAME}(?:\s+(?:\p{{Lu}}\.\s*)?{NAME}){{0,2}})"), score, keep);
+    const STREET: &str = "street|st|road|rd|avenue|ave|boulevard|blvd|lane|ln|drive|dr|way|court|ct|place|pl|terrace|crescent|close|square|sq|parkway|pkwy|highway|hwy|circle|cir|trail|row|walk|alley|plaza|grove|gardens|park|point|hill|view";
+    const ROMANCE: &str = "rue|via|calle|avenida|avenue|rua|rúa|strada|piazza|chemin|allée|boulevard|travessa|praça|carrer|viale|corso";
     vec![
         p(Entity::EmailAddress, r"(?i)(?-u:\b)[a-z0-9._%+-]+@[a-z0-9-]+(?:\.[a-z0-9-]+)*\.[a-z]{2,}(?-u:\b)", 1.0, keep),
         p(Entity::DomainName, r"(?i)(?-u:\b)(?:https?://|www\.)[a-z0-9.-]+\.[a-z]{2,}(?:[/?#][^\s<>\x22']*)?", 0.6, keep),
@@ -119,8 +145,31 @@ static PATTERNS: LazyLock<Vec<Pattern>> = LazyLock::new(|| {
             keep,
         ),
         p(Entity::Secret, r"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----", 1.0, keep),
+        // Names after a title, or after the words that introduce one.
+        name(r"(?-u:\b)(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Sir|Dame|Lady|Lord|Madam|Mme|Mlle|Herr|Frau|Sr|Sra)\.?\s+", 0.85),
+        name(
+            r"(?i:(?-u:\b)(?:my name is|my name's|i am|i'm|this is|(?:first |last |full |maiden )?name(?: is|:|\?)|named|called|call me|dear|hi|hello|regards,|sincerely,|thanks,|cheers,|from:|signed,?|said|asked|wrote|patient|customer|client|employee|beneficiary|contact|ask for|speak to|spoke to|attn:?|c/o|cc:?|met|meet|tell|told)\s+)",
+            0.6,
+        ),
+        // Street addresses: number first (9858 Hounslow Rd, 36 rue de Pologne), street word
+        // first (Avenida Otoniel Dutra 1277), a German compound (Hauptstraße 5), a unit alone.
+        p(Entity::StreetAddress, &format!(r"(?i)(?-u:\b)(?:[0-9]{{1,5}}\s+)?[0-9]{{1,5}}[a-z]?,?\s+(?:(?-i:\p{{Lu}})[\p{{L}}'’.-]*\s+|[0-9]{{1,3}}(?:st|nd|rd|th)\s+){{1,4}}(?:{STREET})(?-u:\b)\.?(?:,?\s*(?:apt|apartment|suite|unit|flat|#)\.?\s*#?[0-9a-z]+)?"), 0.75, keep),
+        p(Entity::StreetAddress, &format!(r"(?i)(?-u:\b)(?:[0-9]{{1,5}},?\s+){{0,2}}(?:{ROMANCE})\s+(?:[\p{{L}}'’.-]+\s+){{0,4}}[0-9]{{1,5}}(?-u:\b)"), 0.75, keep),
+        p(Entity::StreetAddress, &format!(r"(?i)(?-u:\b)[0-9]{{1,5}},?\s+(?:{ROMANCE})\s+(?:[\p{{L}}'’-]+\s*){{1,4}}"), 0.7, keep),
+        p(Entity::StreetAddress, r"(?i)(?:[0-9]{1,5}\s+)?[\p{L}-]+(?:straße|strasse|str\.|weg|gasse|platz|allee|laan|straat|gatan|vägen|vej|veien|katu|utca|tér|u\.)\s+[0-9]{1,4}[a-z]?(?-u:\b)\.?", 0.7, keep),
+        // Military addresses (PSC 1234, Box 5678 APO AE 09012).
+        p(Entity::StreetAddress, r"(?i)(?-u:\b)(?:psc|unit|uscgc|usns|usnv|usns)\s+[0-9a-z]+(?:,?\s*box\s+[0-9]{1,5})?\s+(?:apo|fpo|dpo)\s+(?:aa|ae|ap)\s+[0-9]{5}(?-u:\b)", 0.85, keep),
+        p(Entity::StreetAddress, r"(?i)(?-u:\b)(?:apt|apartment|suite|unit)\.?\s*#?[0-9]{1,5}[a-z]?(?-u:\b)", 0.6, keep),
         p(Entity::Secret, r"(?-u:\b)[A-Za-z0-9+/_=-]{32,}(?-u:\b)", 0.0, entropy),
     ]
+});
+
+/// What may follow a street: units, place names, a state code, ending with a unit or a postal
+/// code (a tail that ends in words is not taken: "… Street in the rain").
+static ADDRESS_TAIL: LazyLock<Regex> = LazyLock::new(|| {
+    let piece = r"(?:(?:apt|apartment|suite|unit|flat)\.?\s*#?[0-9]{1,5}[a-z]?|\p{L}[\p{L}'’.()-]*(?:[ ]\p{L}[\p{L}'’.()-]*){0,3}|[0-9]{4,6})";
+    let end = r"(?:(?:apt|apartment|suite|unit|flat)\.?\s*#?[0-9]{1,5}[a-z]?|[0-9]{4,6}(?:-[0-9]{4})?)";
+    Regex::new(&format!(r"(?i)^(?:[\s,>?]{{1,6}}{piece}){{0,5}}[\s,>?]{{1,6}}{end}(?-u:\b)")).expect("the address tail compiles")
 });
 
 fn digits(text: &str) -> Vec<u32> {
@@ -205,8 +254,15 @@ pub fn scan(text: &str) -> Vec<Finding> {
     for pattern in PATTERNS.iter() {
         let whole = [0..text.len()];
         let searched: &[std::ops::Range<usize>] = if pattern.digits { &regions } else { &whole };
-        let matches = searched.iter().flat_map(|r| pattern.regex.find_iter(&text[r.clone()]).map(move |m| (r.start + m.start(), r.start + m.end())));
-        for (mut start, mut end) in matches {
+        let spans: Vec<(usize, usize)> = if pattern.group {
+            searched
+                .iter()
+                .flat_map(|r| pattern.regex.captures_iter(&text[r.clone()]).filter_map(move |c| c.name("v").map(|m| (r.start + m.start(), r.start + m.end()))))
+                .collect()
+        } else {
+            searched.iter().flat_map(|r| pattern.regex.find_iter(&text[r.clone()]).map(move |m| (r.start + m.start(), r.start + m.end()))).collect()
+        };
+        for (mut start, mut end) in spans {
             // A URL without the punctuation that ends the sentence around it.
             if pattern.entity == Entity::DomainName {
                 while end > start && matches!(text.as_bytes()[end - 1], b'.' | b',' | b')' | b';' | b':' | b'!' | b'?') {
@@ -216,6 +272,12 @@ pub fn scan(text: &str) -> Vec<Finding> {
             if pattern.entity == Entity::PhoneNumber {
                 while start < end && text.as_bytes()[start] == b' ' {
                     start += 1;
+                }
+            }
+            if pattern.entity == Entity::StreetAddress {
+                // The rest of the address: a unit, the town and country, the postal code.
+                if let Some(tail) = ADDRESS_TAIL.find(&text[end..]) {
+                    end += tail.end();
                 }
             }
             let Some(mut score) = (pattern.check)(&text[start..end], pattern.score) else { continue };
@@ -360,5 +422,17 @@ mod tests {
         assert_eq!(kinds("token=ghp_aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5bC7d"), [(Entity::Secret, "ghp_aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5bC7d")]);
         assert_eq!(kinds("x Zk8QpL2vR9sT4wX7yB1nM6cF3hJ5gD0aE2 y").len(), 1, "a high-entropy token");
         assert!(kinds("the_quick_brown_fox_jumps_over_the_lazy_dog_again").is_empty());
+    }
+
+    #[test]
+    fn names_after_titles_and_introductions_and_street_addresses() {
+        assert_eq!(kinds("Please ask Dr. Amélie Durand-Roux about it."), [(Entity::Person, "Amélie Durand-Roux")]);
+        assert_eq!(kinds("Hello, my name is Joaquín Ortega."), [(Entity::Person, "Joaquín Ortega")]);
+        assert!(kinds("We went to Paris and Rome.").is_empty(), "a capital after an ordinary word is not a name");
+        assert_eq!(kinds("Ship it to 221B Baker Street, London NW1 6XE please"), [(Entity::StreetAddress, "221B Baker Street")]);
+        assert_eq!(kinds("She lives at 36 rue de Pologne, Apt. 4, Lyon 69003"), [(Entity::StreetAddress, "36 rue de Pologne, Apt. 4, Lyon 69003")]);
+        assert_eq!(kinds("Office: Hauptstraße 5, Berlin"), [(Entity::StreetAddress, "Hauptstraße 5")]);
+        assert_eq!(kinds("It costs 25 dollars a street vendor would say"), []);
+        assert_eq!(redact("Mr. Ito lives at 12 Elm Road"), "Mr. <PERSON> lives at <STREET_ADDRESS>");
     }
 }
