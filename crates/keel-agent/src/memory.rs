@@ -64,7 +64,8 @@ impl Memory<'_> {
 
     /// Keeps a fact (about the user when `about_user` and a user is known); a fact close to
     /// one already kept replaces it. Returns the fact and whether it updated an old one.
-    pub async fn save(&self, text: &str, importance: f64, about_user: bool, run_id: Option<&str>) -> Result<(MemoryRecord, bool), String> {
+    /// `label` is where the fact came from (what the saving run had seen).
+    pub async fn save(&self, text: &str, importance: f64, about_user: bool, run_id: Option<&str>, label: keel_guard::Label) -> Result<(MemoryRecord, bool), String> {
         let text = text.trim();
         if text.is_empty() {
             return Err("memory: the fact is empty".into());
@@ -86,7 +87,15 @@ impl Memory<'_> {
             .max_by(|a, b| a.0.total_cmp(&b.0));
         let (record, updated) = match same {
             Some((_, old)) => (
-                MemoryRecord { text: text.into(), importance: importance.max(old.importance), embedding, used_ms: now, run_id: run_id.map(String::from), ..old },
+                MemoryRecord {
+                    text: text.into(),
+                    importance: importance.max(old.importance),
+                    embedding,
+                    used_ms: now,
+                    run_id: run_id.map(String::from),
+                    label: Some(label),
+                    ..old
+                },
                 true,
             ),
             None => (
@@ -102,6 +111,7 @@ impl Memory<'_> {
                     used_ms: now,
                     uses: 0,
                     run_id: run_id.map(String::from),
+                    label: Some(label),
                 },
                 false,
             ),
@@ -139,14 +149,15 @@ impl Memory<'_> {
         Ok(scored)
     }
 
-    /// Runs `memory_save` or `memory_search` for the model.
-    pub async fn call(&self, tool: &str, arguments: &serde_json::Value, run_id: &str) -> Result<String, String> {
+    /// Runs `memory_save` or `memory_search` for the model; `seen` is the label of what the
+    /// model had read when it called (a saved fact carries it).
+    pub async fn call(&self, tool: &str, arguments: &serde_json::Value, run_id: &str, seen: &keel_guard::Label) -> Result<String, String> {
         match tool {
             "memory_save" => {
                 let fact = arguments["fact"].as_str().unwrap_or_default();
                 let importance = arguments["importance"].as_f64().unwrap_or(5.0).clamp(1.0, 10.0) / 10.0;
                 let about_user = arguments["about"].as_str().map_or(self.user.is_some(), |a| a == "user");
-                let (record, updated) = self.save(fact, importance, about_user, Some(run_id)).await?;
+                let (record, updated) = self.save(fact, importance, about_user, Some(run_id), seen.clone()).await?;
                 Ok(format!("{} {} ({})", if updated { "updated" } else { "saved" }, record.id, if record.user_id.is_some() { "about the user" } else { "for this agent" }))
             }
             "memory_search" => {
@@ -161,6 +172,12 @@ impl Memory<'_> {
             other => Err(format!("`{other}` is not a memory tool")),
         }
     }
+}
+
+/// The label of recalled facts together: a fact kept before labels counts as untrusted.
+pub fn recalled_label(facts: &[Recalled]) -> keel_guard::Label {
+    let legacy = keel_guard::Label { sources: ["memory".to_string()].into(), trusted: false, readers: keel_guard::Readers::Public };
+    facts.iter().fold(keel_guard::Label::empty(), |label, fact| label.join(fact.memory.label.as_ref().unwrap_or(&legacy)))
 }
 
 /// The memory tools' definitions for the model.

@@ -293,6 +293,9 @@ struct Started {
     /// The user the run serves (long-term memory), from the run's variables.
     #[serde(default)]
     user: Option<String>,
+    /// The facts recalled into the system prompt, and their label together.
+    #[serde(default)]
+    memory: Option<(String, keel_guard::Label)>,
     /// The system prompts of the agents the run can be handed to, by name.
     #[serde(default)]
     systems: BTreeMap<String, String>,
@@ -346,12 +349,19 @@ struct State {
 
 impl State {
     /// A run's state before its first step, for the agent that runs it.
-    fn for_agent(system: &str, input: &str, agent: &Agent) -> State {
-        if agent.def.mode == crate::definition::Mode::Default {
-            return State::new(system, input);
+    /// `memory`: the facts recalled into the system prompt, labelled by where they came from.
+    fn for_agent(system: &str, input: &str, agent: &Agent, memory: Option<&(String, keel_guard::Label)>) -> State {
+        let mut state = State::default();
+        if agent.def.mode == crate::definition::Mode::Secure {
+            state.context = keel_guard::Context::secure();
         }
-        let mut state = State { context: keel_guard::Context::secure(), ..State::default() };
         state.push_start(system, input);
+        if let Some((facts, label)) = memory {
+            state.context.push("memory", label.clone(), facts);
+        }
+        if agent.def.mode == crate::definition::Mode::Default {
+            return state;
+        }
         state.tools = agent.tools.names().into_iter().map(String::from).collect();
         state.planner = vec![
             Message::text(Role::System, secure::planner_prompt(system, &agent.tools.defs())),
@@ -360,17 +370,15 @@ impl State {
         state
     }
 
-    fn new(system: &str, input: &str) -> State {
-        let mut state = State::default();
-        state.push_start(system, input);
-        state
-    }
-
+    /// The system prompt and the user's message: the first two things a run sees. Recalled
+    /// facts are in the system prompt the model reads, but their label is where they came
+    /// from (a `memory` item), not the system's.
     fn push_start(&mut self, system: &str, input: &str) {
         let state = self;
         if !system.trim().is_empty() {
             state.messages.push(Message::text(Role::System, system));
-            state.context.push("system", keel_guard::Label::system(), system);
+            let own = system.find(MEMORY_HEADER).map_or(system, |at| &system[..at]);
+            state.context.push("system", keel_guard::Label::system(), own);
         }
         state.messages.push(Message::text(Role::User, input));
         state.context.push("user", keel_guard::Label::user(), input);
@@ -643,15 +651,19 @@ impl Runner {
 
     async fn start_as(&self, id: String, agent: &Agent, input: &str, vars: &BTreeMap<String, String>, parent: TraceParent) -> Result<Outcome, Error> {
         let mut system = agent.def.render_instructions(vars)?;
+        let mut remembered = None;
         let user = agent.def.memory.as_ref().and_then(|spec| vars.get(&spec.user_var)).cloned();
         if let Some(spec) = agent.def.memory.as_ref().filter(|spec| spec.recall > 0) {
             let memory = Memory { store: &self.store, model: &*self.model, spec, agent: &agent.def.name, user: user.as_deref() };
             let recalled = memory.search(input, spec.recall).await.map_err(Error::Definition)?;
             if !recalled.is_empty() {
-                system.push_str("\n\nWhat you remember from earlier conversations (it may be out of date):\n");
+                let mut facts = String::new();
                 for fact in &recalled {
-                    system.push_str(&format!("- {} [{}]\n", fact.memory.text, fact.memory.id));
+                    facts.push_str(&format!("- {} [{}]\n", fact.memory.text, fact.memory.id));
                 }
+                system.push_str(MEMORY_HEADER);
+                system.push_str(&facts);
+                remembered = Some((facts, crate::memory::recalled_label(&recalled)));
             }
         }
         std::fs::create_dir_all(&agent.workspace)
@@ -665,6 +677,7 @@ impl Runner {
             def: agent.def.clone(),
             system: system.clone(),
             user: user.clone(),
+            memory: remembered.clone(),
             systems,
             file: agent.file.clone(),
             base_dir: agent.base_dir.clone(),
@@ -686,7 +699,7 @@ impl Runner {
         let lease = Lease::held(&self.store, &id, owner);
         self.emit(RunEvent::Started { run_id: id.clone(), agent: agent.def.name.clone(), resumed: false });
         let live = Live::new(id, agent, 0, parent, false, user, started.systems);
-        self.drive(&live, State::for_agent(&system, input, agent), Some(lease)).await
+        self.drive(&live, State::for_agent(&system, input, agent, remembered.as_ref()), Some(lease)).await
     }
 
     /// The agent a stored run started with (built-in and command tools; Rust tools are the
@@ -720,7 +733,7 @@ impl Runner {
             _ => {}
         }
         let started = Started::of(&record)?;
-        let (state, next_seq) = State::for_agent(&started.system, &record.input, agent).replay(run_id, &steps)?;
+        let (state, next_seq) = State::for_agent(&started.system, &record.input, agent, started.memory.as_ref()).replay(run_id, &steps)?;
         for call in &state.pending {
             if state.results.contains_key(&call.id) {
                 self.emit(RunEvent::ToolReused { call_id: call.id.clone(), name: call.name.clone() });
@@ -936,9 +949,10 @@ impl Runner {
                     Some((keel_guard::Verdict::Deny, reason)) => Some(reason.clone()),
                     _ => None,
                 };
+                let seen = state.context.label.clone();
                 let runs = todo.iter().map(|call| {
                     let decided = allowed.remove(&call.id);
-                    self.execute(live, agent, call, state.approvals.get(&call.id).cloned(), blocked(call), decided, &remaining)
+                    self.execute(live, agent, call, state.approvals.get(&call.id).cloned(), blocked(call), decided, &remaining, &seen)
                 });
                 let mut in_sub_runs = Vec::new();
                 for (call, executed) in todo.iter().zip(futures_util::future::join_all(runs).await) {
@@ -1090,6 +1104,7 @@ impl Runner {
         blocked: Option<String>,
         allowed: Option<keel_guard::Decision>,
         remaining: &Budget,
+        seen: &keel_guard::Label,
     ) -> Result<Executed, Error> {
         let mut capabilities = Runner::capabilities(agent, &call.name).unwrap_or_else(keel_guard::Capabilities::conservative);
         let started = Instant::now();
@@ -1123,7 +1138,7 @@ impl Runner {
                             _ if agent.def.memory.is_some() && crate::memory::TOOLS.contains(&call.name.as_str()) => {
                                 let spec = agent.def.memory.as_ref().expect("checked above");
                                 let memory = Memory { store: &self.store, model: &*self.model, spec, agent: &agent.def.name, user: live.user.as_deref() };
-                                match memory.call(&call.name, &value, &live.id).await {
+                                match memory.call(&call.name, &value, &live.id, seen).await {
                                     Ok(output) => (output, false, false),
                                     Err(err) => (err, true, false),
                                 }
@@ -1209,6 +1224,9 @@ impl Runner {
         Ok(Executed::Step(step))
     }
 }
+
+/// What comes before the recalled facts in a system prompt.
+const MEMORY_HEADER: &str = "\n\nWhat you remember from earlier conversations (it may be out of date):\n";
 
 /// How long a run's lease lasts without renewal, and how often it is renewed.
 const LEASE_MS: i64 = 30_000;

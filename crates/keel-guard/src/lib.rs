@@ -373,7 +373,8 @@ impl Context {
 
     pub fn push(&mut self, source: &str, label: Label, text: &str) {
         self.label = self.label.join(&label);
-        if !self.secure || source == "user" || source == "system" {
+        // Recalled memory is part of the system prompt the planner reads.
+        if !self.secure || matches!(source, "user" | "system" | "memory") {
             self.control = self.control.join(&label);
         }
         let folded = text.as_bytes().to_ascii_lowercase();

@@ -119,6 +119,8 @@ CREATE INDEX memories_user ON memories (user_id);
 ", "
 ALTER TABLE runs ADD COLUMN lease_owner TEXT;
 ALTER TABLE runs ADD COLUMN lease_until INTEGER;
+", "
+ALTER TABLE memories ADD COLUMN label TEXT;
 "];
 
 /// One model call as keel saw it.

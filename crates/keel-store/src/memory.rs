@@ -24,6 +24,9 @@ pub struct MemoryRecord {
     pub used_ms: i64,
     pub uses: i64,
     pub run_id: Option<String>,
+    /// Where the fact came from and who may read it (the guard's label): what the run that
+    /// saved it had seen. `None` for facts kept before labels, which count as untrusted.
+    pub label: Option<keel_guard::Label>,
 }
 
 fn to_blob(vector: &[f32]) -> Vec<u8> {
@@ -34,7 +37,7 @@ fn from_blob(blob: &[u8]) -> Vec<f32> {
     blob.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
 
-const COLUMNS: &str = "id, agent, user_id, text, importance, embedding, model, created_ms, used_ms, uses, run_id";
+const COLUMNS: &str = "id, agent, user_id, text, importance, embedding, model, created_ms, used_ms, uses, run_id, label";
 
 fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MemoryRecord> {
     let blob: Vec<u8> = row.get(5)?;
@@ -50,6 +53,7 @@ fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<MemoryRecord> {
         used_ms: row.get(8)?,
         uses: row.get(9)?,
         run_id: row.get(10)?,
+        label: row.get::<_, Option<String>>(11)?.and_then(|text| serde_json::from_str(&text).ok()),
     })
 }
 
@@ -58,7 +62,7 @@ impl Store {
     pub fn put_memory(&self, memory: &MemoryRecord) -> Result<()> {
         let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         conn.execute(
-            &format!("INSERT OR REPLACE INTO memories ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"),
+            &format!("INSERT OR REPLACE INTO memories ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"),
             params![
                 memory.id,
                 memory.agent,
@@ -70,7 +74,8 @@ impl Store {
                 memory.created_ms,
                 memory.used_ms,
                 memory.uses,
-                memory.run_id
+                memory.run_id,
+                memory.label.as_ref().map(|l| serde_json::to_string(l).unwrap_or_default())
             ],
         )
         .map(drop)

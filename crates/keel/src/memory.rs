@@ -74,7 +74,7 @@ pub async fn add(config: Option<&Path>, scope: &Scope, text: &str, importance: u
     let (store, router) = open(config, pull).await?;
     let spec = spec(scope);
     let memory = Memory { store: &store, model: &*router, spec: &spec, agent, user: scope.user.as_deref() };
-    let (record, updated) = memory.save(text, f64::from(importance) / 10.0, scope.user.is_some(), None).await.map_err(anyhow::Error::msg)?;
+    let (record, updated) = memory.save(text, f64::from(importance) / 10.0, scope.user.is_some(), None, keel_guard::Label::user()).await.map_err(anyhow::Error::msg)?;
     if json {
         println!("{}", serde_json::json!({"id": record.id, "updated": updated}));
     } else {

@@ -443,7 +443,8 @@ impl Runner {
                 _ => None,
             };
             let remaining = Runner::remaining(agent, &state);
-            match self.execute(live, agent, &call, approval, blocked, allowed, &remaining).await? {
+            let seen = state.context.label.clone();
+            match self.execute(live, agent, &call, approval, blocked, allowed, &remaining, &seen).await? {
                 Executed::Step(done) => state.apply(&done),
                 Executed::Waiting { run_id, .. } => {
                     return fail(&state, format!("plan step {}: the sub-agent's run {run_id} waits for a human, which a secure plan cannot wait on", step.id));
