@@ -38,11 +38,17 @@ fn rows(memories: &[(keel_store::MemoryRecord, Option<f64>)]) -> String {
                 Cell::num(format!("{:.0}", m.importance * 10.0)),
                 Cell::num(score.map_or(String::new(), |s| format!("{s:.2}"))),
                 Cell::new(crate::commands::format_time(m.used_ms)),
+                // Where the fact came from, for the guard: untrusted facts taint the runs that recall them.
+                match &m.label {
+                    Some(label) if label.trusted => Cell::new("trusted").color(table::GREEN),
+                    Some(_) => Cell::new("untrusted").color(table::RED),
+                    None => Cell::new("unknown").color(table::YELLOW),
+                },
                 Cell::new(&m.text),
             ]
         })
         .collect();
-    table::render(&["ID", "AGENT", "USER", "IMP", "SCORE", "LAST USED", "FACT"], &rows)
+    table::render(&["ID", "AGENT", "USER", "IMP", "SCORE", "LAST USED", "TRUST", "FACT"], &rows)
 }
 
 /// `keel memory list`.

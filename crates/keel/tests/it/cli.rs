@@ -391,10 +391,12 @@ fn memory_keeps_searches_edits_and_forgets_facts_with_real_embeddings() {
     let listed: serde_json::Value = serde_json::from_slice(&keel(&["memory", "list", "--json"]).stdout).unwrap();
     let listed = listed.as_array().unwrap();
     assert_eq!(listed.len(), 3);
+    // Facts typed at the terminal are the user's: trusted when a run recalls them.
+    assert!(listed.iter().all(|m| m["label"]["trusted"] == true && m["label"]["sources"][0] == "user"), "{listed:?}");
     let berlin = listed.iter().find(|m| m["text"].as_str().unwrap().contains("Berlin")).unwrap()["id"].as_str().unwrap().to_string();
     assert!(keel(&["memory", "edit", &berlin, "The Berlin office closes at 4pm on Fridays"]).status.success());
     let table = stdout(&keel(&["memory", "list", "--agent", "billing"]));
-    assert!(table.contains("closes at 4pm") && !table.contains("5pm"), "{table}");
+    assert!(table.contains("closes at 4pm") && !table.contains("5pm") && table.contains("trusted"), "{table}");
     assert!(keel(&["memory", "forget", &berlin]).status.success());
     let gone = keel(&["memory", "forget", &berlin]);
     assert!(!gone.status.success() && stderr(&gone).contains(&format!("no memory {berlin}")));
