@@ -11,7 +11,8 @@ replays them through the guard.
 
 What each tool does is measured, not named by hand, so the converter works on any suite:
 a tool whose call changed the environment changes state (a sink); a tool whose output ever
-held an injection returns untrusted content; every tool reads the user's private data.
+held an injection returns untrusted content, and the fields of its JSON output that held one
+are the ones outsiders write (`untrusted_fields`); every tool reads the user's private data.
 Tools that no ground-truth call uses get keel's conservative default.
 
 Writes OUT_DIR/SUITE/scenarios.jsonl (one pair per line), OUT_DIR/SUITE/user_tasks.jsonl (the
@@ -49,6 +50,31 @@ def dump(env):
     return json.dumps(env.model_dump(mode="json"), sort_keys=True, default=str)
 
 
+def jsonable(value):
+    """A tool's result as JSON (pydantic models dumped, the rest as JSON takes it)."""
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def marked_fields(value, out, key=None):
+    """The keys under which a JSON value holds the injection marker."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            marked_fields(v, out, k)
+    elif isinstance(value, list):
+        for v in value:
+            marked_fields(v, out, key)
+    elif isinstance(value, str) and key is not None and unwrapped(MARKER) in unwrapped(value):
+        out.add(key)
+
+
 def call_json(call):
     return {"tool": call.function, "args": json.loads(json.dumps(dict(call.args), default=str))}
 
@@ -63,6 +89,9 @@ def main():
     runtime = FunctionsRuntime(suite.tools)
     vectors = suite.get_injection_vector_defaults()
     changes_state, untrusted, used = set(), set(), set()
+    # Per tool, the fields of its output that ever held an injection (None: it ever held one
+    # outside any field, so the whole output is outsiders').
+    fields = {}
 
     def run(env, call):
         before = dump(env)
@@ -71,9 +100,20 @@ def main():
         used.add(call.function)
         if dump(env) != before:
             changes_state.add(call.function)
+        structured = None if error else jsonable(result)
         if unwrapped(MARKER) in unwrapped(output):
             untrusted.add(call.function)
-        return {**call_json(call), "output": output, "error": bool(error)}
+            found = set()
+            if isinstance(structured, (dict, list)):
+                marked_fields(structured, found)
+            if not found:
+                fields[call.function] = None
+            elif fields.get(call.function, set()) is not None:
+                fields[call.function] = fields.get(call.function, set()) | found
+        row = {**call_json(call), "output": output, "error": bool(error)}
+        if isinstance(structured, (dict, list)):
+            row["output_json"] = structured
+        return row
 
     # The user tasks on the suite's own environment (no attack): what utility costs.
     benign = []
@@ -108,6 +148,7 @@ def main():
         tools.append({
             "name": tool.name, "description": tool.description,
             "parameters": tool.parameters.model_json_schema(), "capabilities": capabilities,
+            "untrusted_fields": sorted(fields[tool.name]) if fields.get(tool.name) else [],
         })
     folder = os.path.join(args.out, args.suite)
     os.makedirs(folder, exist_ok=True)

@@ -165,6 +165,11 @@ pub struct ToolSpec {
     /// (body, subject, title, text, date, time, amount, …) in its name.
     #[serde(default)]
     pub targets: Option<Vec<String>>,
+    /// For a tool with untrusted output that answers JSON: the fields outsiders can write
+    /// (`["subject", "body"]`); a value from any other field carries the tool's label as
+    /// trusted. Default: all of it is untrusted.
+    #[serde(default)]
+    pub untrusted_fields: Option<Vec<String>>,
 }
 
 /// A handoff target.

@@ -340,11 +340,14 @@ struct State {
     planner: Vec<Message>,
     plan: Option<secure::Plan>,
     plan_error: Option<String>,
-    values: HashMap<String, (serde_json::Value, keel_guard::Label)>,
+    /// (value, label, the fields of it outsiders write).
+    values: HashMap<String, secure::Value>,
     /// Secure mode: quarantined reads whose answer did not fit, by step.
     read_errors: HashMap<String, String>,
     /// The agent's tool names (secure mode checks plans against them).
     tools: Vec<String>,
+    /// Tools whose JSON output is untrusted only in some fields, with those fields.
+    untrusted_fields: HashMap<String, Vec<String>>,
 }
 
 impl State {
@@ -355,6 +358,8 @@ impl State {
         if agent.def.mode == crate::definition::Mode::Secure {
             state.context = keel_guard::Context::secure();
         }
+        state.untrusted_fields =
+            agent.def.tools.iter().filter_map(|(name, spec)| spec.untrusted_fields.clone().map(|fields| (name.clone(), fields))).collect();
         state.push_start(system, input);
         if let Some((facts, label)) = memory {
             state.context.push("memory", label.clone(), facts);
@@ -414,11 +419,12 @@ impl State {
                 if let Some(flag) = injection {
                     self.context.flag(&format!("tool:{name}"), flag.score, flag.rule.as_deref());
                 }
+                let fields = self.untrusted_fields.get(name).cloned().unwrap_or_default();
                 if let Some(id) = call_id.strip_prefix(secure::CALL_PREFIX).filter(|_| !is_error) {
                     let value = serde_json::from_str(output).unwrap_or_else(|_| serde_json::Value::String(output.clone()));
-                    self.values.insert(id.to_string(), (value, label.clone()));
+                    self.values.insert(id.to_string(), (value, label.clone(), fields.clone()));
                 }
-                self.context.push(&format!("tool:{name}"), label, output);
+                self.context.push_fields(&format!("tool:{name}"), label, output, &fields);
                 if let Some(to) = handoff {
                     self.active = Some(to.clone());
                 }

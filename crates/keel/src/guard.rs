@@ -197,6 +197,10 @@ pub struct AgentDojoArgs {
     /// Leave the injection detector out (measure the labels alone).
     #[arg(long)]
     no_detector: bool,
+    /// One label per tool output, even where the converter measured which fields outsiders
+    /// can write.
+    #[arg(long)]
+    whole_outputs: bool,
     /// Every miss, not only the first 20.
     #[arg(long)]
     all: bool,
@@ -210,6 +214,9 @@ struct DojoCall {
     args: serde_json::Value,
     #[serde(default)]
     output: String,
+    /// The output as JSON, where the converter could give it (fields labelled apart).
+    #[serde(default)]
+    output_json: Option<serde_json::Value>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -243,12 +250,16 @@ pub fn agentdojo(args: AgentDojoArgs) -> anyhow::Result<()> {
     )
     .with_context(|| format!("{} is not a tool list", tools_path.display()))?;
     let mut capabilities = std::collections::HashMap::new();
+    // Fields of a tool's JSON output that outsiders can write (the rest is the tool's own).
+    let mut untrusted_fields: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
     for tool in &tools {
         let name = tool["name"].as_str().context("a tool without a name in tools.json")?.to_string();
         let caps = match &tool["capabilities"] {
             serde_json::Value::Null => Capabilities::conservative(),
             list => serde_json::from_value(list.clone()).with_context(|| format!("tools.json: {name}'s capabilities"))?,
         };
+        let fields: Vec<String> = tool["untrusted_fields"].as_array().into_iter().flatten().filter_map(|f| f.as_str().map(String::from)).collect();
+        untrusted_fields.insert(name.clone(), fields);
         capabilities.insert(name, caps);
     }
     let caps_of = |tool: &str| capabilities.get(tool).copied().unwrap_or_else(Capabilities::conservative);
@@ -270,7 +281,10 @@ pub fn agentdojo(args: AgentDojoArgs) -> anyhow::Result<()> {
     let mut add_output = |context: &mut Context, call: &DojoCall| {
         let caps = caps_of(&call.tool);
         let source = format!("tool:{}", call.tool);
-        context.push(&source, Label::tool(&call.tool, caps), &call.output);
+        match (&call.output_json, untrusted_fields.get(&call.tool).filter(|f| !f.is_empty())) {
+            (Some(json), Some(fields)) if !args.whole_outputs => context.push_fields(&source, Label::tool(&call.tool, caps), &json.to_string(), fields),
+            _ => context.push(&source, Label::tool(&call.tool, caps), &call.output),
+        }
         if !args.no_detector && caps.has(keel_guard::Capability::UntrustedOutput) {
             let found = scanned.entry(call.output.clone()).or_insert_with(|| keel_guard::detect::Detector::builtin().scan(&call.output));
             if found.flagged {
