@@ -35,12 +35,24 @@ pub struct CheckArgs {
 }
 
 /// The run's context from the flags: the context file first, then the user, then outputs.
+/// Tool outputs are labelled as a run would label them: by the tool's capabilities and the
+/// fields outsiders write, and scanned by the injection detector when untrusted.
 fn context_of(def: &AgentDef, args: &CheckArgs) -> anyhow::Result<Context> {
-    let mut context = Context::default();
+    let mut context = if def.mode == keel_agent::Mode::Secure { Context::secure() } else { Context::default() };
     let mut add = |source: &str, text: &str| match source {
         "user" => context.push("user", Label::user(), text),
         "system" => context.push("system", Label::system(), text),
-        tool => context.push(&format!("tool:{tool}"), Label::tool(tool, def.capabilities(tool)), text),
+        tool => {
+            let capabilities = def.capabilities(tool);
+            let fields = def.tools.get(tool).and_then(|spec| spec.untrusted_fields.clone()).unwrap_or_default();
+            context.push_fields(&format!("tool:{tool}"), Label::tool(tool, capabilities), text, &fields);
+            if def.guard.detector && capabilities.has(keel_guard::Capability::UntrustedOutput) {
+                let found = keel_guard::detect::Detector::builtin().scan(text);
+                if found.flagged {
+                    context.flag(&format!("tool:{tool}"), found.score, found.rule);
+                }
+            }
+        }
     };
     if let Some(file) = &args.context {
         let text = std::fs::read_to_string(file).with_context(|| format!("could not read {}", file.display()))?;
