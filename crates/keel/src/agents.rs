@@ -314,12 +314,20 @@ pub fn show(config: Option<&Path>, id: &str, json: bool) -> anyhow::Result<()> {
     println!("input: {}", short(&record.input, 200));
     let mut rows = Vec::new();
     let (mut tokens, mut cost) = (0u64, 0.0f64);
+    // What the model had read by each call: its answer carries that label.
+    let mut seen = keel_guard::Label::user().join(&keel_guard::Label::system());
     for (seq, step) in &parsed {
         let (kind, detail, tok, usd, ms) = match step {
             Step::Model { response, cost_usd, ms, provider, role, .. } => {
                 let calls: Vec<String> = response.message.tool_calls.iter().map(|c| format!("{}({})", c.name, short(&c.arguments, 40))).collect();
                 let text = response.message.text_content();
                 let detail = if calls.is_empty() { short(&text, 70) } else { format!("→ {}", calls.join(", ")) };
+                // A quarantined read sees only what its plan step hands it; the rest see all.
+                let detail = if role.as_deref().is_some_and(|r| r.starts_with("quarantine:")) {
+                    detail
+                } else {
+                    format!("{detail}{}", table::paint(&format!(" ({})", seen.summary()), table::DIM))
+                };
                 tokens += response.usage.total();
                 cost += cost_usd.unwrap_or(0.0);
                 // Secure mode: the planner, or a quarantined read of a plan step.
@@ -330,6 +338,9 @@ pub fn show(config: Option<&Path>, id: &str, json: bool) -> anyhow::Result<()> {
                 (kind, detail, response.usage.total().to_string(), cost_usd.map_or("-".into(), |c| format!("{c:.4}")), format!("{ms:.0}"))
             }
             Step::Tool { name, output, is_error, ms, call_id, label, injection, .. } => {
+                if let Some(label) = label {
+                    seen = seen.join(label);
+                }
                 let mark = if *is_error { "error: " } else { "" };
                 // The output's label: where it came from and who may read it.
                 let mut label = label.as_ref().map(|l| table::paint(&format!(" ({})", l.summary()), table::DIM)).unwrap_or_default();

@@ -119,6 +119,9 @@ async fn a_killed_run_resumes_from_its_last_step_without_repeating_a_tool_call()
     assert_eq!(shown["steps"][1]["step"]["label"]["sources"][0], "tool:record");
     let table = stdout(&run(&["runs", "show", &run_id], &dir));
     assert!(table.contains("tool record") && table.contains("total:"), "{table}");
+    // Each model call is labelled by what it had read: the first only the user and the system,
+    // the second also the command's output (untrusted by default).
+    assert!(table.contains("(trusted · public · from system, user)") && table.contains("(untrusted · public · from system, tool:record, user)"), "{table}");
 
     // The trace: the killed stretch's steps (its invoke_agent span never written, so they are
     // roots), then the resumed stretch with its model call under it.
