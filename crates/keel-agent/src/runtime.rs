@@ -397,7 +397,8 @@ impl State {
                 self.cost_usd += cost_usd.unwrap_or(0.0);
                 self.active_ms += ms;
                 // Whatever calls these answers hold are never made.
-                self.apply_secure(role, &response.message.text_content());
+                let cut = response.finish_reason == keel_core::FinishReason::Length;
+                self.apply_secure(role, &response.message.text_content(), cut);
             }
             Step::Model { response, cost_usd, ms, .. } => {
                 self.settle();

@@ -260,6 +260,46 @@ In the answer, {s2} or {s2.field} is replaced by that value.\n\nTools:\n",
     prompt
 }
 
+/// The JSON Schema of a plan, for providers that constrain answers to one (llama.cpp's
+/// grammar, OpenAI's structured outputs): a step is a call of one of `tools` or a read.
+pub(super) fn plan_schema(tools: &[String]) -> serde_json::Value {
+    serde_json::json!({
+        "type": "object",
+        "properties": {
+            "steps": {
+                "type": "array",
+                "items": {
+                    "anyOf": [
+                        {
+                            "type": "object",
+                            "properties": {"id": {"type": "string"}, "tool": {"enum": tools}, "args": {"type": "object"}},
+                            "required": ["id", "tool", "args"]
+                        },
+                        {
+                            "type": "object",
+                            "properties": {
+                                "id": {"type": "string"},
+                                "extract": {
+                                    "type": "object",
+                                    "properties": {
+                                        "from": {"type": "array", "items": {"type": "string"}},
+                                        "instruction": {"type": "string"},
+                                        "schema": {"type": "object"}
+                                    },
+                                    "required": ["from", "instruction", "schema"]
+                                }
+                            },
+                            "required": ["id", "extract"]
+                        }
+                    ]
+                }
+            },
+            "answer": {"type": "string"}
+        },
+        "required": ["steps", "answer"]
+    })
+}
+
 /// The quarantined model's system prompt.
 fn quarantine_prompt(instruction: &str) -> String {
     format!(
@@ -271,12 +311,14 @@ schema you were given."
 
 impl State {
     /// A planner's answer or a quarantined read, replayed or new.
-    pub(super) fn apply_secure(&mut self, role: &str, text: &str) {
+    /// `cut`: the answer stopped at `max_tokens`.
+    pub(super) fn apply_secure(&mut self, role: &str, text: &str, cut: bool) {
         if role == "planner" {
             self.planner.push(Message::text(Role::Assistant, text));
             match Plan::parse(text, &self.tools) {
                 Ok(plan) => self.plan = Some(plan),
                 Err(err) => {
+                    let err = if cut { format!("{err}; the plan was cut off at max_tokens (raise the agent's max_tokens)") } else { err };
                     self.planner.push(Message::text(Role::User, format!("That plan cannot run: {err}. Write the whole plan again, as one JSON object.")));
                     self.plan_error = Some(err);
                 }
@@ -352,7 +394,7 @@ impl Runner {
                 messages: state.planner.clone(),
                 temperature: agent.def.temperature,
                 max_tokens: agent.def.max_tokens,
-                response_format: Some(ResponseFormat::JsonObject),
+                response_format: Some(ResponseFormat::JsonSchema { name: "plan".into(), schema: plan_schema(&state.tools), strict: None }),
                 ..ChatRequest::default()
             };
             if let Some(reason) = self.secure_model_call(live, &mut state, request, "planner".into()).await? {
