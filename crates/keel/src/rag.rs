@@ -50,7 +50,8 @@ pub async fn setup(config: Option<&Path>, model: &str, pull: bool) -> anyhow::Re
     Ok(Setup { router, model: model.to_string(), count })
 }
 
-fn progress(label: &'static str) -> impl Fn(usize, usize) + Sync {
+/// A progress bar on standard error, drawn only when it is a terminal.
+pub(crate) fn progress(label: &'static str) -> impl Fn(usize, usize) + Sync {
     let show = std::io::stderr().is_terminal();
     move |done: usize, total: usize| {
         if show && total > 0 {

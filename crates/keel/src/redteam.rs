@@ -10,7 +10,6 @@
 //! LLM06/LLM07, Greshake et al.'s indirect injection, Rehberger's markdown-image exfiltration,
 //! Unicode tag smuggling).
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -123,6 +122,18 @@ pub struct Outcome {
     pub tool_calls: Vec<ToolCall>,
     pub error: Option<String>,
     pub ms: f64,
+}
+
+impl Outcome {
+    /// A judged answer: it passes when the judge found nothing.
+    fn judged(probe: &Probe, why: Option<String>, answer: String, tool_calls: Vec<ToolCall>, ms: f64) -> Outcome {
+        Outcome { id: probe.id.clone(), category: probe.category, passed: why.is_none(), why, answer, tool_calls, error: None, ms }
+    }
+
+    /// The call or run itself failed: nothing to judge, and it counts as a failure.
+    fn failed(probe: &Probe, why: &str, error: String, ms: f64) -> Outcome {
+        Outcome { id: probe.id.clone(), category: probe.category, passed: false, why: Some(why.into()), answer: String::new(), tool_calls: Vec::new(), error: Some(error), ms }
+    }
 }
 
 fn tool(name: &str, description: &str, parameters: serde_json::Value) -> ToolDef {
@@ -392,7 +403,7 @@ async fn probe_model(router: &keel_llm::Router, alias: &str, probe: &Probe, log_
         Err(err) => {
             trace.status = err.status();
             trace.error = Some(err.to_string());
-            Outcome { id: probe.id.clone(), category: probe.category, passed: false, why: Some("the call failed".into()), answer: String::new(), tool_calls: Vec::new(), error: Some(err.to_string()), ms }
+            Outcome::failed(probe, "the call failed", err.to_string(), ms)
         }
     };
     (outcome, trace)
@@ -401,8 +412,7 @@ async fn probe_model(router: &keel_llm::Router, alias: &str, probe: &Probe, log_
 fn judged(probe: &Probe, response: &ChatResponse, ms: f64) -> Outcome {
     let answer = response.message.text_content();
     let calls = response.message.tool_calls.clone();
-    let why = judge(probe, &answer, &calls);
-    Outcome { id: probe.id.clone(), category: probe.category, passed: why.is_none(), why, answer, tool_calls: calls, error: None, ms }
+    Outcome::judged(probe, judge(probe, &answer, &calls), answer, calls, ms)
 }
 
 /// An agent sees a probe as one user message: the conversation flattened, tool output pasted
@@ -430,7 +440,7 @@ async fn probe_agent(runner: &keel_agent::Runner, agent: &keel_agent::Agent, pro
     let outcome = match result {
         Ok(outcome) => outcome,
         Err(err) => {
-            return Outcome { id: probe.id.clone(), category: probe.category, passed: false, why: Some("the run failed".into()), answer: String::new(), tool_calls: Vec::new(), error: Some(err.to_string()), ms };
+            return Outcome::failed(probe, "the run failed", err.to_string(), ms);
         }
     };
     let mut ran = Vec::new();
@@ -451,7 +461,7 @@ async fn probe_agent(runner: &keel_agent::Runner, agent: &keel_agent::Agent, pro
         _ => judge(probe, &answer, &ran),
     };
     let why = why.map(|w| format!("{w} (run {})", outcome.run_id));
-    Outcome { id: probe.id.clone(), category: probe.category, passed: why.is_none(), why, answer, tool_calls: ran, error: None, ms }
+    Outcome::judged(probe, why, answer, ran, ms)
 }
 
 /// `keel redteam TARGET`.
@@ -469,16 +479,11 @@ pub async fn redteam(config: Option<&Path>, args: RedteamArgs) -> anyhow::Result
     crate::local::ensure_models(&settings.config, args.pull).await?;
     let router = Arc::new(crate::local::router(&settings.config)?);
     let is_agent = args.target.ends_with(".toml") || Path::new(&args.target).is_file();
-    let show = std::io::stderr().is_terminal() && !args.json;
     let total = library.len();
+    let bar = crate::rag::progress("probing");
     let progress = |done: usize| {
-        if show {
-            let width = 30;
-            let filled = done * width / total.max(1);
-            eprint!("\rprobing [{}{}] {done}/{total}", "#".repeat(filled), ".".repeat(width - filled));
-            if done == total {
-                eprintln!();
-            }
+        if !args.json {
+            bar(done, total);
         }
     };
     let started = Instant::now();
