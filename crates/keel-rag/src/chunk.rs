@@ -50,8 +50,9 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Limits {
-        // all-MiniLM-L6-v2 reads at most 256 tokens.
-        Limits { max_tokens: 256, overlap_tokens: 32 }
+        // all-MiniLM-L6-v2 reads at most 256 tokens but was trained on pairs cut at 128
+        // (its model card); its vectors of longer texts are worse, so chunks stay within 128.
+        Limits { max_tokens: 128, overlap_tokens: 16 }
     }
 }
 

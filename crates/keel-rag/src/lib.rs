@@ -552,12 +552,21 @@ impl Collection {
 
     /// Rebuilds the BM25 index from the chunks.
     pub fn rebuild_bm25(&mut self) -> Result<()> {
-        let mut stmt = self.db.prepare("SELECT c.id, c.doc, c.text, d.title FROM chunks c JOIN docs d ON d.id = c.doc").map_err(io)?;
-        let rows: Vec<(i64, String, String, Option<String>)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        let mut stmt = self
+            .db
+            .prepare("SELECT c.id, c.doc, c.headings, c.start, c.end, c.text, d.title FROM chunks c JOIN docs d ON d.id = c.doc ORDER BY c.doc, c.seq")
+            .map_err(io)?;
+        type Row = (i64, String, String, i64, i64, String, Option<String>);
+        let rows: Vec<Row> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?)))
             .and_then(|rows| rows.collect())
             .map_err(io)?;
-        self.bm25.replace_all(rows.iter().map(|(id, _, text, title)| (*id, bm25_text(title.as_deref(), text)))).map_err(io)
+        let mut entries = Vec::with_capacity(rows.len());
+        for doc in rows.chunk_by(|a, b| a.1 == b.1) {
+            let chunks: Vec<_> = doc.iter().map(|(id, _, headings, start, end, text, _)| (*id, headings.as_str(), *start as usize..*end as usize, text.as_str())).collect();
+            entries.extend(index::units(doc[0].6.as_deref(), &chunks));
+        }
+        self.bm25.replace_all(entries.into_iter()).map_err(io)
     }
 
     pub fn chunk_count(&self) -> usize {
@@ -674,7 +683,8 @@ impl Collection {
         // One transaction for the batch; then the BM25 index and the in-memory vectors.
         let tx = self.db.transaction().map_err(io)?;
         let mut removed: Vec<i64> = Vec::new();
-        let mut added: Vec<(i64, String, Vec<f32>, String)> = Vec::new();
+        let mut added: Vec<(i64, String, Vec<f32>)> = Vec::new();
+        let mut entries: Vec<index::Entry> = Vec::new();
         for (doc, hash, chunks) in &batch {
             let mut stmt = tx.prepare("SELECT id FROM chunks WHERE doc = ?1").map_err(io)?;
             let old: Vec<i64> = stmt.query_map([&doc.id], |r| r.get(0)).and_then(|rows| rows.collect()).map_err(io)?;
@@ -684,32 +694,37 @@ impl Collection {
             let pages = (!doc.pages.is_empty()).then(|| serde_json::to_string(&doc.pages).unwrap_or_default());
             tx.execute("INSERT OR REPLACE INTO docs (id, source, title, hash, meta, pages) VALUES (?1, ?2, ?3, ?4, ?5, ?6)", params![doc.id, doc.source, doc.title, hash, meta, pages])
                 .map_err(io)?;
+            let mut stored: Vec<(i64, String)> = Vec::with_capacity(chunks.len());
             for (seq, c) in chunks.iter().enumerate() {
                 let text = embed_text(doc.title.as_deref(), c);
                 let text_hash = sha(&text);
                 let vector = cached[&text_hash].clone();
+                let headings = serde_json::to_string(&c.headings).unwrap_or_default();
                 tx.execute("INSERT OR IGNORE INTO embed_cache (hash, vector) VALUES (?1, ?2)", params![text_hash, to_blob(&vector)]).map_err(io)?;
                 tx.execute(
                     "INSERT INTO chunks (doc, seq, headings, start, end, text, hash, vector) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                    params![doc.id, seq as i64, serde_json::to_string(&c.headings).unwrap_or_default(), c.range.start as i64, c.range.end as i64, c.text, text_hash, to_blob(&vector)],
+                    params![doc.id, seq as i64, headings, c.range.start as i64, c.range.end as i64, c.text, text_hash, to_blob(&vector)],
                 )
                 .map_err(io)?;
-                added.push((tx.last_insert_rowid(), doc.id.clone(), vector, bm25_text(doc.title.as_deref(), &c.text)));
+                stored.push((tx.last_insert_rowid(), headings));
+                added.push((tx.last_insert_rowid(), doc.id.clone(), vector));
             }
+            let for_bm25: Vec<_> = stored.iter().zip(chunks).map(|((id, headings), c)| (*id, headings.as_str(), c.range.clone(), c.text.as_str())).collect();
+            entries.extend(index::units(doc.title.as_deref(), &for_bm25));
         }
         bump(&mut self.generation, &tx)?;
         tx.commit().map_err(io)?;
-        self.bm25.update(&removed, added.iter().map(|(id, _, _, text)| (*id, text.clone()))).map_err(io)?;
+        self.bm25.update(&removed, entries.into_iter()).map_err(io)?;
         if self.vectors.is_none() {
             self.vectors = Some(self.new_index()?);
         }
         let vectors = self.vectors.as_ref().expect("made above");
         vectors.remove(&removed).map_err(io)?;
-        vectors.add(&added.iter().map(|(id, _, v, _)| (*id, v.as_slice())).collect::<Vec<_>>()).map_err(io)?;
+        vectors.add(&added.iter().map(|(id, _, v)| (*id, v.as_slice())).collect::<Vec<_>>()).map_err(io)?;
         for id in removed {
             self.docs_of.remove(&id);
         }
-        for (id, doc, _, _) in added {
+        for (id, doc, _) in added {
             self.docs_of.insert(id, doc);
         }
         Ok(())
@@ -934,9 +949,3 @@ fn embed_text(title: Option<&str>, chunk: &Chunk) -> String {
     }
 }
 
-fn bm25_text(title: Option<&str>, text: &str) -> String {
-    match title {
-        Some(title) => format!("{title}\n{text}"),
-        None => text.to_string(),
-    }
-}

@@ -180,3 +180,38 @@ async fn filters_keep_to_matching_documents_in_every_mode_and_weights_shape_fusi
     assert_eq!(report.updated, 1);
     assert_eq!(c.search(query, &filtered(&["team=platform"], Mode::Hybrid), &Words).await.unwrap().len(), 1);
 }
+
+/// A section longer than one chunk is one BM25 unit: a query whose words fall in different
+/// chunks of it finds it above a document that holds only one of them, shown by its
+/// best-matching chunk. An index written before units existed is made again at open.
+#[tokio::test]
+async fn bm25_scores_a_section_split_by_the_embedding_window_as_one_unit() {
+    let root = dir("units");
+    let filler = "the quarterly report lists every vendor invoice and payment term ";
+    let split = doc("split.md", &format!("# Plant\n\nThe glacier feeds the reservoir. {}The turbine hall holds four generators.", filler.repeat(4)));
+    // One chunk that says "glacier" twice (more than any one chunk of the split section
+    // holds of the query), and one that says "turbine", so both words are as rare.
+    let twice = doc("twice.md", "# Trip\n\nThe glacier walk starts at dawn and the glacier is quiet.");
+    let other = doc("other.md", "# Wind\n\nA wind turbine needs a steady breeze.");
+    let mut c = Collection::open(&root, "plant", "words", true).unwrap();
+    let report = ingest(&mut c, vec![split, twice, other]).await;
+    assert!(report.chunks >= 4, "the section is longer than one chunk: {report:?}");
+    let glacier = c.hits(&c.search("glacier", &Search::new(1, Mode::Bm25), &Words).await.unwrap()).unwrap();
+    assert!(glacier[0].text.contains("glacier"), "a unit is shown by a chunk holding the words: {glacier:#?}");
+    let both = c.hits(&c.search("glacier turbine", &Search::new(2, Mode::Bm25), &Words).await.unwrap()).unwrap();
+    assert_eq!(both[0].source, "docs/split.md", "{both:#?}");
+    assert!(both[0].text.contains("glacier") || both[0].text.contains("turbine"), "{both:#?}");
+    assert_eq!(both[1].source, "docs/twice.md", "{both:#?}");
+    drop(c);
+
+    // A BM25 index of the old layout (chunk ids only) is replaced and rebuilt from SQLite.
+    std::fs::remove_dir_all(root.join("plant/bm25")).unwrap();
+    std::fs::create_dir_all(root.join("plant/bm25")).unwrap();
+    let mut old = tantivy::schema::Schema::builder();
+    old.add_i64_field("id", tantivy::schema::INDEXED | tantivy::schema::STORED);
+    old.add_text_field("text", tantivy::schema::TEXT);
+    tantivy::Index::create_in_dir(root.join("plant/bm25"), old.build()).unwrap();
+    let c = Collection::open(&root, "plant", "words", false).unwrap();
+    let again = c.hits(&c.search("glacier turbine", &Search::new(2, Mode::Bm25), &Words).await.unwrap()).unwrap();
+    assert_eq!(again[0].source, "docs/split.md", "{again:#?}");
+}

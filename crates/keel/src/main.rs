@@ -242,12 +242,8 @@ enum RagCommand {
         /// The embedding model alias (a collection keeps the one it was made with).
         #[arg(long, default_value = "local-embed")]
         embedding_model: String,
-        /// Most tokens of the embedding model per chunk.
-        #[arg(long, default_value_t = 256)]
-        max_tokens: usize,
-        /// Tokens repeated from one chunk at the start of the next.
-        #[arg(long, default_value_t = 32)]
-        overlap: usize,
+        #[command(flatten)]
+        chunking: ChunkArgs,
         /// The collection's trust label, carried by every search result for the guard:
         /// `untrusted` (the default: anyone may have written these documents) or `trusted`.
         #[arg(long, value_parser = ["trusted", "untrusted"])]
@@ -335,6 +331,9 @@ enum RagCommand {
         collection: Option<String>,
         #[arg(long, default_value = "local-embed")]
         embedding_model: String,
+        /// How the corpus is cut into chunks (as `keel rag ingest`).
+        #[command(flatten)]
+        chunking: ChunkArgs,
         /// How the hybrid row fuses BM25 and vectors.
         #[command(flatten)]
         fusion: FusionArgs,
@@ -343,6 +342,24 @@ enum RagCommand {
         #[arg(long)]
         pull: bool,
     },
+}
+
+/// How documents are cut into chunks.
+#[derive(Debug, clap::Args)]
+struct ChunkArgs {
+    /// Most tokens of the embedding model per chunk (title included). The default is the
+    /// length all-MiniLM-L6-v2 was trained on; it reads up to 256.
+    #[arg(long, default_value_t = keel_rag::Limits::default().max_tokens)]
+    max_tokens: usize,
+    /// Tokens repeated from one chunk at the start of the next.
+    #[arg(long, default_value_t = keel_rag::Limits::default().overlap_tokens)]
+    overlap: usize,
+}
+
+impl ChunkArgs {
+    fn limits(&self) -> keel_rag::Limits {
+        keel_rag::Limits { max_tokens: self.max_tokens, overlap_tokens: self.overlap }
+    }
 }
 
 /// How hybrid search fuses the BM25 and vector rankings.
@@ -626,9 +643,9 @@ fn main() -> std::process::ExitCode {
                 }
             }
             Command::Rag { command } => match command {
-                RagCommand::Ingest { paths, collection, embedding_model, max_tokens, overlap, json, pull, trust, meta, engine } => {
+                RagCommand::Ingest { paths, collection, embedding_model, chunking, json, pull, trust, meta, engine } => {
                     let meta: std::collections::BTreeMap<String, String> = meta.into_iter().map(|f| (f.key, f.value)).collect();
-                    let args = rag::IngestArgs { paths: &paths, collection: &collection, model: &embedding_model, max_tokens, overlap, json, pull, trust: trust.as_deref(), meta: &meta, engine };
+                    let args = rag::IngestArgs { paths: &paths, collection: &collection, model: &embedding_model, limits: chunking.limits(), json, pull, trust: trust.as_deref(), meta: &meta, engine };
                     rag::ingest(cli.config.as_deref(), args).await
                 }
                 RagCommand::Query { query, collection, k, mode, embedding_model, json, filter, fusion, rerank } => {
@@ -651,9 +668,9 @@ fn main() -> std::process::ExitCode {
                 }
                 RagCommand::Collections { json } => rag::collections(json),
                 RagCommand::Rebuild { collection } => rag::rebuild(&collection),
-                RagCommand::Eval { beir, qrels, collection, embedding_model, json, pull, fusion } => {
+                RagCommand::Eval { beir, qrels, collection, embedding_model, chunking, json, pull, fusion } => {
                     let fusion = fusion.search(100, keel_rag::Mode::Hybrid, Vec::new());
-                    rag::eval(cli.config.as_deref(), &beir, qrels.as_deref(), collection.as_deref(), &embedding_model, &fusion, json, pull).await
+                    rag::eval(cli.config.as_deref(), &beir, qrels.as_deref(), collection.as_deref(), &embedding_model, chunking.limits(), &fusion, json, pull).await
                 }
             },
             Command::Mcp { command } => match command {

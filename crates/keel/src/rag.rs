@@ -180,8 +180,7 @@ pub struct IngestArgs<'a> {
     pub paths: &'a [PathBuf],
     pub collection: &'a str,
     pub model: &'a str,
-    pub max_tokens: usize,
-    pub overlap: usize,
+    pub limits: Limits,
     pub json: bool,
     pub pull: bool,
     pub trust: Option<&'a str>,
@@ -209,7 +208,7 @@ pub async fn ingest(config: Option<&Path>, args: IngestArgs<'_>) -> anyhow::Resu
         collection.set_trust(trust)?;
     }
     let embedder = GatewayEmbedder { router: &setup.router, model: setup.model.clone() };
-    let limits = Limits { max_tokens: args.max_tokens, overlap_tokens: args.overlap };
+    let limits = args.limits;
     let mut report = keel_rag::IngestReport::default();
     // Each folder given is a scope: its files that are gone are removed.
     let scope = if scopes.len() == 1 { Some(scopes[0].as_str()) } else { None };
@@ -399,6 +398,7 @@ pub async fn eval(
     qrels: Option<&Path>,
     collection: Option<&str>,
     model: &str,
+    limits: Limits,
     fusion: &keel_rag::Search,
     json: bool,
     pull: bool,
@@ -427,7 +427,7 @@ pub async fn eval(
         })
         .collect();
     let embedder = GatewayEmbedder { router: &setup.router, model: setup.model.clone() };
-    let report = collection.ingest(docs, Some(""), &embedder, Limits::default(), &*setup.count, &progress("ingesting")).await?;
+    let report = collection.ingest(docs, Some(""), &embedder, limits, &*setup.count, &progress("ingesting")).await?;
     if !json {
         eprintln!(
             "{name}: {} documents, {} chunks ({} embedded now, {:.1} s, {:.0} docs/s)",
