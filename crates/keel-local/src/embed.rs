@@ -48,17 +48,83 @@ fn gelu() -> String {
     "gelu".into()
 }
 
+/// How the encoder's projections multiply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// `f32` throughout.
+    F32,
+    /// Projections in bfloat16 with `f32` sums (AVX-512 BF16); the rest in `f32`.
+    Bf16,
+}
+
+impl Precision {
+    /// bf16 where the CPU has AVX-512 BF16, unless `KEEL_EMBED_PRECISION=f32` asks for `f32`.
+    pub fn best() -> Precision {
+        let asked = std::env::var("KEEL_EMBED_PRECISION").unwrap_or_default();
+        if asked.eq_ignore_ascii_case("f32") || !bf16_supported() { Precision::F32 } else { Precision::Bf16 }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn bf16_supported() -> bool {
+    crate::bf16::supported()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn bf16_supported() -> bool {
+    false
+}
+
 /// A linear layer stored input-major (`inputs × outputs`, row-major) for `x · W`.
 struct Dense {
     weight: Vec<f32>,
     bias: Vec<f32>,
     inputs: usize,
     outputs: usize,
+    /// The weights packed for the bf16 kernel, when the encoder runs in bf16 (the `f32` ones
+    /// are then dropped).
+    #[cfg(target_arch = "x86_64")]
+    packed: Option<crate::bf16::Packed>,
 }
 
 impl Dense {
+    fn new(weight: Vec<f32>, bias: Vec<f32>, inputs: usize, outputs: usize) -> Dense {
+        Dense {
+            weight,
+            bias,
+            inputs,
+            outputs,
+            #[cfg(target_arch = "x86_64")]
+            packed: None,
+        }
+    }
+
+    /// Packs the weights for `precision` (a layer whose shape the bf16 kernel does not take
+    /// stays in `f32`).
+    fn prepare(&mut self, precision: Precision) {
+        #[cfg(target_arch = "x86_64")]
+        if precision == Precision::Bf16 {
+            self.packed = crate::bf16::Packed::pack(&self.weight, self.inputs, self.outputs);
+            if self.packed.is_some() {
+                self.weight = Vec::new();
+            }
+        }
+        let _ = precision;
+    }
+
     /// `out (rows × outputs) = bias + x (rows × inputs) · W`.
     fn forward(&self, x: &[f32], rows: usize, out: &mut Vec<f32>) {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(packed) = &self.packed {
+            return packed.forward(x, rows, &self.bias, out);
+        }
         out.clear();
         out.reserve(rows * self.outputs);
         for _ in 0..rows {
@@ -84,8 +150,8 @@ impl LayerNorm {
         let rows = x.par_chunks_mut(width);
         let norm = |row: &mut [f32]| {
             let n = row.len() as f32;
-            let mean = row.iter().sum::<f32>() / n;
-            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+            let mean = lanes(row, 0.0, |acc, v| acc + v, |a, b| a + b) / n;
+            let var = lanes(row, 0.0, |acc, v| acc + (v - mean) * (v - mean), |a, b| a + b) / n;
             let scale = 1.0 / (var + self.eps).sqrt();
             for ((v, g), b) in row.iter_mut().zip(&self.gamma).zip(&self.beta) {
                 *v = (*v - mean) * scale * g + b;
@@ -125,11 +191,12 @@ pub struct EmbedEngine {
     heads: usize,
     intermediate: usize,
     pub dimensions: usize,
+    pub precision: Precision,
 }
 
 impl std::fmt::Debug for EmbedEngine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EmbedEngine").field("name", &self.name).field("dimensions", &self.dimensions).finish()
+        f.debug_struct("EmbedEngine").field("name", &self.name).field("dimensions", &self.dimensions).field("precision", &self.precision).finish()
     }
 }
 
@@ -159,7 +226,7 @@ impl Weights<'_> {
     /// A linear layer, transposed from PyTorch's `outputs × inputs` to `inputs × outputs`.
     fn dense(&self, name: &str, inputs: usize, outputs: usize) -> Result<Dense, EngineError> {
         let torch = self.get(&format!("{name}.weight"), &[outputs, inputs])?;
-        Ok(Dense { weight: transpose(&torch, outputs, inputs), bias: self.get(&format!("{name}.bias"), &[outputs])?, inputs, outputs })
+        Ok(Dense::new(transpose(&torch, outputs, inputs), self.get(&format!("{name}.bias"), &[outputs])?, inputs, outputs))
     }
 
     fn norm(&self, name: &str, width: usize, eps: f64) -> Result<LayerNorm, EngineError> {
@@ -182,7 +249,7 @@ impl Weights<'_> {
             weight.extend_from_slice(&v.weight[row * h..(row + 1) * h]);
         }
         let bias = q.bias.iter().map(|b| b * scale).chain(k.bias).chain(v.bias).collect();
-        Ok(Dense { weight, bias, inputs: h, outputs: 3 * h })
+        Ok(Dense::new(weight, bias, h, 3 * h))
     }
 }
 
@@ -197,8 +264,16 @@ fn transpose(m: &[f32], rows: usize, cols: usize) -> Vec<f32> {
 }
 
 impl EmbedEngine {
-    /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from a folder.
+    /// Loads `config.json`, `tokenizer.json` and `model.safetensors` from a folder, to run
+    /// at [`Precision::best`].
     pub fn load(name: &str, folder: &Path) -> Result<EmbedEngine, EngineError> {
+        EmbedEngine::load_with(name, folder, Precision::best())
+    }
+
+    /// [`EmbedEngine::load`] at a chosen precision (bf16 falls back to `f32` on a CPU without
+    /// AVX-512 BF16).
+    pub fn load_with(name: &str, folder: &Path, precision: Precision) -> Result<EmbedEngine, EngineError> {
+        let precision = if bf16_supported() { precision } else { Precision::F32 };
         let read = |file: &str| {
             std::fs::read(folder.join(file))
                 .map_err(|e| EngineError::Load(format!("could not read {}: {e}", folder.join(file).display())))
@@ -228,14 +303,18 @@ impl EmbedEngine {
         let mut layers = Vec::with_capacity(config.num_hidden_layers);
         for idx in 0..config.num_hidden_layers {
             let l = format!("encoder.layer.{idx}");
-            layers.push(Layer {
+            let mut layer = Layer {
                 qkv: w.fused_qkv(&format!("{l}.attention.self"), h, scale)?,
                 attention_out: w.dense(&format!("{l}.attention.output.dense"), h, h)?,
                 attention_norm: w.norm(&format!("{l}.attention.output.LayerNorm"), h, eps)?,
                 intermediate: w.dense(&format!("{l}.intermediate.dense"), h, config.intermediate_size)?,
                 output: w.dense(&format!("{l}.output.dense"), config.intermediate_size, h)?,
                 output_norm: w.norm(&format!("{l}.output.LayerNorm"), h, eps)?,
-            });
+            };
+            for dense in [&mut layer.qkv, &mut layer.attention_out, &mut layer.intermediate, &mut layer.output] {
+                dense.prepare(precision);
+            }
+            layers.push(layer);
         }
         Ok(EmbedEngine {
             name: name.to_string(),
@@ -248,6 +327,7 @@ impl EmbedEngine {
             heads: config.num_attention_heads,
             intermediate: config.intermediate_size,
             dimensions: h,
+            precision,
         })
     }
 
@@ -430,14 +510,25 @@ fn matmul(dst: (&mut [f32], Matrix), lhs: (&[f32], Matrix), rhs: (&[f32], Matrix
     }
 }
 
-fn softmax(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
-    for v in row.iter_mut() {
-        *v = exp(*v - max);
-        sum += *v;
+/// A reduction over sixteen independent lanes, then across them: a single running value
+/// would chain every step on the one before and keep the loop from vectorising.
+#[inline]
+fn lanes(xs: &[f32], init: f32, step: impl Fn(f32, f32) -> f32, merge: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut acc = [init; 16];
+    let mut chunks = xs.chunks_exact(16);
+    for chunk in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(chunk) {
+            *a = step(*a, *v);
+        }
     }
-    let inv = 1.0 / sum;
+    let tail = chunks.remainder().iter().fold(init, |a, v| step(a, *v));
+    acc.into_iter().fold(tail, merge)
+}
+
+fn softmax(row: &mut [f32]) {
+    let max = lanes(row, f32::NEG_INFINITY, f32::max, f32::max);
+    row.iter_mut().for_each(|v| *v = exp(*v - max));
+    let inv = 1.0 / lanes(row, 0.0, |acc, v| acc + v, |a, b| a + b);
     row.iter_mut().for_each(|v| *v *= inv);
 }
 

@@ -2,6 +2,8 @@
 //! files; `engine` runs a GGUF chat model through llama.cpp with continuous batching; this
 //! file plugs them into keel-llm's routing as the `local` provider kind.
 
+#[cfg(target_arch = "x86_64")]
+mod bf16;
 pub mod embed;
 pub mod engine;
 pub mod store;
@@ -17,7 +19,7 @@ use keel_core::{
 };
 use keel_llm::{Error, EventStream, LocalBackend, Result};
 
-pub use embed::EmbedEngine;
+pub use embed::{EmbedEngine, Precision};
 pub use engine::{ChatEngine, EngineError, EngineOptions, GenEvent, Sampling};
 pub use store::{CATALOG, ModelKind, ModelStore, Progress, Source, StoreError};
 

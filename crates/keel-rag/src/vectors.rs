@@ -112,9 +112,10 @@ impl Vectors {
 
     /// The `k` nearest chunks, best first, with their inner products; `allow` keeps only the
     /// chunks it accepts (searched within the graph, then over every vector when the graph
-    /// walk found fewer than `k`).
+    /// walk found fewer than `k`). The walk keeps twice `k` candidates (at least
+    /// [`EXPANSION_SEARCH`]), so the tail of a deep list is as good as its head.
     pub fn search(&self, query: &[f32], k: usize, allow: Option<&(dyn Fn(i64) -> bool + Sync)>) -> Result<Vec<(i64, f64)>, String> {
-        self.search_ef(query, k, EXPANSION_SEARCH.max(k), allow)
+        self.search_ef(query, k, EXPANSION_SEARCH.max(2 * k), allow)
     }
 
     /// [`Vectors::search`] keeping `ef` candidates (the recall/speed dial; benchmarks).
