@@ -373,6 +373,16 @@ impl Context {
         self.flagged.push((source.into(), score, rule.map(str::to_string)));
     }
 
+    /// Runs the built-in injection detector over a source's text and records a flag when it
+    /// finds one; returns what it found.
+    pub fn scan(&mut self, source: &str, text: &str) -> detect::Detection {
+        let found = detect::Detector::builtin().scan(text);
+        if found.flagged {
+            self.flag(source, found.score, found.rule);
+        }
+        found
+    }
+
     pub fn push(&mut self, source: &str, label: Label, text: &str) {
         self.read(source, &label);
         self.add_item(source, label, text, false);

@@ -54,10 +54,12 @@ pub struct Packed {
 }
 
 impl Packed {
-    /// Packs input-major weights (`inputs × outputs`); `None` when the shape does not suit the
-    /// kernel (an odd number of inputs, or outputs not a multiple of [`NR`]).
+    /// Packs input-major weights (`inputs × outputs`); `None` when the CPU lacks AVX-512 BF16
+    /// or the shape does not suit the kernel (an odd number of inputs, or outputs not a
+    /// multiple of [`NR`]). A `Packed` therefore proves the CPU runs the kernel.
     pub fn pack(weight: &[f32], inputs: usize, outputs: usize) -> Option<Packed> {
-        if !inputs.is_multiple_of(2)
+        if !supported()
+            || !inputs.is_multiple_of(2)
             || !outputs.is_multiple_of(NR)
             || weight.len() != inputs * outputs
         {
@@ -89,7 +91,7 @@ impl Packed {
             x.len() == rows * 2 * pairs && bias.len() == outputs,
             "the projection's shapes do not match"
         );
-        // SAFETY: `supported()` holds (see below).
+        // SAFETY: a `Packed` exists only where `supported()` holds (`pack`).
         let activations = unsafe { pairs_of(x) };
         out.clear();
         out.resize(rows * outputs, 0.0);
@@ -105,8 +107,7 @@ impl Packed {
                         let a = &a[row * pairs..(row + n) * pairs];
                         let out = &mut out[row * outputs + panel * NR..];
                         let bias = &bias[panel * NR..(panel + 1) * NR];
-                        // SAFETY: `supported()` was checked before packing (the only way to a
-                        // `Packed` in the encoder); `tile` reads `n` rows of `pairs` from `a`,
+                        // SAFETY: `supported()` held when `self` was packed; `tile` reads `n` rows of `pairs` from `a`,
                         // `pairs × NR` from `b`, NR from `bias`, and writes NR values at the start
                         // of each of `n` rows `outputs` apart in `out` — all inside the slices,
                         // which `tile` asserts.

@@ -47,10 +47,7 @@ fn context_of(def: &AgentDef, args: &CheckArgs) -> anyhow::Result<Context> {
             let fields = def.tools.get(tool).and_then(|spec| spec.untrusted_fields.clone()).unwrap_or_default();
             context.push_fields(&format!("tool:{tool}"), Label::tool(tool, capabilities), text, &fields);
             if def.guard.detector && capabilities.has(keel_guard::Capability::UntrustedOutput) {
-                let found = keel_guard::detect::Detector::builtin().scan(text);
-                if found.flagged {
-                    context.flag(&format!("tool:{tool}"), found.score, found.rule);
-                }
+                context.scan(&format!("tool:{tool}"), text);
             }
         }
     };
