@@ -329,7 +329,7 @@ pub fn precision_recall(scores: &[(f32, bool)], threshold: f32) -> (f64, f64, us
 /// Whether an example belongs to the held-out validation fifth: by a hash of its text, so
 /// the split is the same on every machine and for every order of the file.
 pub fn is_validation(text: &str) -> bool {
-    hash_bytes(7, text.as_bytes()) % 5 == 0
+    hash_bytes(7, text.as_bytes()).is_multiple_of(5)
 }
 
 /// Labelled examples from a CSV file (a header row naming a text column, `prompt` or `text`,

@@ -643,12 +643,15 @@ impl GuardSpec {
             }
         }
         // The detector's flag counts where the flagged text could have chosen this call.
-        if self.detector && capabilities.is_sink() && !context.control.trusted && decision.verdict == Verdict::Allow {
-            if let Some((source, score, rule)) = context.flagged.first() {
-                let by = rule.as_ref().map_or_else(|| format!("score {score:.2}"), |r| format!("rule {r}"));
-                let reason = format!("the injection detector flagged {source}'s output ({by}) and {tool} {}", sink_words(capabilities));
-                raise(&mut decision, Verdict::Ask, "injection_detector".into(), reason);
-            }
+        if self.detector
+            && capabilities.is_sink()
+            && !context.control.trusted
+            && decision.verdict == Verdict::Allow
+            && let Some((source, score, rule)) = context.flagged.first()
+        {
+            let by = rule.as_ref().map_or_else(|| format!("score {score:.2}"), |r| format!("rule {r}"));
+            let reason = format!("the injection detector flagged {source}'s output ({by}) and {tool} {}", sink_words(capabilities));
+            raise(&mut decision, Verdict::Ask, "injection_detector".into(), reason);
         }
         decision
     }

@@ -87,7 +87,8 @@ impl PgVectors {
         })
     }
 
-    pub fn len(&self) -> Result<usize, String> {
+    /// How many vectors the table holds.
+    pub fn count(&self) -> Result<usize, String> {
         let table = self.table.clone();
         self.call(move |rt, client| {
             let row = rt.block_on(client.query_one(&format!("SELECT count(*) FROM {table}"), &[])).map_err(|e| e.to_string())?;

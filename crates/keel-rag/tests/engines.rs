@@ -4,6 +4,9 @@
 //! says so and passes, unless `KEEL_REQUIRE_PG` is set, as CI does), and Qdrant at `QDRANT_URL`
 //! when it is set (skipped with a message otherwise).
 
+// A skipped engine says so on standard error, where `cargo test` shows it.
+#![allow(clippy::print_stderr)]
+
 use std::io::BufRead;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
