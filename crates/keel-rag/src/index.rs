@@ -27,6 +27,16 @@ pub const UNIT_CHUNKS: usize = 4;
 const K1: f32 = 0.9;
 const B: f32 = 0.4;
 
+/// A term's inverse document frequency among `n` items, `df` of which hold it (Lucene's).
+fn idf(n: f32, df: f32) -> f32 {
+    (1.0 + (n - df + 0.5) / (df + 0.5)).ln()
+}
+
+/// A term's BM25 contribution to an item `length` long, given the items' average length.
+fn bm25(idf: f32, tf: f32, length: f32, average: f32) -> f32 {
+    idf * tf * (K1 + 1.0) / (tf + K1 * (1.0 - B + B * length / average))
+}
+
 /// A chunk as the BM25 index takes it: its id, its unit (the id of the unit's first chunk)
 /// and the text to index.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,7 +69,7 @@ pub fn units(title: Option<&str>, chunks: &[(i64, &str, std::ops::Range<usize>, 
         // The chunk's text starts at `range.start`; what the previous one already held ends
         // at its end.
         let seen = previous.map_or(0, |(_, _, r, _)| r.end.saturating_sub(range.start));
-        let fresh = text.get(seen.min(text.len())..).filter(|_| text.is_char_boundary(seen.min(text.len()))).unwrap_or(text);
+        let fresh = text.get(seen.min(text.len())..).unwrap_or(text);
         out.push(Entry { id: *id, unit, text: fresh.to_string() });
         size += 1;
     }
@@ -76,6 +86,7 @@ pub struct Bm25 {
     index: Index,
     reader: IndexReader,
     id: Field,
+    unit: Field,
     text: Field,
     /// Made on the first search after each reload.
     stats: Mutex<Option<Arc<UnitStats>>>,
@@ -114,7 +125,7 @@ impl Bm25 {
         index.tokenizers().register(ANALYZER, analyzer);
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let field = |name: &str| schema.get_field(name).expect("in the schema above");
-        Ok(Bm25 { index, reader, id: field("id"), text: field("text"), stats: Mutex::new(None) })
+        Ok(Bm25 { index, reader, id: field("id"), unit: field("unit"), text: field("text"), stats: Mutex::new(None) })
     }
 
     pub fn count(&self) -> u64 {
@@ -145,11 +156,10 @@ impl Bm25 {
     }
 
     fn add(&self, writer: &mut IndexWriter, entries: impl Iterator<Item = Entry>) -> tantivy::Result<()> {
-        let unit = self.index.schema().get_field("unit")?;
         for entry in entries {
             let mut doc = TantivyDocument::default();
             doc.add_i64(self.id, entry.id);
-            doc.add_i64(unit, entry.unit);
+            doc.add_i64(self.unit, entry.unit);
             doc.add_text(self.text, &entry.text);
             writer.add_document(doc)?;
         }
@@ -213,16 +223,19 @@ impl Bm25 {
         }
         let chunk_average = (tokens as f32 / chunk_count).max(1.0);
         // Each unit's frequency of each term; each matching chunk's unit and own score.
+        let mut chunk_idf = Vec::with_capacity(terms.len());
+        for term in &terms {
+            chunk_idf.push(idf(chunk_count, searcher.doc_freq(term)? as f32));
+        }
         let mut frequencies: HashMap<i64, Vec<f32>> = HashMap::new();
         let mut chunks: HashMap<i64, (i64, f32)> = HashMap::new();
-        for (t, term) in terms.iter().enumerate() {
-            let chunk_df = searcher.doc_freq(term)? as f32;
-            let chunk_idf = (1.0 + (chunk_count - chunk_df + 0.5) / (chunk_df + 0.5)).ln();
-            for segment in searcher.segment_readers() {
-                let Some(mut postings) = segment.inverted_index(self.text)?.read_postings(term, IndexRecordOption::WithFreqs)? else { continue };
-                let (ids, units) = (segment.fast_fields().i64("id")?, segment.fast_fields().i64("unit")?);
-                let norms = segment.get_fieldnorms_reader(self.text)?;
-                let alive = segment.alive_bitset();
+        for segment in searcher.segment_readers() {
+            let inverted = segment.inverted_index(self.text)?;
+            let (ids, units) = (segment.fast_fields().i64("id")?, segment.fast_fields().i64("unit")?);
+            let norms = segment.get_fieldnorms_reader(self.text)?;
+            let alive = segment.alive_bitset();
+            for (t, term) in terms.iter().enumerate() {
+                let Some(mut postings) = inverted.read_postings(term, IndexRecordOption::WithFreqs)? else { continue };
                 let mut doc: DocId = postings.doc();
                 while doc != TERMINATED {
                     if alive.is_none_or(|a| a.is_alive(doc))
@@ -230,26 +243,19 @@ impl Bm25 {
                     {
                         let tf = postings.term_freq() as f32;
                         frequencies.entry(unit).or_insert_with(|| vec![0.0; terms.len()])[t] += tf;
-                        let length = norms.fieldnorm(doc) as f32;
-                        chunks.entry(id).or_insert((unit, 0.0)).1 += chunk_idf * tf * (K1 + 1.0) / (tf + K1 * (1.0 - B + B * length / chunk_average));
+                        chunks.entry(id).or_insert((unit, 0.0)).1 += bm25(chunk_idf[t], tf, norms.fieldnorm(doc) as f32, chunk_average);
                     }
                     doc = postings.advance();
                 }
             }
         }
         let units = stats.length.len().max(1) as f32;
-        let idf: Vec<f32> = (0..terms.len())
-            .map(|t| {
-                let df = frequencies.values().filter(|f| f[t] > 0.0).count() as f32;
-                (1.0 + (units - df + 0.5) / (df + 0.5)).ln()
-            })
-            .collect();
+        let unit_idf: Vec<f32> = (0..terms.len()).map(|t| idf(units, frequencies.values().filter(|f| f[t] > 0.0).count() as f32)).collect();
         let mut scored: Vec<(i64, f32)> = frequencies
             .iter()
             .map(|(unit, tfs)| {
                 let length = stats.length.get(unit).copied().unwrap_or(stats.average);
-                let norm = K1 * (1.0 - B + B * length / stats.average);
-                let score = tfs.iter().zip(&idf).filter(|(tf, _)| **tf > 0.0).map(|(tf, idf)| idf * tf * (K1 + 1.0) / (tf + norm)).sum();
+                let score = tfs.iter().zip(&unit_idf).filter(|(tf, _)| **tf > 0.0).map(|(tf, idf)| bm25(*idf, *tf, length, stats.average)).sum();
                 (*unit, score)
             })
             .collect();
