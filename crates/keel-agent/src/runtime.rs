@@ -413,15 +413,27 @@ impl State {
                 self.messages.push(response.message.clone());
                 self.pending = response.message.tool_calls.clone();
             }
-            Step::Tool { call_id, name, output, is_error, invalid, ms, spent, handoff, label, injection, .. } => {
+            Step::Tool { call_id, name, output, is_error, invalid, ms, spent, handoff, label, injection, guard, .. } => {
                 self.active_ms += ms;
                 // Runs recorded before labels count their tools' output as untrusted.
-                let label = label.clone().unwrap_or_else(|| keel_guard::Label::tool(name, keel_guard::Capabilities::conservative()));
+                let mut label = label.clone().unwrap_or_else(|| keel_guard::Label::tool(name, keel_guard::Capabilities::conservative()));
                 if let Some(flag) = injection {
                     self.context.flag(&format!("tool:{name}"), flag.score, flag.rule.as_deref());
                 }
-                let fields = self.untrusted_fields.get(name).cloned().unwrap_or_default();
-                if let Some(id) = call_id.strip_prefix(secure::CALL_PREFIX).filter(|_| !is_error) {
+                let mut fields = self.untrusted_fields.get(name).cloned().unwrap_or_default();
+                // A tool asked for what untrusted content named (a file, a contact, a search)
+                // returns what that content picked: its output carries the label of those
+                // arguments, every field of it.
+                let plan_id = call_id.strip_prefix(secure::CALL_PREFIX);
+                let chosen = guard
+                    .as_ref()
+                    .and_then(|decision| decision.arguments.iter().filter(|a| !a.label.trusted).map(|a| a.label.clone()).reduce(|a, b| a.join(&b)))
+                    .or_else(|| plan_id.and_then(|id| self.plan.as_ref()?.step(id)).and_then(|step| secure::chosen_by(step, &self.values, &self.context.control)));
+                if let Some(by) = chosen {
+                    label = label.join(&by);
+                    fields.clear();
+                }
+                if let Some(id) = plan_id.filter(|_| !is_error) {
                     let value = serde_json::from_str(output).unwrap_or_else(|_| serde_json::Value::String(output.clone()));
                     self.values.insert(id.to_string(), (value, label.clone(), fields.clone()));
                 }

@@ -109,7 +109,7 @@ impl Plan {
         Ok(plan)
     }
 
-    fn step(&self, id: &str) -> Option<&PlanStep> {
+    pub(super) fn step(&self, id: &str) -> Option<&PlanStep> {
         self.steps.iter().find(|s| s.id == id)
     }
 }
@@ -204,6 +204,14 @@ fn resolve(args: Option<&serde_json::Value>, values: &HashMap<String, Value>, co
     let empty = serde_json::json!({});
     let value = walk(args.unwrap_or(&empty), String::new(), values, control, &mut leaves, &mut labels)?;
     Ok((value, leaves, labels))
+}
+
+/// What untrusted content chose in a plan call's arguments, joined: a tool asked for what an
+/// outsider named (a file, a contact, a search) returns what the outsider picked, so its
+/// output carries that label, every field of it. `None` where only trusted values chose.
+pub(super) fn chosen_by(step: &PlanStep, values: &HashMap<String, Value>, control: &Label) -> Option<Label> {
+    let (_, _, labels) = resolve(step.args.as_ref(), values, control).ok()?;
+    labels.into_iter().filter(|l| !l.trusted).reduce(|a, b| a.join(&b))
 }
 
 /// The answer with `{ID}` and `{ID.path}` replaced by values (strings as they are, the rest as
