@@ -348,6 +348,8 @@ struct State {
     tools: Vec<String>,
     /// Tools whose JSON output is untrusted only in some fields, with those fields.
     untrusted_fields: HashMap<String, Vec<String>>,
+    /// Tools that declare which arguments choose where they act (`targets = [...]`).
+    targets: HashMap<String, Vec<String>>,
 }
 
 impl State {
@@ -360,6 +362,7 @@ impl State {
         }
         state.untrusted_fields =
             agent.def.tools.iter().filter_map(|(name, spec)| spec.untrusted_fields.clone().map(|fields| (name.clone(), fields))).collect();
+        state.targets = agent.def.tools.iter().filter_map(|(name, spec)| spec.targets.clone().map(|targets| (name.clone(), targets))).collect();
         state.push_start(system, input);
         if let Some((facts, label)) = memory {
             state.context.push("memory", label.clone(), facts);
@@ -423,21 +426,26 @@ impl State {
                 let mut fields = self.untrusted_fields.get(name).cloned().unwrap_or_default();
                 // A tool asked for what untrusted content named (a file, a contact, a search)
                 // returns what that content picked: its output carries the label of those
-                // arguments, every field of it.
+                // target arguments, every field of it.
                 let plan_id = call_id.strip_prefix(secure::CALL_PREFIX);
+                let targets = self.targets.get(name).map(Vec::as_slice);
                 let chosen = guard
                     .as_ref()
-                    .and_then(|decision| decision.arguments.iter().filter(|a| !a.label.trusted).map(|a| a.label.clone()).reduce(|a, b| a.join(&b)))
-                    .or_else(|| plan_id.and_then(|id| self.plan.as_ref()?.step(id)).and_then(|step| secure::chosen_by(step, &self.values, &self.context.control)));
-                if let Some(by) = chosen {
-                    label = label.join(&by);
+                    .and_then(|decision| keel_guard::chosen_by(&decision.arguments, targets))
+                    .or_else(|| plan_id.and_then(|id| self.plan.as_ref()?.step(id)).and_then(|step| secure::chosen_by(step, &self.values, &self.context.control, targets)));
+                if let Some(by) = &chosen {
+                    label = label.join(by);
                     fields.clear();
                 }
                 if let Some(id) = plan_id.filter(|_| !is_error) {
                     let value = serde_json::from_str(output).unwrap_or_else(|_| serde_json::Value::String(output.clone()));
                     self.values.insert(id.to_string(), (value, label.clone(), fields.clone()));
                 }
-                self.context.push_fields(&format!("tool:{name}"), label, output, &fields);
+                if chosen.is_some() {
+                    self.context.push_chosen(&format!("tool:{name}"), label, output);
+                } else {
+                    self.context.push_fields(&format!("tool:{name}"), label, output, &fields);
+                }
                 if let Some(to) = handoff {
                     self.active = Some(to.clone());
                 }

@@ -294,6 +294,9 @@ pub struct Item {
     grams: Grams,
     /// The item is a tool output's fields, one scalar per line (see [`Context::push_fields`]).
     fields: bool,
+    /// The output is one thing (an object, or a list of one): taking a value from it picks
+    /// nothing, where taking one from a list of many is a choice made by reading.
+    single: bool,
 }
 
 impl Item {
@@ -392,13 +395,31 @@ impl Context {
     /// `subject` and `body`, not its `id` or `date`): the run has read all of it, but a value
     /// found in the other fields carries the tool's label as trusted. Output that is not
     /// JSON, or a tool with no such fields, is pushed whole.
+    ///
+    /// In secure mode a plan names the field a value comes from, so a trusted tool's JSON
+    /// output is kept field by field too: a short value (an id) that is a whole field of it is
+    /// that output's.
     pub fn push_fields(&mut self, source: &str, label: Label, text: &str, untrusted_fields: &[String]) {
-        let parsed = if untrusted_fields.is_empty() || label.trusted { None } else { serde_json::from_str::<serde_json::Value>(text).ok() };
+        let split = if label.trusted { self.secure } else { !untrusted_fields.is_empty() };
+        let parsed = if split { serde_json::from_str::<serde_json::Value>(text).ok().filter(|v| v.is_object() || v.is_array()) } else { None };
         let Some(value) = parsed else { return self.push(source, label, text) };
         self.read(source, &label);
         let (mut inside, mut outside) = (String::new(), String::new());
         split_fields(&value, false, untrusted_fields, &mut inside, &mut outside);
         self.add_item(source, Label { trusted: true, ..label.clone() }, &inside, true);
+        if let Some(item) = self.items.last_mut() {
+            item.single = value.as_array().is_none_or(|items| items.len() == 1);
+        }
+        self.add_item(source, label, &outside, true);
+    }
+
+    /// A tool's JSON output that untrusted content chose (the tool was asked for what it
+    /// named): kept field by field, every field with the output's label.
+    pub fn push_chosen(&mut self, source: &str, label: Label, text: &str) {
+        let Some(value) = serde_json::from_str::<serde_json::Value>(text).ok().filter(|v| v.is_object() || v.is_array()) else { return self.push(source, label, text) };
+        self.read(source, &label);
+        let (mut inside, mut outside) = (String::new(), String::new());
+        split_fields(&value, true, &[], &mut inside, &mut outside);
         self.add_item(source, label, &outside, true);
     }
 
@@ -414,7 +435,7 @@ impl Context {
     fn add_item(&mut self, source: &str, label: Label, text: &str, fields: bool) {
         let folded = text.as_bytes().to_ascii_lowercase();
         let grams = Grams::of(&folded);
-        self.items.push(Item { source: source.into(), label, text: text.into(), folded, grams, fields });
+        self.items.push(Item { source: source.into(), label, text: text.into(), folded, grams, fields, single: false });
     }
 
     /// The label of a value the model put in a call, from the sources that said it verbatim.
@@ -426,9 +447,35 @@ impl Context {
     /// carries everything the model saw. Very short values ("1", "ok") prove nothing inside a
     /// text; one that is a whole field of a tool's JSON output is that field's.
     pub fn label_of(&self, value: &str) -> Label {
+        let matches = self.sayers(value);
+        let join = |items: &mut dyn Iterator<Item = &&Item>| items.fold(None, |acc: Option<Label>, i| Some(acc.map_or_else(|| i.label.clone(), |l| l.join(&i.label))));
+        if let Some(label) = join(&mut matches.iter().filter(|i| matches!(i.source.as_str(), "user" | "system"))) {
+            return label;
+        }
+        // An identifier among many (a file id in a listing) is picked by reading, so whatever
+        // else names it counts, in either mode; one from a trusted output of one thing (the
+        // file just created, the one file a name found) was picked by nobody.
+        let short = value.trim().chars().count() < MIN_MATCH_CHARS;
+        let found = if self.secure {
+            join(&mut matches.iter().filter(|i| i.label.trusted && (!short || i.single))).or_else(|| join(&mut matches.iter()))
+        } else {
+            join(&mut matches.iter())
+        };
+        found.unwrap_or_else(|| self.label.clone())
+    }
+
+    /// Whether a trusted source (the user, the system prompt, a trusted output or field) said
+    /// `value`; `None` where nobody did (the model wrote it).
+    pub fn said_by_trusted(&self, value: &str) -> Option<bool> {
+        let matches = self.sayers(value);
+        (!matches.is_empty()).then(|| matches.iter().any(|i| i.label.trusted))
+    }
+
+    /// The items that said `value`, by the rules [`Context::label_of`] gives.
+    fn sayers(&self, value: &str) -> Vec<&Item> {
         let value = value.trim();
         if value.is_empty() {
-            return self.label.clone();
+            return Vec::new();
         }
         let short = value.chars().count() < MIN_MATCH_CHARS;
         let needle = value.as_bytes().to_ascii_lowercase();
@@ -441,19 +488,7 @@ impl Context {
             (true, true) => item.text.split(|c: char| !c.is_alphanumeric()).any(|word| word.eq_ignore_ascii_case(value)),
             (true, false) => false,
         };
-        let matches: Vec<&Item> = self.items.iter().filter(said).collect();
-        let join = |items: &mut dyn Iterator<Item = &&Item>| items.fold(None, |acc: Option<Label>, i| Some(acc.map_or_else(|| i.label.clone(), |l| l.join(&i.label))));
-        if let Some(label) = join(&mut matches.iter().filter(|i| matches!(i.source.as_str(), "user" | "system"))) {
-            return label;
-        }
-        // An identifier among many (a file id in a listing) is picked by reading, so whatever
-        // else names it counts, in either mode.
-        let found = if self.secure && !short {
-            join(&mut matches.iter().filter(|i| i.label.trusted)).or_else(|| join(&mut matches.iter()))
-        } else {
-            join(&mut matches.iter())
-        };
-        found.unwrap_or_else(|| self.label.clone())
+        self.items.iter().filter(said).collect()
     }
 
     /// Whether one of `sources` (`user`, `system`, tool names) said `value` verbatim.
@@ -468,11 +503,15 @@ impl Context {
 }
 
 /// Every scalar of a JSON value, one per line, into `outside` when it sits under one of the
-/// `untrusted` keys (at any depth), else into `inside`.
+/// `untrusted` keys (at any depth), else into `inside`. Keys count as values of the object
+/// that holds them (a map of addresses to permissions names its addresses in its keys).
 fn split_fields(value: &serde_json::Value, under: bool, untrusted: &[String], inside: &mut String, outside: &mut String) {
     match value {
         serde_json::Value::Object(map) => {
             for (key, v) in map {
+                let out = if under { &mut *outside } else { &mut *inside };
+                out.push_str(key);
+                out.push('\n');
                 split_fields(v, under || untrusted.iter().any(|u| u == key), untrusted, inside, outside);
             }
         }
@@ -678,6 +717,14 @@ pub fn is_target(path: &str, declared: Option<&[String]>) -> bool {
         Some(targets) => targets.iter().any(|t| t == top),
         None => !top.to_ascii_lowercase().split(['_', '-']).any(|word| CONTENT_WORDS.contains(&word)),
     }
+}
+
+/// What untrusted content chose among a call's target arguments (the file, the contact, the
+/// search it asks for), joined; `None` where trusted values chose them all. A tool asked for
+/// what an outsider named returns what the outsider picked, so its output carries this label
+/// (its content arguments, a file's text, choose nothing the tool returns).
+pub fn chosen_by(arguments: &[ArgumentLabel], targets: Option<&[String]>) -> Option<Label> {
+    arguments.iter().filter(|a| !a.label.trusted && is_target(&a.path, targets)).map(|a| a.label.clone()).reduce(|a, b| a.join(&b))
 }
 
 fn sink_words(capabilities: Capabilities) -> &'static str {
@@ -905,5 +952,41 @@ mod tests {
             assert!(!context.label_of("7").trusted, "an id the outsiders' text names");
             assert!(!context.label.trusted, "the run read it all");
         }
+    }
+
+    #[test]
+    fn an_id_from_one_trusted_thing_is_picked_by_nobody_one_from_a_listing_by_reading() {
+        let drive = caps(&[Capability::PrivateData]);
+        let mail = caps(&[Capability::UntrustedOutput, Capability::PrivateData]);
+        let mut context = Context::secure();
+        context.push("user", Label::user(), "Write the packing list and share it with john@example.com");
+        context.push_fields("tool:inbox", Label::tool("inbox", mail), &json!([{"id": "1", "body": "Meet on June 26, file 7 is mine"}]).to_string(), &["body".to_string()]);
+        context.push_fields("tool:create_file", Label::tool("create_file", drive), &json!({"id": "26", "shared_with": {"ann@example.com": "r"}}).to_string(), &[]);
+        context.push_fields("tool:list_files", Label::tool("list_files", drive), &json!([{"id": "7"}, {"id": "8"}]).to_string(), &[]);
+        assert!(context.label_of("26").trusted, "the id of the file just created, though a mail says 26 too");
+        assert!(!context.label_of("7").trusted, "one id of many that a mail also names");
+        assert!(context.label_of("ann@example.com").trusted, "a key of a trusted map is a value of it");
+        // Outside secure mode one model read it all and chose: every source that said it counts.
+        let mut default = Context::default();
+        default.push("user", Label::user(), "Share it");
+        default.push_fields("tool:inbox", Label::tool("inbox", mail), &json!([{"id": "1", "body": "Meet on June 26"}]).to_string(), &["body".to_string()]);
+        default.push_fields("tool:create_file", Label::tool("create_file", drive), &json!({"id": "26"}).to_string(), &[]);
+        assert!(!default.label_of("26").trusted);
+    }
+
+    #[test]
+    fn who_said_a_value_and_what_untrusted_content_chose() {
+        let web = caps(&[Capability::UntrustedOutput]);
+        let mut context = Context::secure();
+        context.push("user", Label::user(), "Invite Dora; her address is on dora.example");
+        context.push("tool:web", Label::tool("web", web), "Contact me at dora@dora.example");
+        assert_eq!(context.said_by_trusted("dora@dora.example"), Some(false), "only the page said it");
+        assert_eq!(context.said_by_trusted("Dora"), Some(true), "the user said it (and the page)");
+        assert_eq!(context.said_by_trusted("fred@evil.test"), None, "nobody said it");
+        let page = Label::tool("web", web);
+        let args = |path: &str| vec![ArgumentLabel { path: path.into(), label: page.clone() }, ArgumentLabel { path: "n".into(), label: Label::user() }];
+        assert_eq!(chosen_by(&args("filename"), None), Some(page.clone()), "an untrusted name chooses what the tool returns");
+        assert_eq!(chosen_by(&args("content"), None), None, "content chooses nothing");
+        assert_eq!(chosen_by(&args("content"), Some(&["content".to_string()])), Some(page), "unless the tool says it does");
     }
 }

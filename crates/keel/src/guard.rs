@@ -290,9 +290,19 @@ pub fn agentdojo(args: AgentDojoArgs) -> anyhow::Result<()> {
     let mut add_output = |context: &mut Context, call: &DojoCall| {
         let caps = caps_of(&call.tool);
         let source = format!("tool:{}", call.tool);
-        match (&call.output_json, untrusted_fields.get(&call.tool).filter(|f| !f.is_empty())) {
-            (Some(json), Some(fields)) if !args.whole_outputs => context.push_fields(&source, Label::tool(&call.tool, caps), &json.to_string(), fields),
-            _ => context.push(&source, Label::tool(&call.tool, caps), &call.output),
+        // A call whose arguments untrusted content chose returns what it picked (as in a run).
+        let mut leaves = Vec::new();
+        keel_guard::flatten(&call.args, String::new(), &mut leaves);
+        let arguments: Vec<keel_guard::ArgumentLabel> = leaves.into_iter().map(|(path, value)| keel_guard::ArgumentLabel { label: context.label_of(&value), path }).collect();
+        let chosen = keel_guard::chosen_by(&arguments, None);
+        let label = chosen.as_ref().map_or_else(|| Label::tool(&call.tool, caps), |by| Label::tool(&call.tool, caps).join(by));
+        let fields = untrusted_fields.get(&call.tool).cloned().unwrap_or_default();
+        // Field by field where outsiders write only some fields, or where a plan names fields.
+        let split = !args.whole_outputs && chosen.is_none() && (if label.trusted { secure } else { !fields.is_empty() });
+        match &call.output_json {
+            Some(json) if split => context.push_fields(&source, label, &json.to_string(), &fields),
+            Some(json) if chosen.is_some() && !args.whole_outputs => context.push_chosen(&source, label, &json.to_string()),
+            _ => context.push(&source, label, &call.output),
         }
         if !args.no_detector && caps.has(keel_guard::Capability::UntrustedOutput) {
             let found = scanned.entry(call.output.clone()).or_insert_with(|| keel_guard::detect::Detector::builtin().scan(&call.output));
@@ -305,7 +315,7 @@ pub fn agentdojo(args: AgentDojoArgs) -> anyhow::Result<()> {
 
     // Utility: the user tasks alone.
     let user_tasks = read_jsonl(&folder.join("user_tasks.jsonl"))?;
-    let (mut user_calls, mut user_stopped) = (0usize, 0usize);
+    let (mut user_calls, mut user_stopped, mut required) = (0usize, 0usize, 0usize);
     let mut stopped_calls = Vec::new();
     for task in &user_tasks {
         let mut context = fresh(&task.prompt);
@@ -314,7 +324,20 @@ pub fn agentdojo(args: AgentDojoArgs) -> anyhow::Result<()> {
             user_calls += 1;
             if decision.verdict != Verdict::Allow {
                 user_stopped += 1;
-                stopped_calls.push(serde_json::json!({"user_task": task.user_task, "tool": call.tool, "verdict": decision.verdict, "policy": decision.policy, "reason": decision.reason}));
+                // The issue's own Rule of Two: an action whose target came from untrusted
+                // content waits for a human. A target only outsiders' content named is that,
+                // whatever the guard: these stops are the floor, not the guard's cost.
+                let mut leaves = Vec::new();
+                keel_guard::flatten(&call.args, String::new(), &mut leaves);
+                let outsiders_target = leaves.iter().zip(&decision.arguments).find(|((path, value), arg)| {
+                    !arg.label.trusted && keel_guard::is_target(path, None) && context.said_by_trusted(value) == Some(false)
+                });
+                let outsiders_target = outsiders_target.map(|((path, _), _)| path.clone());
+                required += usize::from(outsiders_target.is_some());
+                stopped_calls.push(serde_json::json!({
+                    "user_task": task.user_task, "tool": call.tool, "verdict": decision.verdict, "policy": decision.policy, "reason": decision.reason,
+                    "target_from_outsiders": outsiders_target,
+                }));
             }
             add_output(&mut context, call);
         }
@@ -363,6 +386,7 @@ pub fn agentdojo(args: AgentDojoArgs) -> anyhow::Result<()> {
                 "pairs_with_untrusted_context": seen_injection,
                 "injection_sink_calls": attack_calls, "outside_the_plan": outside_plan, "reached_sink": reached, "reached_share": share(reached, attack_calls),
                 "user_calls": user_calls, "user_calls_blocked_or_asked": user_stopped, "user_blocked_share": share(user_stopped, user_calls),
+                "user_calls_with_outsiders_target": required, "floor_share": share(required, user_calls),
                 "misses": misses, "user_calls_stopped": stopped_calls,
             }))?
         );
@@ -390,6 +414,10 @@ pub fn agentdojo(args: AgentDojoArgs) -> anyhow::Result<()> {
         ],
     ];
     print!("{}", table::render(&["", "COUNT", "SHARE", "TARGET"], &rows));
+    println!(
+        "{required} of the {user_stopped} stopped calls act on a target that only outsiders' content named ({:.1}% of the user tasks' calls): the Rule of Two puts these to a human by definition",
+        100.0 * share(required, user_calls)
+    );
     if secure {
         println!("{outside_plan} of the {attack_calls} injection calls use a tool the user's task never calls: no plan written from the request holds them");
     }

@@ -206,12 +206,11 @@ fn resolve(args: Option<&serde_json::Value>, values: &HashMap<String, Value>, co
     Ok((value, leaves, labels))
 }
 
-/// What untrusted content chose in a plan call's arguments, joined: a tool asked for what an
-/// outsider named (a file, a contact, a search) returns what the outsider picked, so its
-/// output carries that label, every field of it. `None` where only trusted values chose.
-pub(super) fn chosen_by(step: &PlanStep, values: &HashMap<String, Value>, control: &Label) -> Option<Label> {
-    let (_, _, labels) = resolve(step.args.as_ref(), values, control).ok()?;
-    labels.into_iter().filter(|l| !l.trusted).reduce(|a, b| a.join(&b))
+/// What untrusted content chose in a plan call's target arguments ([`keel_guard::chosen_by`]).
+pub(super) fn chosen_by(step: &PlanStep, values: &HashMap<String, Value>, control: &Label, targets: Option<&[String]>) -> Option<Label> {
+    let (_, leaves, labels) = resolve(step.args.as_ref(), values, control).ok()?;
+    let arguments: Vec<keel_guard::ArgumentLabel> = leaves.into_iter().zip(labels).map(|((path, _), label)| keel_guard::ArgumentLabel { path, label }).collect();
+    keel_guard::chosen_by(&arguments, targets)
 }
 
 /// The answer with `{ID}` and `{ID.path}` replaced by values (strings as they are, the rest as

@@ -128,6 +128,11 @@ fn guard_bench_replays_agentdojo_with_a_model_that_obeys_every_injection() {
         assert_eq!(secure["reached_sink"], 0, "{suite} secure: {}", secure["misses"]);
         assert!(secure["user_calls_blocked_or_asked"].as_u64().unwrap() < stopped, "{suite}: {secure}");
         assert!(secure["outside_the_plan"].as_u64().unwrap() > 0);
+        // The floor: stopped calls whose target only outsiders' content named.
+        let floor = secure["user_calls_with_outsiders_target"].as_u64().unwrap();
+        assert!(floor >= 1 && floor <= secure["user_calls_blocked_or_asked"].as_u64().unwrap(), "{suite}: {secure}");
+        let named = secure["user_calls_stopped"].as_array().unwrap().iter().filter(|c| c["target_from_outsiders"].is_string()).count();
+        assert_eq!(named as u64, floor);
     }
     let output = run(&["guard", "bench", "--agentdojo", "scenarios", "--suite", "banking", "--mode", "trusting"], &dir);
     assert!(stderr(&output).contains("--mode is `default` or `secure`"), "{}", stderr(&output));
