@@ -210,7 +210,7 @@ pub struct AgentDojoArgs {
     /// can write.
     #[arg(long)]
     whole_outputs: bool,
-    /// Every miss, not only the first 20.
+    /// Every miss and every stopped user call, not only the first 20.
     #[arg(long)]
     all: bool,
     #[arg(long)]
@@ -413,11 +413,21 @@ pub fn agentdojo(args: AgentDojoArgs) -> anyhow::Result<()> {
             Cell::new("≤ 5% (secure mode)"),
         ],
     ];
+    let mut rows = rows;
+    rows.push(vec![
+        Cell::new("of these, on a target only outsiders named"),
+        Cell::num(format!("{required} / {user_calls}")),
+        Cell::num(format!("{:.1}%", 100.0 * share(required, user_calls))),
+        Cell::new("the floor: the Rule of Two asks for these"),
+    ]);
     print!("{}", table::render(&["", "COUNT", "SHARE", "TARGET"], &rows));
-    println!(
-        "{required} of the {user_stopped} stopped calls act on a target that only outsiders' content named ({:.1}% of the user tasks' calls): the Rule of Two puts these to a human by definition",
-        100.0 * share(required, user_calls)
-    );
+    for stop in stopped_calls.iter().take(if args.all { usize::MAX } else { 20 }) {
+        let floor = if stop["target_from_outsiders"].is_string() { table::paint(" [floor]", table::YELLOW) } else { String::new() };
+        println!("  {} {}: {}{floor}", stop["user_task"].as_str().unwrap_or_default(), stop["tool"].as_str().unwrap_or_default(), stop["reason"].as_str().unwrap_or_default());
+    }
+    if stopped_calls.len() > 20 && !args.all {
+        println!("  … {} more (--all)", stopped_calls.len() - 20);
+    }
     if secure {
         println!("{outside_plan} of the {attack_calls} injection calls use a tool the user's task never calls: no plan written from the request holds them");
     }
