@@ -17,6 +17,9 @@ use std::sync::LazyLock;
 use regex::RegexSet;
 use serde::Serialize;
 
+pub use crate::linear::TrainOptions;
+use crate::linear::{self, hash_bytes};
+
 /// Feature buckets: 2^BITS weights.
 const BITS: u32 = 18;
 /// Characters per scored window, and the step between windows.
@@ -93,24 +96,6 @@ fn normalise(text: &str) -> String {
     out
 }
 
-fn mix(mut h: u64) -> u64 {
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    h ^= h >> 33;
-    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    h ^ (h >> 33)
-}
-
-fn hash_bytes(seed: u64, bytes: &[u8]) -> u64 {
-    let mut h = seed ^ 0x9e37_79b9_7f4a_7c15;
-    for chunk in bytes.chunks(8) {
-        let mut word = [0u8; 8];
-        word[..chunk.len()].copy_from_slice(chunk);
-        h = mix(h ^ u64::from_le_bytes(word)).wrapping_add(chunk.len() as u64);
-    }
-    mix(h)
-}
-
 /// The hashed features of a normalised text, L2-normalised: (bucket, value) with the sign
 /// of the hash folded into the value.
 fn features(text: &str) -> Vec<(u32, f32)> {
@@ -176,20 +161,6 @@ const MAGIC: &[u8; 8] = b"KEELDET1";
 static BUILTIN: LazyLock<Detector> =
     LazyLock::new(|| Detector::from_bytes(include_bytes!("../data/injection.model")).expect("the shipped injection model is readable"));
 
-/// How training goes.
-#[derive(Debug, Clone)]
-pub struct TrainOptions {
-    pub epochs: usize,
-    pub learning_rate: f32,
-    pub l2: f32,
-}
-
-impl Default for TrainOptions {
-    fn default() -> TrainOptions {
-        TrainOptions { epochs: 12, learning_rate: 0.5, l2: 1e-5 }
-    }
-}
-
 impl Detector {
     /// The detector keel ships.
     pub fn builtin() -> &'static Detector {
@@ -198,8 +169,7 @@ impl Detector {
 
     /// The classifier's probability for one window (rules aside).
     fn probability(&self, features: &[(u32, f32)]) -> f32 {
-        let z = self.bias + features.iter().map(|(k, v)| self.weights[*k as usize] * v).sum::<f32>();
-        1.0 / (1.0 + (-z).exp())
+        linear::probability(&self.weights, self.bias, features)
     }
 
     /// Scores a text: a rule hit, else the classifier's highest window.
@@ -234,48 +204,21 @@ impl Detector {
     /// the same data gives the same weights) on (text, is_injection) pairs.
     pub fn train(examples: &[(String, bool)], options: &TrainOptions) -> Detector {
         let data: Vec<(Vec<(u32, f32)>, f32)> = examples.iter().map(|(text, y)| (features(&normalise(text)), if *y { 1.0 } else { 0.0 })).collect();
-        let positives = data.iter().filter(|(_, y)| *y > 0.5).count().max(1) as f32;
-        let negatives = (data.len() as f32 - positives).max(1.0);
-        let weight_of = |y: f32| if y > 0.5 { data.len() as f32 / (2.0 * positives) } else { data.len() as f32 / (2.0 * negatives) };
-        let mut model = Detector { weights: vec![0.0; 1 << BITS], bias: 0.0, threshold: 0.5 };
-        let mut squares = vec![1e-8f32; 1 << BITS];
-        let mut bias_square = 1e-8f32;
-        let mut order: Vec<usize> = (0..data.len()).collect();
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        for _ in 0..options.epochs {
-            for i in (1..order.len()).rev() {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                order.swap(i, (seed % (i as u64 + 1)) as usize);
-            }
-            for &i in &order {
-                let (x, y) = &data[i];
-                let g = (model.probability(x) - y) * weight_of(*y);
-                for &(k, v) in x {
-                    let k = k as usize;
-                    let grad = g * v + options.l2 * model.weights[k];
-                    squares[k] += grad * grad;
-                    model.weights[k] -= options.learning_rate * grad / squares[k].sqrt();
-                }
-                bias_square += g * g;
-                model.bias -= options.learning_rate * g / bias_square.sqrt();
-            }
-        }
-        model
+        let (weights, bias) = linear::train(&data, BITS, options);
+        Detector { weights, bias, threshold: 0.5 }
     }
 
     /// The weights as stored: magic, BITS, bias, threshold, scale, then one signed byte per
     /// weight (weight = byte * scale).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let scale = self.weights.iter().fold(0.0f32, |m, w| m.max(w.abs())).max(1e-9) / 127.0;
+        let (scale, bytes) = linear::quantise(&self.weights);
         let mut out = Vec::with_capacity(self.weights.len() + 24);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&BITS.to_le_bytes());
         for value in [self.bias, self.threshold, scale] {
             out.extend_from_slice(&value.to_le_bytes());
         }
-        out.extend(self.weights.iter().map(|w| (w / scale).round().clamp(-127.0, 127.0) as i8 as u8));
+        out.extend(bytes);
         out
     }
 
@@ -290,7 +233,7 @@ impl Detector {
             return Err(format!("the injection model has {} bytes of weights for {bits} bits; keel reads {BITS}", bytes.len().saturating_sub(header)));
         }
         let (bias, threshold, scale) = (f32::from_le_bytes(word(12)), f32::from_le_bytes(word(16)), f32::from_le_bytes(word(20)));
-        let weights = bytes[header..].iter().map(|b| *b as i8 as f32 * scale).collect();
+        let weights = linear::dequantise(&bytes[header..], scale);
         Ok(Detector { weights, bias, threshold })
     }
 

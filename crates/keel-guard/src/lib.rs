@@ -15,6 +15,8 @@
 //! was written by the model and carries everything the model saw.
 
 pub mod detect;
+mod linear;
+pub mod names;
 pub mod pii;
 
 use std::collections::BTreeSet;

@@ -961,6 +961,10 @@ pub struct PiiArgs {
     /// Sentences with labelled PII spans (Presidio's synthetic data set format).
     #[arg(long, default_value = "../shared/data/presidio-synth/dev.json")]
     data: PathBuf,
+    /// Which sentences: `all`, or `validation`: the fifth `keel guard names train` holds out
+    /// of training the name tagger (the rest of dev.json trained it).
+    #[arg(long, default_value = "all")]
+    split: String,
     #[arg(long)]
     json: bool,
 }
@@ -1014,6 +1018,14 @@ fn score_spans(labels: &[Vec<(String, usize, usize)>], found: &[Vec<(String, usi
 pub async fn pii(args: PiiArgs) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&args.data).with_context(|| format!("could not read {}", args.data.display()))?;
     let items: Vec<serde_json::Value> = serde_json::from_str(&text).with_context(|| format!("{} is not a JSON list", args.data.display()))?;
+    let held_out = match args.split.as_str() {
+        "all" => false,
+        "validation" => true,
+        other => anyhow::bail!("--split is `all` or `validation`, not `{other}`"),
+    };
+    // The sentences measured (their places in the file, for the peer's answers).
+    let kept: Vec<usize> = (0..items.len()).filter(|&i| !held_out || keel_guard::detect::is_validation(items[i]["full_text"].as_str().unwrap_or_default())).collect();
+    let items: Vec<serde_json::Value> = kept.iter().map(|&i| items[i].clone()).collect();
     // Character offsets (Presidio's) to byte offsets (keel's) and back.
     let texts: Vec<String> = items.iter().map(|i| i["full_text"].as_str().unwrap_or_default().to_string()).collect();
     let byte_of = |t: &str, chars: usize| t.char_indices().nth(chars).map_or(t.len(), |(b, _)| b);
@@ -1042,10 +1054,10 @@ pub async fn pii(args: PiiArgs) -> anyhow::Result<()> {
 
     let peer = run_peer("benches/peer_presidio.py", &[args.data.as_os_str()], "pip install presidio-analyzer").and_then(|value| {
         let seconds = value["seconds"].as_f64().unwrap_or(f64::NAN);
-        let found: Vec<Vec<(String, usize, usize)>> = value["found"]
-            .as_array()
-            .ok_or("the peer printed no findings")?
+        let all = value["found"].as_array().ok_or("the peer printed no findings")?;
+        let found: Vec<Vec<(String, usize, usize)>> = kept
             .iter()
+            .filter_map(|&i| all.get(i))
             .zip(&texts)
             .map(|(list, t)| {
                 list.as_array().into_iter().flatten().map(|f| {
@@ -1068,7 +1080,7 @@ pub async fn pii(args: PiiArgs) -> anyhow::Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({
-                "data": args.data, "sentences": texts.len(),
+                "data": args.data, "split": args.split, "sentences": texts.len(),
                 "keel": {"scores": rows(&keel_scores), "mb_per_s": mb_s},
                 "presidio": peer.as_ref().ok().map(|(s, mb)| json!({"scores": rows(s), "mb_per_s": mb})),
                 "peer_error": peer.as_ref().err(),
@@ -1076,7 +1088,8 @@ pub async fn pii(args: PiiArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    println!("{} sentences of {} (span level: a found span is right when a labelled one of its type overlaps it)", texts.len(), args.data.display());
+    let which = if held_out { " (the fifth held out of the name tagger's training)" } else { "" };
+    println!("{} sentences of {}{which} (span level: a found span is right when a labelled one of its type overlaps it)", texts.len(), args.data.display());
     let fmt = |s: &SpanScore| format!("{:.2} / {:.2} / {:.2}", s.precision(), s.recall(), s.f2());
     let rows: Vec<Vec<Cell>> = keel_scores
         .iter()

@@ -102,6 +102,36 @@ fn guard_pii_finds_and_redacts() {
 }
 
 #[test]
+fn guard_names_train_learns_from_labelled_sentences_and_says_what_is_wrong() {
+    let dir = temp_dir("names");
+    let people = ["Anna", "Boris", "Chloé", "Dmitri", "Elena", "Farid", "Greta", "Hugo", "Ines", "Jonas", "Kasia", "Luca"];
+    let mut items = Vec::new();
+    for round in 0..10 {
+        for (i, name) in people.iter().enumerate() {
+            let other = people[(i + round + 1) % people.len()];
+            let text = format!("Round {round}: {name} met {other} in Paris. The Report is due on Monday.");
+            let span = |n: &str| {
+                let at = text.find(n).unwrap();
+                serde_json::json!({"entity_type": "PERSON", "start_position": text[..at].chars().count(), "end_position": text[..at].chars().count() + n.chars().count()})
+            };
+            items.push(serde_json::json!({"full_text": text, "spans": [span(name), span(other)]}));
+        }
+    }
+    std::fs::write(dir.join("names.json"), serde_json::to_string(&items).unwrap()).unwrap();
+    let output = run(&["guard", "names", "train", "--data", "names.json", "--out", "names.model", "--json"], &dir);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(report["validation"].as_u64().unwrap() > 0 && report["recall"].as_f64().unwrap() > 0.9, "{report}");
+    assert_eq!(std::fs::read(dir.join("names.model")).unwrap().len(), 24 + (1 << 18));
+
+    std::fs::write(dir.join("none.json"), r#"[{"full_text": "No names here.", "spans": []}]"#).unwrap();
+    let output = run(&["guard", "names", "train", "--data", "none.json"], &dir);
+    assert!(!output.status.success() && stderr(&output).contains("no PERSON spans"), "{}", stderr(&output));
+    let output = run(&["guard", "names", "train", "--data", "missing.json"], &dir);
+    assert!(stderr(&output).contains("could not read missing.json"), "{}", stderr(&output));
+}
+
+#[test]
 fn guard_bench_replays_agentdojo_with_a_model_that_obeys_every_injection() {
     let installed = std::process::Command::new("python3").args(["-c", "import agentdojo"]).stderr(std::process::Stdio::null()).status().is_ok_and(|s| s.success());
     if !installed {
