@@ -650,7 +650,7 @@ impl GuardSpec {
             // write prose or links into it (prose can carry instructions onward, links carry
             // data out), nor shape private data that leaves.
             let carries = |(_, value): &(String, String)| {
-                value.split_whitespace().count() >= PROSE_WORDS || pii::scan(value).iter().any(|f| f.entity != pii::Entity::Person)
+                value.split_whitespace().count() >= PROSE_WORDS || pii::scan_except_names(value).iter().any(|f| f.entity != pii::Entity::Person)
             };
             let steered = decision.arguments.iter().zip(leaves).find(|(a, leaf)| {
                 !a.label.trusted
@@ -667,7 +667,7 @@ impl GuardSpec {
             let pii = || {
                 leaves.iter().zip(&decision.arguments).filter(|(_, arg)| !arg.label.sources.contains("user")).find_map(|((_, value), arg)| {
                     // A name alone is not what the rule guards (names are everywhere).
-                    let found = pii::scan(value);
+                    let found = pii::scan_except_names(value);
                     found.iter().find(|f| f.entity != pii::Entity::Person).map(|f| (arg, f.entity.name()))
                 })
             };

@@ -16,7 +16,8 @@ impl Default for TrainOptions {
     }
 }
 
-fn mix(mut h: u64) -> u64 {
+/// A 64-bit finaliser: every input bit reaches every output bit.
+pub(crate) fn mix(mut h: u64) -> u64 {
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;

@@ -8,7 +8,7 @@
 
 use std::sync::LazyLock;
 
-use crate::linear::{self, TrainOptions, hash_bytes};
+use crate::linear::{self, TrainOptions, mix};
 
 const BITS: u32 = 18;
 const MAGIC: &[u8; 8] = b"KEELNAM1";
@@ -16,7 +16,10 @@ const MAGIC: &[u8; 8] = b"KEELNAM1";
 /// A trained name tagger and the score it names a word at.
 #[derive(Debug, Clone)]
 pub struct Tagger {
-    weights: Vec<f32>,
+    /// One signed byte per weight (weight = byte × scale): a quarter of the memory of floats,
+    /// so the lookups of a scan stay in cache.
+    weights: Vec<i8>,
+    scale: f32,
     bias: f32,
     pub threshold: f32,
 }
@@ -28,6 +31,13 @@ static BUILTIN: LazyLock<Tagger> = LazyLock::new(|| Tagger::from_bytes(include_b
 /// between two of them (O'Neil, Jean-Luc); a single capital keeps its dot (an initial, "P.").
 pub fn words(text: &str) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
+    words_into(text, &mut out);
+    out
+}
+
+/// [`words`] into a reused list.
+fn words_into(text: &str, out: &mut Vec<(usize, usize)>) {
+    out.clear();
     let mut chars = text.char_indices().peekable();
     while let Some((start, first)) = chars.next() {
         if !first.is_alphanumeric() {
@@ -48,26 +58,33 @@ pub fn words(text: &str) -> Vec<(usize, usize)> {
         }
         out.push((start, end));
     }
-    out
 }
 
 fn capitalised(word: &str) -> bool {
     word.chars().next().is_some_and(char::is_uppercase)
 }
 
-/// A word's kind for its neighbours' features: capitalised, lower case, a number.
-fn kind(word: Option<&str>) -> &'static str {
+/// A word's kind for its neighbours' features: none (an edge), capitalised, a number, lower case.
+fn kind(word: Option<&str>) -> u64 {
     match word.and_then(|w| w.chars().next()) {
-        None => "edge",
-        Some(c) if c.is_uppercase() => "cap",
-        Some(c) if c.is_numeric() => "num",
-        Some(_) => "low",
+        None => 0,
+        Some(c) if c.is_uppercase() => 1,
+        Some(c) if c.is_numeric() => 2,
+        Some(_) => 3,
     }
 }
 
 /// A word's shape with runs folded: "Xx", "X.", "Xx-Xx", "XX", "dd".
+#[cfg(test)]
 fn shape(word: &str) -> String {
     let mut out = String::new();
+    push_shape(&mut out, word);
+    out
+}
+
+/// Appends a word's shape (see [`shape`]).
+fn push_shape(out: &mut String, word: &str) {
+    let from = out.len();
     for c in word.chars() {
         let s = if c.is_uppercase() {
             'X'
@@ -78,11 +95,10 @@ fn shape(word: &str) -> String {
         } else {
             c
         };
-        if !out.ends_with(s) {
+        if out.len() == from || !out.ends_with(s) {
             out.push(s);
         }
     }
-    out
 }
 
 /// The first character that is not a space in `gap` (the text between two words), as the
@@ -104,70 +120,120 @@ fn push_lower(out: &mut String, word: &str) {
     }
 }
 
+/// A hash of a short string: one multiply per eight bytes (the mixing is left to [`feature`]).
+fn hash_str(text: &str) -> u64 {
+    let mut h = text.len() as u64;
+    for chunk in text.as_bytes().chunks(8) {
+        let mut word = [0u8; 8];
+        word[..chunk.len()].copy_from_slice(chunk);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+    h
+}
+
+/// A feature's bucket and sign: its kind (`seed`) and its value's hash, mixed once.
+fn feature(seed: u64, value: u64) -> (u32, f32) {
+    let h = mix(value ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    ((h & ((1u64 << BITS) - 1)) as u32, if h >> 63 == 1 { -1.0 } else { 1.0 })
+}
+
+/// The hash of word `j` in lower case (a constant past either end), computed once per line.
+fn word_hash(text: &str, words: &[(usize, usize)], j: Option<usize>, scratch: &mut Scratch) -> u64 {
+    let Some(j) = j.filter(|&j| j < words.len()) else { return 0x5eed_0f_ed6e };
+    if let Some(h) = scratch.hashes[j] {
+        return h;
+    }
+    scratch.lower.clear();
+    push_lower(&mut scratch.lower, &text[words[j].0..words[j].1]);
+    let h = hash_str(&scratch.lower);
+    scratch.hashes[j] = Some(h);
+    h
+}
+
 /// The hashed features of word `i` (its sign folded into the value, L2-normalised): the
 /// word, its first and last three letters, its shape, length and script, the two words on
-/// each side, their kinds, and the punctuation around it. Built in one reused buffer: this
-/// runs on every capitalised word the PII scan sees.
-fn features(text: &str, words: &[(usize, usize)], i: usize) -> Vec<(u32, f32)> {
-    const PARTS: usize = 17;
-    let mask = (1u64 << BITS) - 1;
+/// each side, their kinds, and the punctuation around it. This runs on every capitalised
+/// word the PII scan sees, so words are hashed once per line and nothing is allocated.
+fn features(text: &str, words: &[(usize, usize)], i: usize, scratch: &mut Scratch) {
     let word_at = |j: Option<usize>| j.and_then(|j| words.get(j)).map(|&(s, e)| &text[s..e]);
     let (start, end) = words[i];
     let word = &text[start..end];
-    let (p1, p2, n1, n2) = (word_at(i.checked_sub(1)), word_at(i.checked_sub(2)), word_at(Some(i + 1)), word_at(Some(i + 2)));
+    let (p1, n1) = (word_at(i.checked_sub(1)), word_at(Some(i + 1)));
     let before = punctuation(&text[words.get(i.wrapping_sub(1)).map_or(0, |w| w.1)..start]);
     let after = punctuation(&text[end..words.get(i + 1).map_or(text.len(), |w| w.0)]);
-    let mut out: Vec<(u32, f32)> = Vec::with_capacity(PARTS);
-    let mut buf = String::with_capacity(64);
-    let mut add = |seed: u64, buf: &mut String| {
-        let h = hash_bytes(100 + seed, buf.as_bytes());
-        out.push(((h & mask) as u32, if h >> 63 == 1 { -1.0 } else { 1.0 }));
-        buf.clear();
-    };
-    let low = |buf: &mut String, w: Option<&str>| match w {
-        Some(w) => push_lower(buf, w),
-        None => buf.push_str("^$"),
-    };
-    push_lower(&mut buf, word);
-    let lower = buf.clone();
-    add(1, &mut buf);
+    let own = word_hash(text, words, Some(i), scratch);
+    let near = [i.checked_sub(1), i.checked_sub(2), Some(i + 1), Some(i + 2)].map(|j| word_hash(text, words, j, scratch));
+    let Scratch { buf, lower, features: out, .. } = scratch;
+    lower.clear();
+    push_lower(lower, word);
     let letters = lower.chars().count();
+    buf.clear();
     buf.extend(lower.chars().take(3));
-    add(2, &mut buf);
+    let prefix = hash_str(buf);
+    buf.clear();
     buf.extend(lower.chars().skip(letters.saturating_sub(3)));
-    add(3, &mut buf);
-    buf.push_str(&shape(word));
-    add(4, &mut buf);
-    for (seed, neighbour) in [(5, p1), (6, p2), (7, n1), (8, n2)] {
-        low(&mut buf, neighbour);
-        add(seed, &mut buf);
-    }
-    buf.push_str(kind(p1));
-    add(9, &mut buf);
-    buf.push_str(kind(n1));
-    add(10, &mut buf);
-    buf.push_str(kind(p1));
-    buf.push_str(kind(n1));
-    add(11, &mut buf);
-    buf.push_str(before);
-    add(12, &mut buf);
-    buf.push_str(after);
-    add(13, &mut buf);
-    buf.push_str(before);
-    buf.push('|');
-    buf.push_str(after);
-    add(14, &mut buf);
-    buf.push_str(if word.is_ascii() { "false" } else { "true" });
-    add(15, &mut buf);
-    buf.push_str(&letters.min(12).to_string());
-    add(16, &mut buf);
-    low(&mut buf, p1);
-    buf.push('|');
-    buf.push_str(kind(n1));
-    add(17, &mut buf);
+    let suffix = hash_str(buf);
+    buf.clear();
+    push_shape(buf, word);
+    let shape = hash_str(buf);
+    let (kp, kn) = (kind(p1), kind(n1));
+    let (before, after) = (hash_str(before), hash_str(after));
+    out.clear();
+    out.extend([
+        feature(1, own),
+        feature(2, prefix),
+        feature(3, suffix),
+        feature(4, shape),
+        feature(5, near[0]),
+        feature(6, near[1]),
+        feature(7, near[2]),
+        feature(8, near[3]),
+        feature(9, kp),
+        feature(10, kn),
+        feature(11, kp * 8 + kn),
+        feature(12, before),
+        feature(13, after),
+        feature(14, before.rotate_left(17) ^ after),
+        feature(15, u64::from(word.is_ascii())),
+        feature(16, letters.min(12) as u64),
+        feature(17, near[0].rotate_left(9) ^ kn),
+    ]);
     let norm = 1.0 / (out.len() as f32).sqrt();
     out.iter_mut().for_each(|(_, v)| *v *= norm);
-    out
+}
+
+/// What a scan reuses from word to word and line to line.
+#[derive(Default)]
+struct Scratch {
+    words: Vec<(usize, usize)>,
+    /// Each word's hash in lower case, once computed.
+    hashes: Vec<Option<u64>>,
+    buf: String,
+    lower: String,
+    features: Vec<(u32, f32)>,
+}
+
+/// Calls `each(n, start, end, features)` for every capitalised word of a text, line by line
+/// (a name does not run over a line's end): `n` counts words over the whole text, offsets
+/// are the text's.
+fn capitalised_words(text: &str, mut each: impl FnMut(usize, usize, usize, &[(u32, f32)])) {
+    let mut scratch = Scratch::default();
+    let (mut offset, mut counted) = (0, 0);
+    for line in text.split('\n') {
+        let mut words = std::mem::take(&mut scratch.words);
+        words_into(line, &mut words);
+        scratch.hashes.clear();
+        scratch.hashes.resize(words.len(), None);
+        for (i, &(start, end)) in words.iter().enumerate() {
+            if capitalised(&line[start..end]) {
+                features(line, &words, i, &mut scratch);
+                each(counted + i, offset + start, offset + end, &scratch.features);
+            }
+        }
+        counted += words.len();
+        offset += line.len() + 1;
+        scratch.words = words;
+    }
 }
 
 impl Tagger {
@@ -178,26 +244,22 @@ impl Tagger {
 
     /// The names in a text: (start, end, score) in byte offsets, in text order.
     pub fn find(&self, text: &str) -> Vec<(usize, usize, f32)> {
-        let words = words(text);
         let mut names: Vec<(usize, usize, f32)> = Vec::new();
         let mut last = usize::MAX;
-        for (i, &(start, end)) in words.iter().enumerate() {
-            if !capitalised(&text[start..end]) {
-                continue;
-            }
-            let p = linear::probability(&self.weights, self.bias, &features(text, &words, i));
+        capitalised_words(text, |n, start, end, features| {
+            let p = self.probability(features);
             if p < self.threshold {
-                continue;
+                return;
             }
             match names.last_mut() {
-                Some(name) if last + 1 == i && text[name.1..start].bytes().all(|b| b == b' ') => {
+                Some(name) if last.wrapping_add(1) == n && text[name.1..start].bytes().all(|b| b == b' ') => {
                     name.1 = end;
                     name.2 = name.2.max(p);
                 }
                 _ => names.push((start, end, p)),
             }
-            last = i;
-        }
+            last = n;
+        });
         names
     }
 
@@ -206,16 +268,19 @@ impl Tagger {
     pub fn train(sentences: &[(String, Vec<(usize, usize)>)], options: &TrainOptions) -> Tagger {
         let mut data = Vec::new();
         for (text, names) in sentences {
-            let words = words(text);
-            for (i, &(start, end)) in words.iter().enumerate() {
-                if capitalised(&text[start..end]) {
-                    let named = names.iter().any(|&(s, e)| start < e && s < end);
-                    data.push((features(text, &words, i), if named { 1.0 } else { 0.0 }));
-                }
-            }
+            capitalised_words(text, |_, start, end, features| {
+                let named = names.iter().any(|&(s, e)| start < e && s < end);
+                data.push((features.to_vec(), if named { 1.0 } else { 0.0 }));
+            });
         }
         let (weights, bias) = linear::train(&data, BITS, options);
-        Tagger { weights, bias, threshold: 0.5 }
+        let (scale, bytes) = linear::quantise(&weights);
+        Tagger { weights: bytes.into_iter().map(|b| b as i8).collect(), scale, bias, threshold: 0.5 }
+    }
+
+    fn probability(&self, features: &[(u32, f32)]) -> f32 {
+        let z = self.bias + self.scale * features.iter().map(|&(k, v)| f32::from(self.weights[k as usize]) * v).sum::<f32>();
+        1.0 / (1.0 + (-z).exp())
     }
 
     /// Span-level (found, labelled, right) on labelled sentences: a found name is right when a
@@ -252,14 +317,13 @@ impl Tagger {
 
     /// The weights as stored: magic, BITS, bias, threshold, scale, one signed byte per weight.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let (scale, bytes) = linear::quantise(&self.weights);
-        let mut out = Vec::with_capacity(bytes.len() + 24);
+        let mut out = Vec::with_capacity(self.weights.len() + 24);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&BITS.to_le_bytes());
-        for value in [self.bias, self.threshold, scale] {
+        for value in [self.bias, self.threshold, self.scale] {
             out.extend_from_slice(&value.to_le_bytes());
         }
-        out.extend(bytes);
+        out.extend(self.weights.iter().map(|w| *w as u8));
         out
     }
 
@@ -274,7 +338,7 @@ impl Tagger {
             return Err(format!("the name model has {} bytes of weights for {bits} bits; keel reads {BITS}", bytes.len().saturating_sub(header)));
         }
         let (bias, threshold, scale) = (f32::from_le_bytes(word(12)), f32::from_le_bytes(word(16)), f32::from_le_bytes(word(20)));
-        Ok(Tagger { weights: linear::dequantise(&bytes[header..], scale), bias, threshold })
+        Ok(Tagger { weights: bytes[header..].iter().map(|b| *b as i8).collect(), scale, bias, threshold })
     }
 
     /// The same weights after a round trip through [`Tagger::to_bytes`] (what a shipped model scores).
