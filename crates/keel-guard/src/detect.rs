@@ -212,29 +212,12 @@ impl Detector {
     /// weight (weight = byte * scale).
     pub fn to_bytes(&self) -> Vec<u8> {
         let (scale, bytes) = linear::quantise(&self.weights);
-        let mut out = Vec::with_capacity(self.weights.len() + 24);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&BITS.to_le_bytes());
-        for value in [self.bias, self.threshold, scale] {
-            out.extend_from_slice(&value.to_le_bytes());
-        }
-        out.extend(bytes);
-        out
+        linear::write_model(MAGIC, BITS, [self.bias, self.threshold, scale], bytes.into_iter())
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Detector, String> {
-        let header = 8 + 4 + 12;
-        if bytes.len() < header || &bytes[..8] != MAGIC {
-            return Err("not a keel injection model (bad magic)".into());
-        }
-        let word = |at: usize| [bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]];
-        let bits = u32::from_le_bytes(word(8));
-        if bits != BITS || bytes.len() != header + (1 << bits) {
-            return Err(format!("the injection model has {} bytes of weights for {bits} bits; keel reads {BITS}", bytes.len().saturating_sub(header)));
-        }
-        let (bias, threshold, scale) = (f32::from_le_bytes(word(12)), f32::from_le_bytes(word(16)), f32::from_le_bytes(word(20)));
-        let weights = linear::dequantise(&bytes[header..], scale);
-        Ok(Detector { weights, bias, threshold })
+        let ([bias, threshold, scale], weights) = linear::read_model(bytes, MAGIC, BITS, "injection")?;
+        Ok(Detector { weights: linear::dequantise(weights, scale), bias, threshold })
     }
 
     /// The same weights after a round trip through [`Detector::to_bytes`] (what a shipped model scores).

@@ -85,3 +85,31 @@ pub(crate) fn quantise(weights: &[f32]) -> (f32, Vec<u8>) {
 pub(crate) fn dequantise(bytes: &[u8], scale: f32) -> Vec<f32> {
     bytes.iter().map(|b| *b as i8 as f32 * scale).collect()
 }
+
+/// A model as stored: `magic`, `bits`, then bias, threshold and scale (little-endian `f32`),
+/// then one signed byte per weight.
+pub(crate) fn write_model(magic: &[u8; 8], bits: u32, [bias, threshold, scale]: [f32; 3], weights: impl ExactSizeIterator<Item = u8>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(weights.len() + 24);
+    out.extend_from_slice(magic);
+    out.extend_from_slice(&bits.to_le_bytes());
+    for value in [bias, threshold, scale] {
+        out.extend_from_slice(&value.to_le_bytes());
+    }
+    out.extend(weights);
+    out
+}
+
+/// Reads what [`write_model`] wrote: ([bias, threshold, scale], the weight bytes); `what`
+/// names the model in errors.
+pub(crate) fn read_model<'a>(bytes: &'a [u8], magic: &[u8; 8], bits: u32, what: &str) -> Result<([f32; 3], &'a [u8]), String> {
+    let header = 8 + 4 + 12;
+    if bytes.len() < header || &bytes[..8] != magic {
+        return Err(format!("not a keel {what} model (bad magic)"));
+    }
+    let word = |at: usize| [bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]];
+    let stored = u32::from_le_bytes(word(8));
+    if stored != bits || bytes.len() != header + (1 << stored) {
+        return Err(format!("the {what} model has {} bytes of weights for {stored} bits; keel reads {bits}", bytes.len().saturating_sub(header)));
+    }
+    Ok(([12, 16, 20].map(|at| f32::from_le_bytes(word(at))), &bytes[header..]))
+}

@@ -317,28 +317,12 @@ impl Tagger {
 
     /// The weights as stored: magic, BITS, bias, threshold, scale, one signed byte per weight.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.weights.len() + 24);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&BITS.to_le_bytes());
-        for value in [self.bias, self.threshold, self.scale] {
-            out.extend_from_slice(&value.to_le_bytes());
-        }
-        out.extend(self.weights.iter().map(|w| *w as u8));
-        out
+        linear::write_model(MAGIC, BITS, [self.bias, self.threshold, self.scale], self.weights.iter().map(|w| *w as u8))
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Tagger, String> {
-        let header = 8 + 4 + 12;
-        if bytes.len() < header || &bytes[..8] != MAGIC {
-            return Err("not a keel name model (bad magic)".into());
-        }
-        let word = |at: usize| [bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]];
-        let bits = u32::from_le_bytes(word(8));
-        if bits != BITS || bytes.len() != header + (1 << bits) {
-            return Err(format!("the name model has {} bytes of weights for {bits} bits; keel reads {BITS}", bytes.len().saturating_sub(header)));
-        }
-        let (bias, threshold, scale) = (f32::from_le_bytes(word(12)), f32::from_le_bytes(word(16)), f32::from_le_bytes(word(20)));
-        Ok(Tagger { weights: bytes[header..].iter().map(|b| *b as i8).collect(), scale, bias, threshold })
+        let ([bias, threshold, scale], weights) = linear::read_model(bytes, MAGIC, BITS, "name")?;
+        Ok(Tagger { weights: weights.iter().map(|b| *b as i8).collect(), scale, bias, threshold })
     }
 
     /// The same weights after a round trip through [`Tagger::to_bytes`] (what a shipped model scores).
