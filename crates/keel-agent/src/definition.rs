@@ -319,10 +319,10 @@ impl AgentDef {
         if tool.starts_with("transfer_to_") && self.handoffs.contains_key(&tool["transfer_to_".len()..]) {
             return Capabilities::NONE;
         }
-        if let Some((server, remote)) = tool.split_once("__") {
-            if let Some(spec) = self.mcp.get(server) {
-                return spec.tool.get(remote).and_then(|t| t.capabilities).or(spec.capabilities).unwrap_or_else(Capabilities::conservative);
-            }
+        if let Some((server, remote)) = tool.split_once("__")
+            && let Some(spec) = self.mcp.get(server)
+        {
+            return spec.tool.get(remote).and_then(|t| t.capabilities).or(spec.capabilities).unwrap_or_else(Capabilities::conservative);
         }
         Capabilities::conservative()
     }

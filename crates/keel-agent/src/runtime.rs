@@ -958,7 +958,7 @@ impl Runner {
                         !state.results.contains_key(&call.id)
                             && !state.approvals.contains_key(&call.id)
                             // A call the guard denies is not put to a human: it fails.
-                            && !state.verdicts.get(&call.id).is_some_and(|(v, _)| *v == keel_guard::Verdict::Deny)
+                            && state.verdicts.get(&call.id).is_none_or(|(v, _)| *v != keel_guard::Verdict::Deny)
                             && (agent.tools.get(&call.name).is_some_and(|entry| entry.approval == Approval::Required)
                                 || state.verdicts.get(&call.id).is_some_and(|(v, _)| *v == keel_guard::Verdict::Ask))
                     })

@@ -11,6 +11,9 @@ use std::sync::LazyLock;
 use crate::linear::{self, TrainOptions, mix};
 
 const BITS: u32 = 18;
+
+/// A sentence with the byte ranges of its names.
+pub type Labelled = (String, Vec<(usize, usize)>);
 const MAGIC: &[u8; 8] = b"KEELNAM1";
 
 /// A trained name tagger and the score it names a word at.
@@ -139,7 +142,7 @@ fn feature(seed: u64, value: u64) -> (u32, f32) {
 
 /// The hash of word `j` in lower case (a constant past either end), computed once per line.
 fn word_hash(text: &str, words: &[(usize, usize)], j: Option<usize>, scratch: &mut Scratch) -> u64 {
-    let Some(j) = j.filter(|&j| j < words.len()) else { return 0x5eed_0f_ed6e };
+    let Some(j) = j.filter(|&j| j < words.len()) else { return 0x005e_ed0f_ed6e };
     if let Some(h) = scratch.hashes[j] {
         return h;
     }
@@ -341,7 +344,7 @@ pub fn f2((found, labelled, right): (usize, usize, usize)) -> f64 {
 /// Sentences with their spans of one entity type, from Presidio's synthetic data set format
 /// (`full_text`, `spans[]` with `entity_type`, `start_position`, `end_position` in characters),
 /// as byte ranges.
-pub fn read_spans(path: &std::path::Path, entity: &str) -> Result<Vec<(String, Vec<(usize, usize)>)>, String> {
+pub fn read_spans(path: &std::path::Path, entity: &str) -> Result<Vec<Labelled>, String> {
     let raw = std::fs::read_to_string(path).map_err(|e| format!("could not read {}: {e}", path.display()))?;
     let items: Vec<serde_json::Value> = serde_json::from_str(&raw).map_err(|e| format!("{} is not a JSON list: {e}", path.display()))?;
     items

@@ -438,8 +438,8 @@ pub fn trace(config: Option<&Path>, id: &str, json: bool) -> anyhow::Result<()> 
     let t0 = spans.iter().map(|s| s.start_ms).min().unwrap_or(0);
     let known: std::collections::HashSet<&str> = spans.iter().map(|s| s.span_id.as_str()).collect();
     let mut rows = Vec::new();
-    fn walk<'a>(
-        spans: &'a [keel_store::SpanRecord],
+    fn walk(
+        spans: &[keel_store::SpanRecord],
         parent: Option<&str>,
         known: &std::collections::HashSet<&str>,
         depth: usize,

@@ -65,8 +65,12 @@ pub(crate) fn progress(label: &'static str) -> impl Fn(usize, usize) + Sync {
     }
 }
 
+/// What [`documents`] found: the documents, the files skipped (path, why), and the folders
+/// read (each `folder/`, for the collection's scope).
+type Found = (Vec<Document>, Vec<(String, String)>, Vec<String>);
+
 /// The files under `paths` keel reads, and those it skips (with why).
-fn documents(paths: &[PathBuf], meta: &BTreeMap<String, String>) -> anyhow::Result<(Vec<Document>, Vec<(String, String)>, Vec<String>)> {
+fn documents(paths: &[PathBuf], meta: &BTreeMap<String, String>) -> anyhow::Result<Found> {
     let mut docs = Vec::new();
     let mut skipped = Vec::new();
     let mut scopes = Vec::new();

@@ -132,6 +132,7 @@ fn guard_names_train_learns_from_labelled_sentences_and_says_what_is_wrong() {
 }
 
 #[test]
+#[allow(clippy::print_stderr, reason = "says why the test did nothing where agentdojo is not installed")]
 fn guard_bench_replays_agentdojo_with_a_model_that_obeys_every_injection() {
     let installed = std::process::Command::new("python3").args(["-c", "import agentdojo"]).stderr(std::process::Stdio::null()).status().is_ok_and(|s| s.success());
     if !installed {
