@@ -431,7 +431,7 @@ impl State {
                 let targets = self.targets.get(name).map(Vec::as_slice);
                 let chosen = guard
                     .as_ref()
-                    .and_then(|decision| keel_guard::chosen_by(&decision.arguments, targets))
+                    .and_then(|decision| keel_guard::chosen_by(decision.arguments.iter().map(|a| (a.path.as_str(), &a.label)), targets))
                     .or_else(|| plan_id.and_then(|id| self.plan.as_ref()?.step(id)).and_then(|step| secure::chosen_by(step, &self.values, &self.context.control, targets)));
                 if let Some(by) = &chosen {
                     label = label.join(by);

@@ -466,6 +466,14 @@ impl Context {
         found.unwrap_or_else(|| self.label.clone())
     }
 
+    /// A call's arguments flattened (path, value), and each one's [`Context::label_of`].
+    pub fn label_arguments(&self, arguments: &serde_json::Value) -> (Vec<(String, String)>, Vec<Label>) {
+        let mut leaves = Vec::new();
+        flatten(arguments, String::new(), &mut leaves);
+        let labels = leaves.iter().map(|(_, value)| self.label_of(value)).collect();
+        (leaves, labels)
+    }
+
     /// Whether a trusted source (the user, the system prompt, a trusted output or field) said
     /// `value`; `None` where nobody did (the model wrote it).
     pub fn said_by_trusted(&self, value: &str) -> Option<bool> {
@@ -585,9 +593,7 @@ impl Guard {
 impl GuardSpec {
     /// [`Guard::decide`] on the policies themselves (no copy of them per call).
     pub fn decide(&self, tool: &str, capabilities: Capabilities, arguments: &serde_json::Value, context: &Context) -> Decision {
-        let mut leaves = Vec::new();
-        flatten(arguments, String::new(), &mut leaves);
-        let labels: Vec<Label> = leaves.iter().map(|(_, value)| context.label_of(value)).collect();
+        let (leaves, labels) = context.label_arguments(arguments);
         self.decide_labelled(tool, capabilities, &leaves, labels, None, context)
     }
 
@@ -725,8 +731,9 @@ pub fn is_target(path: &str, declared: Option<&[String]>) -> bool {
 /// search it asks for), joined; `None` where trusted values chose them all. A tool asked for
 /// what an outsider named returns what the outsider picked, so its output carries this label
 /// (its content arguments, a file's text, choose nothing the tool returns).
-pub fn chosen_by(arguments: &[ArgumentLabel], targets: Option<&[String]>) -> Option<Label> {
-    arguments.iter().filter(|a| !a.label.trusted && is_target(&a.path, targets)).map(|a| a.label.clone()).reduce(|a, b| a.join(&b))
+/// `arguments`: (path, label) pairs.
+pub fn chosen_by<'a>(arguments: impl IntoIterator<Item = (&'a str, &'a Label)>, targets: Option<&[String]>) -> Option<Label> {
+    arguments.into_iter().filter(|(path, label)| !label.trusted && is_target(path, targets)).map(|(_, label)| label.clone()).reduce(|a, b| a.join(&b))
 }
 
 fn sink_words(capabilities: Capabilities) -> &'static str {
@@ -986,9 +993,10 @@ mod tests {
         assert_eq!(context.said_by_trusted("Dora"), Some(true), "the user said it (and the page)");
         assert_eq!(context.said_by_trusted("fred@evil.test"), None, "nobody said it");
         let page = Label::tool("web", web);
-        let args = |path: &str| vec![ArgumentLabel { path: path.into(), label: page.clone() }, ArgumentLabel { path: "n".into(), label: Label::user() }];
-        assert_eq!(chosen_by(&args("filename"), None), Some(page.clone()), "an untrusted name chooses what the tool returns");
-        assert_eq!(chosen_by(&args("content"), None), None, "content chooses nothing");
-        assert_eq!(chosen_by(&args("content"), Some(&["content".to_string()])), Some(page), "unless the tool says it does");
+        let user = Label::user();
+        let args = |path: &'static str| [(path, &page), ("n", &user)];
+        assert_eq!(chosen_by(args("filename"), None), Some(page.clone()), "an untrusted name chooses what the tool returns");
+        assert_eq!(chosen_by(args("content"), None), None, "content chooses nothing");
+        assert_eq!(chosen_by(args("content"), Some(&["content".to_string()])), Some(page.clone()), "unless the tool says it does");
     }
 }

@@ -9,12 +9,13 @@
 use std::sync::LazyLock;
 
 use crate::linear::{self, TrainOptions, mix};
+use crate::pii::SpanScore;
 
 const BITS: u32 = 18;
+const MAGIC: &[u8; 8] = b"KEELNAM1";
 
 /// A sentence with the byte ranges of its names.
 pub type Labelled = (String, Vec<(usize, usize)>);
-const MAGIC: &[u8; 8] = b"KEELNAM1";
 
 /// A trained name tagger and the score it names a word at.
 #[derive(Debug, Clone)]
@@ -268,7 +269,7 @@ impl Tagger {
 
     /// Trains on sentences with their names as byte ranges; every capitalised word is an
     /// example, named when it lies in a name. The threshold is left at one half.
-    pub fn train(sentences: &[(String, Vec<(usize, usize)>)], options: &TrainOptions) -> Tagger {
+    pub fn train(sentences: &[Labelled], options: &TrainOptions) -> Tagger {
         let mut data = Vec::new();
         for (text, names) in sentences {
             capitalised_words(text, |_, start, end, features| {
@@ -286,30 +287,21 @@ impl Tagger {
         1.0 / (1.0 + (-z).exp())
     }
 
-    /// Span-level (found, labelled, right) on labelled sentences: a found name is right when a
-    /// labelled one overlaps it, each labelled one counting once.
-    pub fn score(&self, sentences: &[(String, Vec<(usize, usize)>)]) -> (usize, usize, usize) {
-        let (mut found, mut labelled, mut right) = (0, 0, 0);
+    /// Span-level scores on labelled sentences ([`SpanScore`]).
+    pub fn score(&self, sentences: &[Labelled]) -> SpanScore {
+        let mut score = SpanScore::default();
         for (text, names) in sentences {
-            let mut used = vec![false; names.len()];
-            labelled += names.len();
-            for (start, end, _) in self.find(text) {
-                found += 1;
-                if let Some(i) = names.iter().enumerate().position(|(i, &(s, e))| !used[i] && start < e && s < end) {
-                    used[i] = true;
-                    right += 1;
-                }
-            }
+            score.add(names, self.find(text).into_iter().map(|(start, end, _)| (start, end)));
         }
-        (found, labelled, right)
+        score
     }
 
     /// Sets the threshold that gives the best F2 on these sentences (held out of training).
-    pub fn calibrate(&mut self, sentences: &[(String, Vec<(usize, usize)>)]) -> f64 {
+    pub fn calibrate(&mut self, sentences: &[Labelled]) -> f64 {
         let mut best = (f64::MIN, 0.5);
         for step in 1..20 {
             self.threshold = step as f32 / 20.0;
-            let f2 = f2(self.score(sentences));
+            let f2 = self.score(sentences).f2();
             if f2 > best.0 {
                 best = (f2, self.threshold);
             }
@@ -327,18 +319,6 @@ impl Tagger {
         let ([bias, threshold, scale], weights) = linear::read_model(bytes, MAGIC, BITS, "name")?;
         Ok(Tagger { weights: weights.iter().map(|b| *b as i8).collect(), scale, bias, threshold })
     }
-
-    /// The same weights after a round trip through [`Tagger::to_bytes`] (what a shipped model scores).
-    pub fn quantised(&self) -> Tagger {
-        Tagger::from_bytes(&self.to_bytes()).expect("a model reads back what it wrote")
-    }
-}
-
-/// F2 of span counts (found, labelled, right).
-pub fn f2((found, labelled, right): (usize, usize, usize)) -> f64 {
-    let p = if found == 0 { 0.0 } else { right as f64 / found as f64 };
-    let r = if labelled == 0 { 0.0 } else { right as f64 / labelled as f64 };
-    if p + r == 0.0 { 0.0 } else { 5.0 * p * r / (4.0 * p + r) }
 }
 
 /// Sentences with their spans of one entity type, from Presidio's synthetic data set format
@@ -382,7 +362,7 @@ mod tests {
             let spans = [name, &other].iter().map(|n| { let s = text.find(*n).unwrap(); (s, s + n.len()) }).collect();
             sentences.push((text, spans));
         }
-        let model = Tagger::train(&sentences, &TrainOptions::default()).quantised();
+        let model = Tagger::train(&sentences, &TrainOptions::default());
         let found = model.find("They had 2: Xavier and Yusuf. The Meeting is on Monday in Paris.");
         let text = "They had 2: Xavier and Yusuf. The Meeting is on Monday in Paris.";
         let names: Vec<&str> = found.iter().map(|&(s, e, _)| &text[s..e]).collect();

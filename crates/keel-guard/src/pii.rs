@@ -370,6 +370,43 @@ fn resolve(cluster: &mut Vec<Finding>, kept: &mut Vec<Finding>) {
     kept[first..].sort_by_key(|f| f.start);
 }
 
+/// Span-level scores of one kind of finding: a found span is right when a labelled span
+/// overlaps it, each labelled span counting once.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Serialize)]
+pub struct SpanScore {
+    pub labelled: usize,
+    pub found: usize,
+    pub right: usize,
+}
+
+impl SpanScore {
+    /// Adds one sentence: its labelled spans and the spans found, as byte ranges.
+    pub fn add(&mut self, labelled: &[(usize, usize)], found: impl IntoIterator<Item = (usize, usize)>) {
+        let mut used = vec![false; labelled.len()];
+        self.labelled += labelled.len();
+        for (start, end) in found {
+            self.found += 1;
+            if let Some(i) = labelled.iter().enumerate().position(|(i, &(s, e))| !used[i] && start < e && s < end) {
+                used[i] = true;
+                self.right += 1;
+            }
+        }
+    }
+
+    pub fn precision(&self) -> f64 {
+        if self.found == 0 { 0.0 } else { self.right as f64 / self.found as f64 }
+    }
+
+    pub fn recall(&self) -> f64 {
+        if self.labelled == 0 { 0.0 } else { self.right as f64 / self.labelled as f64 }
+    }
+
+    pub fn f2(&self) -> f64 {
+        let (p, r) = (self.precision(), self.recall());
+        if p + r == 0.0 { 0.0 } else { 5.0 * p * r / (4.0 * p + r) }
+    }
+}
+
 /// The text with each finding replaced by `<ENTITY>`.
 pub fn redact(text: &str) -> String {
     let mut out = String::with_capacity(text.len());

@@ -969,45 +969,15 @@ pub struct PiiArgs {
     json: bool,
 }
 
-/// Span-level scores of one entity type: a found span is right when a labelled span of the
-/// same type overlaps it (each labelled span counts once).
-#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
-struct SpanScore {
-    labelled: usize,
-    found: usize,
-    right: usize,
-}
-
-impl SpanScore {
-    fn precision(&self) -> f64 {
-        if self.found == 0 { 0.0 } else { self.right as f64 / self.found as f64 }
-    }
-    fn recall(&self) -> f64 {
-        if self.labelled == 0 { 0.0 } else { self.right as f64 / self.labelled as f64 }
-    }
-    fn f2(&self) -> f64 {
-        let (p, r) = (self.precision(), self.recall());
-        if p + r == 0.0 { 0.0 } else { 5.0 * p * r / (4.0 * p + r) }
-    }
-}
+use keel_guard::pii::SpanScore;
 
 /// Scores findings `(type, start, end)` per sentence against the labels, for `types`.
 fn score_spans(labels: &[Vec<(String, usize, usize)>], found: &[Vec<(String, usize, usize)>], types: &[&str]) -> std::collections::BTreeMap<String, SpanScore> {
     let mut scores: std::collections::BTreeMap<String, SpanScore> = types.iter().map(|t| (t.to_string(), SpanScore::default())).collect();
     for (gold, predicted) in labels.iter().zip(found) {
-        let mut used = vec![false; gold.len()];
-        for (kind, _, _) in gold {
-            if let Some(s) = scores.get_mut(kind) {
-                s.labelled += 1;
-            }
-        }
-        for (kind, start, end) in predicted {
-            let Some(s) = scores.get_mut(kind) else { continue };
-            s.found += 1;
-            if let Some(i) = gold.iter().enumerate().position(|(i, (k, gs, ge))| !used[i] && k == kind && start < ge && gs < end) {
-                used[i] = true;
-                s.right += 1;
-            }
+        for (kind, score) in scores.iter_mut() {
+            let of_kind = |spans: &[(String, usize, usize)]| spans.iter().filter(|(k, _, _)| k == kind).map(|&(_, s, e)| (s, e)).collect::<Vec<_>>();
+            score.add(&of_kind(gold), of_kind(predicted));
         }
     }
     scores

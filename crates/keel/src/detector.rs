@@ -251,13 +251,11 @@ pub fn names_train(args: NamesTrainArgs) -> anyhow::Result<()> {
         bail!("{}: no PERSON spans to learn names from", args.data.display());
     }
     let started = Instant::now();
-    let mut model = Tagger::train(&training, &TrainOptions { epochs: args.epochs, ..TrainOptions::default() }).quantised();
+    let mut model = Tagger::train(&training, &TrainOptions { epochs: args.epochs, ..TrainOptions::default() });
     model.calibrate(&validation);
     std::fs::write(&args.out, model.to_bytes()).with_context(|| format!("could not write {}", args.out.display()))?;
-    let (found, labelled, right) = model.score(&validation);
-    let precision = if found == 0 { 0.0 } else { right as f64 / found as f64 };
-    let recall = if labelled == 0 { 0.0 } else { right as f64 / labelled as f64 };
-    let f2 = names::f2((found, labelled, right));
+    let score = model.score(&validation);
+    let (precision, recall, f2) = (score.precision(), score.recall(), score.f2());
     if args.json {
         println!(
             "{}",

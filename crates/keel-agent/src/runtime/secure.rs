@@ -209,8 +209,7 @@ fn resolve(args: Option<&serde_json::Value>, values: &HashMap<String, Value>, co
 /// What untrusted content chose in a plan call's target arguments ([`keel_guard::chosen_by`]).
 pub(super) fn chosen_by(step: &PlanStep, values: &HashMap<String, Value>, control: &Label, targets: Option<&[String]>) -> Option<Label> {
     let (_, leaves, labels) = resolve(step.args.as_ref(), values, control).ok()?;
-    let arguments: Vec<keel_guard::ArgumentLabel> = leaves.into_iter().zip(labels).map(|((path, _), label)| keel_guard::ArgumentLabel { path, label }).collect();
-    keel_guard::chosen_by(&arguments, targets)
+    keel_guard::chosen_by(leaves.iter().map(|(path, _)| path.as_str()).zip(&labels), targets)
 }
 
 /// The answer with `{ID}` and `{ID.path}` replaced by values (strings as they are, the rest as
