@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 
 use crate::definition::McpServerSpec;
-use crate::tools::{Entry, Tool, ToolContext, truncate};
+use crate::tools::{Entry, Tool, ToolContext, ToolKind, truncate};
 
 const DEFAULT_CALL_TIMEOUT_S: f64 = 60.0;
 const DEFAULT_STARTUP_TIMEOUT_S: f64 = 30.0;
@@ -239,12 +239,9 @@ impl McpServer {
                 strict: None,
             };
             let timeout_s = settings.and_then(|s| s.timeout_s).or(self.spec.timeout_s).unwrap_or(DEFAULT_CALL_TIMEOUT_S);
-            let entry = Entry {
-                tool: Arc::new(McpTool { server: self.clone(), remote, def: def.clone() }),
-                approval: settings.and_then(|s| s.approval).unwrap_or(self.spec.approval),
-                timeout: Duration::from_secs_f64(timeout_s.max(0.001)),
-            };
-            entries.insert(def.name, entry);
+            let tool = Arc::new(McpTool { server: self.clone(), remote, def: def.clone() });
+            let approval = settings.and_then(|s| s.approval).unwrap_or(self.spec.approval);
+            entries.insert(def.name.clone(), Entry::new(def, ToolKind::Code(tool), approval, Some(timeout_s)));
         }
         let has_resources = client.peer_info().is_some_and(|info| info.capabilities.resources.is_some());
         if has_resources {
@@ -264,14 +261,8 @@ impl McpServer {
                 strict: None,
             };
             let timeout_s = self.spec.timeout_s.unwrap_or(DEFAULT_CALL_TIMEOUT_S);
-            entries.insert(
-                def.name.clone(),
-                Entry {
-                    tool: Arc::new(ReadResource { server: self.clone(), def }),
-                    approval: self.spec.approval,
-                    timeout: Duration::from_secs_f64(timeout_s.max(0.001)),
-                },
-            );
+            let tool = Arc::new(ReadResource { server: self.clone(), def: def.clone() });
+            entries.insert(def.name.clone(), Entry::new(def, ToolKind::Code(tool), self.spec.approval, Some(timeout_s)));
         }
         Ok(entries)
     }

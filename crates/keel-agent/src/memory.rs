@@ -4,6 +4,7 @@
 //! or the agent's own. Saving a fact close to one already kept updates it instead of adding
 //! a near-duplicate.
 
+use keel_core::now_ms;
 use keel_store::{MemoryRecord, Store};
 use serde::Serialize;
 use serde_json::json;
@@ -48,10 +49,6 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
         nb += f64::from(*y) * f64::from(*y);
     }
     if na == 0.0 || nb == 0.0 { 0.0 } else { dot / (na.sqrt() * nb.sqrt()) }
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 impl Memory<'_> {

@@ -113,11 +113,48 @@ where
     }
 }
 
+/// What runs a call: the one dispatch the loop matches on, once per call.
+#[derive(Clone)]
+pub enum ToolKind {
+    /// A tool with code of its own: a built-in, a command tool, an MCP server's tool, or a
+    /// tool written in Rust.
+    Code(Arc<dyn Tool>),
+    /// Hands the conversation over to another agent of the team (`transfer_to_NAME`); the
+    /// agent it goes to is in [`crate::Agent::handoffs`].
+    Handoff,
+    /// One of the long-term memory tools (`remember`, `recall`, `forget`).
+    Memory,
+    /// Searches the RAG collection of this name.
+    Collection(String),
+    /// Runs the sub-agent of the same name (in [`crate::Agent::sub_agents`]) on what is left
+    /// of the caller's budget.
+    Agent,
+}
+
 /// One tool as the runtime holds it.
+#[derive(Clone)]
 pub struct Entry {
-    pub tool: Arc<dyn Tool>,
+    /// The name, description and argument schema the model sees.
+    pub def: ToolDef,
+    pub kind: ToolKind,
     pub approval: Approval,
     pub timeout: Duration,
+}
+
+impl Entry {
+    pub fn new(def: ToolDef, kind: ToolKind, approval: Approval, timeout_s: Option<f64>) -> Entry {
+        let timeout = Duration::from_secs_f64(timeout_s.unwrap_or(DEFAULT_TIMEOUT_S).max(0.001));
+        Entry { def, kind, approval, timeout }
+    }
+
+    /// What the tool declares it does, for the guard (only tools with code of their own can);
+    /// `None` leaves it to the agent file.
+    pub fn capabilities(&self) -> Option<keel_guard::Capabilities> {
+        match &self.kind {
+            ToolKind::Code(tool) => tool.capabilities(),
+            _ => None,
+        }
+    }
 }
 
 /// The tools of one agent, by name: its own, and those of its MCP servers once connected.
@@ -140,12 +177,12 @@ impl ToolBox {
         for (name, spec) in &def.tools {
             if let Some(collection) = &spec.collection {
                 let def = crate::rag::tool_def(name, collection, spec.description.as_deref());
-                tools.insert(Arc::new(AgentTool { def }), spec.approval, spec.timeout_s);
+                tools.add(Entry::new(def, ToolKind::Collection(collection.clone()), spec.approval, spec.timeout_s));
                 continue;
             }
             if spec.agent.is_some() {
                 let description = spec.description.clone().unwrap_or_else(|| format!("Ask the {name} agent."));
-                tools.insert(Arc::new(AgentTool::new(name, &description)), spec.approval, spec.timeout_s);
+                tools.add(Entry::new(agent_tool_def(name, &description), ToolKind::Agent, spec.approval, spec.timeout_s));
                 continue;
             }
             let tool: Arc<dyn Tool> = match name.as_str() {
@@ -159,18 +196,11 @@ impl ToolBox {
             tools.insert(tool, spec.approval, spec.timeout_s);
         }
         for (name, spec) in &def.handoffs {
-            let description = spec.description.clone().unwrap_or_else(|| format!("Hand the conversation over to the {name} agent."));
-            let def = ToolDef {
-                name: format!("transfer_to_{name}"),
-                description: Some(format!("{description} It takes over from here and answers the user.")),
-                parameters: json!({"type": "object", "properties": {"reason": {"type": "string", "description": "Why, in a few words"}}, "additionalProperties": false}),
-                strict: None,
-            };
-            tools.insert(Arc::new(AgentTool { def }), Approval::Never, None);
+            tools.add(Entry::new(handoff_def(name, spec.description.as_deref()), ToolKind::Handoff, Approval::Never, None));
         }
         if def.memory.is_some() {
             for def in crate::memory::tool_defs() {
-                tools.insert(Arc::new(AgentTool { def }), Approval::Never, None);
+                tools.add(Entry::new(def, ToolKind::Memory, Approval::Never, None));
             }
         }
         tools.mcp = def.mcp.iter().map(|(name, spec)| Arc::new(McpServer::new(name, spec, base_dir))).collect();
@@ -202,13 +232,18 @@ impl ToolBox {
         self.tools.keys().chain(self.mcp_entries().map(|(n, _)| n)).map(String::as_str).collect()
     }
 
+    /// Adds a tool with code of its own (a tool written in Rust).
     pub fn insert(&mut self, tool: Arc<dyn Tool>, approval: Approval, timeout_s: Option<f64>) {
-        let timeout = Duration::from_secs_f64(timeout_s.unwrap_or(DEFAULT_TIMEOUT_S).max(0.001));
-        self.tools.insert(tool.def().name, Entry { tool, approval, timeout });
+        self.add(Entry::new(tool.def(), ToolKind::Code(tool), approval, timeout_s));
+    }
+
+    /// Adds a tool of any kind under the name its definition gives.
+    pub fn add(&mut self, entry: Entry) {
+        self.tools.insert(entry.def.name.clone(), entry);
     }
 
     pub fn defs(&self) -> Vec<ToolDef> {
-        self.tools.values().chain(self.mcp_entries().map(|(_, e)| e)).map(|entry| entry.tool.def()).collect()
+        self.tools.values().chain(self.mcp_entries().map(|(_, e)| e)).map(|entry| entry.def.clone()).collect()
     }
 }
 
@@ -395,36 +430,24 @@ async fn shell(command: &str, workspace: &Path, network: bool) -> Result<String,
     )))
 }
 
-/// A tool the runtime runs itself: another agent (on the caller's budget) or a memory tool.
-/// This holds its name, description and arguments for the model.
-pub struct AgentTool {
-    def: ToolDef,
-}
-
-impl AgentTool {
-    pub fn from_def(def: ToolDef) -> AgentTool {
-        AgentTool { def }
-    }
-
-    pub fn new(name: &str, description: &str) -> AgentTool {
-        AgentTool {
-            def: ToolDef {
-                name: name.into(),
-                description: Some(description.into()),
-                parameters: json!({"type": "object", "properties": {"request": {"type": "string", "description": "What to ask, in full"}}, "required": ["request"], "additionalProperties": false}),
-                strict: None,
-            },
-        }
+/// The definition of a tool that asks a sub-agent: one `request` argument.
+fn agent_tool_def(name: &str, description: &str) -> ToolDef {
+    ToolDef {
+        name: name.into(),
+        description: Some(description.into()),
+        parameters: json!({"type": "object", "properties": {"request": {"type": "string", "description": "What to ask, in full"}}, "required": ["request"], "additionalProperties": false}),
+        strict: None,
     }
 }
 
-impl Tool for AgentTool {
-    fn def(&self) -> ToolDef {
-        self.def.clone()
-    }
-
-    fn call<'a>(&'a self, _arguments: Value, _ctx: &'a ToolContext) -> BoxFuture<'a, Result<String, String>> {
-        Box::pin(async { Err("this agent is not loaded here; run it through keel's runtime".to_string()) })
+/// The definition of `transfer_to_NAME`, the tool that hands the conversation to NAME.
+pub(crate) fn handoff_def(name: &str, description: Option<&str>) -> ToolDef {
+    let description = description.map_or_else(|| format!("Hand the conversation over to the {name} agent."), str::to_string);
+    ToolDef {
+        name: format!("transfer_to_{name}"),
+        description: Some(format!("{description} It takes over from here and answers the user.")),
+        parameters: json!({"type": "object", "properties": {"reason": {"type": "string", "description": "Why, in a few words"}}, "additionalProperties": false}),
+        strict: None,
     }
 }
 

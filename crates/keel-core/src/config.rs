@@ -137,10 +137,25 @@ impl ProviderKind {
     }
 }
 
+/// One provider, tagged by `kind`: each kind has its own settings, so a setting another kind
+/// has (`threads` on an `openai` provider) is an error that names the line.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind")]
+pub enum ProviderConfig {
+    #[serde(rename = "openai")]
+    OpenAi(HttpProviderConfig),
+    #[serde(rename = "anthropic")]
+    Anthropic(HttpProviderConfig),
+    #[serde(rename = "gemini")]
+    Gemini(HttpProviderConfig),
+    #[serde(rename = "local")]
+    Local(LocalProviderConfig),
+}
+
+/// The settings of a provider keel reaches over HTTP.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ProviderConfig {
-    pub kind: ProviderKind,
+pub struct HttpProviderConfig {
     pub base_url: Option<String>,
     /// Name of the environment variable holding the API key.
     pub api_key_env: Option<String>,
@@ -157,19 +172,94 @@ pub struct ProviderConfig {
     pub timeout_s: f64,
     /// Most calls in flight to this provider at once; more wait their turn inside keel.
     pub max_concurrency: Option<usize>,
-    /// `local` only: CPU threads for llama.cpp (default: all cores).
+}
+
+/// The settings of a model inside keel (`kind = "local"`, llama.cpp).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalProviderConfig {
+    #[serde(default = "default_first_token_timeout")]
+    pub first_token_timeout_s: f64,
+    #[serde(default = "default_total_timeout")]
+    pub timeout_s: f64,
+    /// Most calls in flight at once; more wait their turn inside keel.
+    pub max_concurrency: Option<usize>,
+    /// CPU threads for llama.cpp (default: all cores).
     pub threads: Option<usize>,
-    /// `local` only: sequences decoded together (default 8).
+    /// Sequences decoded together (default 8).
     pub slots: Option<usize>,
-    /// `local` only: context window per sequence, in tokens (default 2048).
+    /// Context window per sequence, in tokens (default 2048).
     pub context_tokens: Option<u32>,
-    /// `local` only: requests that may wait for a free sequence (default 64); more get a 503.
+    /// Requests that may wait for a free sequence (default 64); more get a 503.
     pub max_queue: Option<usize>,
 }
 
+impl Default for LocalProviderConfig {
+    fn default() -> Self {
+        LocalProviderConfig {
+            first_token_timeout_s: default_first_token_timeout(),
+            timeout_s: default_total_timeout(),
+            max_concurrency: None,
+            threads: None,
+            slots: None,
+            context_tokens: None,
+            max_queue: None,
+        }
+    }
+}
+
+impl HttpProviderConfig {
+    /// A provider at `base_url` with every other setting at its default.
+    pub fn at(base_url: &str) -> HttpProviderConfig {
+        HttpProviderConfig {
+            base_url: Some(base_url.to_string()),
+            api_key_env: None,
+            headers: BTreeMap::new(),
+            connect_timeout_s: default_connect_timeout(),
+            first_token_timeout_s: default_first_token_timeout(),
+            timeout_s: default_total_timeout(),
+            max_concurrency: None,
+        }
+    }
+}
+
 impl ProviderConfig {
+    pub fn kind(&self) -> ProviderKind {
+        match self {
+            ProviderConfig::OpenAi(_) => ProviderKind::OpenAi,
+            ProviderConfig::Anthropic(_) => ProviderKind::Anthropic,
+            ProviderConfig::Gemini(_) => ProviderKind::Gemini,
+            ProviderConfig::Local(_) => ProviderKind::Local,
+        }
+    }
+
+    /// The HTTP settings of a hosted provider; `None` for a local one.
+    pub fn http(&self) -> Option<&HttpProviderConfig> {
+        match self {
+            ProviderConfig::OpenAi(http) | ProviderConfig::Anthropic(http) | ProviderConfig::Gemini(http) => Some(http),
+            ProviderConfig::Local(_) => None,
+        }
+    }
+
+    /// The upstream's URL without a trailing slash (the kind's default when none is set).
     pub fn base_url(&self) -> &str {
-        self.base_url.as_deref().unwrap_or(self.kind.default_base_url()).trim_end_matches('/')
+        let set = self.http().and_then(|http| http.base_url.as_deref());
+        set.unwrap_or(self.kind().default_base_url()).trim_end_matches('/')
+    }
+
+    /// Seconds allowed until the first token, and for the whole answer.
+    pub fn timeouts(&self) -> (f64, f64) {
+        match self {
+            ProviderConfig::Local(local) => (local.first_token_timeout_s, local.timeout_s),
+            _ => self.http().map_or((default_first_token_timeout(), default_total_timeout()), |http| (http.first_token_timeout_s, http.timeout_s)),
+        }
+    }
+
+    pub fn max_concurrency(&self) -> Option<usize> {
+        match self {
+            ProviderConfig::Local(local) => local.max_concurrency,
+            _ => self.http().and_then(|http| http.max_concurrency),
+        }
     }
 }
 
@@ -284,18 +374,51 @@ fn line_col(src: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// Where the unknown key an error names is written, from the table the error points at: a
+/// tagged table (a provider) is read whole, so serde's span is the table's, not the key's.
+fn unknown_key_at(src: &str, table_start: usize, message: &str) -> Option<usize> {
+    let key = message.strip_prefix("unknown field `")?.split('`').next()?;
+    let mut offset = table_start;
+    for (idx, line) in src[table_start..].split_inclusive('\n').enumerate() {
+        let trimmed = line.trim_start();
+        if idx > 0 && trimmed.starts_with('[') {
+            return None;
+        }
+        if trimmed.strip_prefix(key).is_some_and(|rest| rest.trim_start().starts_with('=')) {
+            return Some(offset + (line.len() - trimmed.len()));
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// Says which provider kind has a setting, when the error is one another kind lacks.
+fn with_kind_hint(message: String) -> String {
+    const LOCAL_ONLY: &[&str] = &["threads", "slots", "context_tokens", "max_queue"];
+    const HTTP_ONLY: &[&str] = &["base_url", "api_key_env", "headers", "connect_timeout_s"];
+    let Some(key) = message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next()) else { return message };
+    if LOCAL_ONLY.contains(&key) {
+        format!("{message} (`{key}` is a setting of `kind = \"local\"` providers only)")
+    } else if HTTP_ONLY.contains(&key) {
+        format!("{message} (`{key}` is a setting of hosted providers, not of `kind = \"local\"`)")
+    } else {
+        message
+    }
+}
+
 impl Config {
     /// Parses and validates a config file's text.
     pub fn from_toml_str(src: &str) -> Result<Config, ConfigError> {
         let config: Config = toml::from_str(src).map_err(|err| {
+            let message = err.message().trim().to_string();
             let (line, column) = match err.span() {
                 Some(span) => {
-                    let (line, column) = line_col(src, span.start);
+                    let (line, column) = line_col(src, unknown_key_at(src, span.start, &message).unwrap_or(span.start));
                     (Some(line), Some(column))
                 }
                 None => (None, None),
             };
-            ConfigError { message: err.message().trim().to_string(), line, column }
+            ConfigError { message: with_kind_hint(message), line, column }
         })?;
         config.validate(src)?;
         Ok(config)
@@ -347,10 +470,12 @@ impl Config {
             }
         }
         for (name, provider) in &self.providers {
+            let (first_token_timeout_s, timeout_s) = provider.timeouts();
+            let connect_timeout_s = provider.http().map_or(default_connect_timeout(), |http| http.connect_timeout_s);
             for (what, value) in [
-                ("connect_timeout_s", provider.connect_timeout_s),
-                ("first_token_timeout_s", provider.first_token_timeout_s),
-                ("timeout_s", provider.timeout_s),
+                ("connect_timeout_s", connect_timeout_s),
+                ("first_token_timeout_s", first_token_timeout_s),
+                ("timeout_s", timeout_s),
             ] {
                 if !(value > 0.0 && value.is_finite()) {
                     return Err(ConfigError {
@@ -360,7 +485,7 @@ impl Config {
                     });
                 }
             }
-            if let Some(url) = &provider.base_url
+            if let Some(url) = provider.http().and_then(|http| http.base_url.as_ref())
                 && !(url.starts_with("http://") || url.starts_with("https://")) {
                     return Err(ConfigError {
                         message: format!("providers.{name}.base_url: `{url}` must start with http:// or https://"),
@@ -413,7 +538,11 @@ mod tests {
         );
         check_err(
             "[providers.a]\nkind = \"openai\"\napi_kye_env = \"X\"\n",
-            expect![[r#"line 3, column 1: unknown field `api_kye_env`, expected one of `kind`, `base_url`, `api_key_env`, `headers`, `connect_timeout_s`, `first_token_timeout_s`, `timeout_s`, `max_concurrency`, `threads`, `slots`, `context_tokens`, `max_queue`"#]],
+            expect![[r#"line 3, column 1: unknown field `api_kye_env`, expected one of `base_url`, `api_key_env`, `headers`, `connect_timeout_s`, `first_token_timeout_s`, `timeout_s`, `max_concurrency`"#]],
+        );
+        check_err(
+            "[providers.a]\nkind = \"openai\"\nbase_url = \"http://x\"\n  threads = 4\n",
+            expect![[r#"line 4, column 3: unknown field `threads`, expected one of `base_url`, `api_key_env`, `headers`, `connect_timeout_s`, `first_token_timeout_s`, `timeout_s`, `max_concurrency` (`threads` is a setting of `kind = "local"` providers only)"#]],
         );
         check_err(
             "[providers.a]\nkind = \"openai\"\n[[models]]\nname = \"x\"\nroutes = []\n",

@@ -1,5 +1,5 @@
 //! keel's domain types: the canonical chat model every wire format translates to and from,
-//! and the typed config schema. This crate does no IO.
+//! and the typed config schema. This crate does no IO (reading the clock aside).
 
 pub mod chat;
 pub mod config;
@@ -8,6 +8,11 @@ pub use chat::{
     ChatRequest, ChatResponse, ContentPart, EmbedInput, EmbedRequest, EmbedResponse, FinishReason,
     ImageSource, Message, ResponseFormat, Role, StreamEvent, ToolCall, ToolChoice, ToolDef, Usage,
 };
+
+/// Milliseconds since the Unix epoch, by the system clock (0 if the clock is before 1970).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
 
 /// A 128-bit id as 32 hex digits: 48 bits of Unix milliseconds, then 80 random bits.
 /// Ids sort by time, so stores index them append-mostly (like UUIDv7).

@@ -1,20 +1,20 @@
-//! keel-llm: everything that knows a provider's wire format. Format modules (`openai`,
-//! `anthropic`, `gemini`) translate between the canonical model and each wire format, both
-//! ways, streaming included; `provider` does the HTTP; `router` picks routes, retries and
-//! falls over; `cost` prices usage.
+//! keel-llm: everything that knows a wire format. `api` holds the APIs keel serves (OpenAI
+//! and Anthropic requests read into the canonical model, answers and streams written back);
+//! `providers` holds one file per upstream kind behind the `Provider` trait (the request keel
+//! sends, the answers it reads); `router` picks routes, retries and falls over; `cost` prices
+//! usage.
 
-pub mod anthropic;
+pub mod api;
 pub mod cost;
 mod error;
-pub mod gemini;
-pub mod openai;
-pub mod provider;
+pub mod providers;
 pub mod router;
 pub mod sse;
 pub mod timing;
 
+pub use api::{anthropic, openai};
 pub use error::{Error, Result, scrub_secrets};
-pub use provider::{EventStream, LocalBackend, LocalFactory, Provider};
+pub use providers::{EventStream, LocalBackend, LocalFactory, Provider, Upstream};
 pub use router::{RouteInfo, Router};
 
 use keel_core::ToolDef;
@@ -50,20 +50,4 @@ pub fn validate_tool(tool: &ToolDef) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// Standard base64 with padding.
-pub fn base64_encode(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let n = (u32::from(chunk[0]) << 16)
-            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*chunk.get(2).unwrap_or(&0));
-        out.push(ALPHABET[(n >> 18) as usize & 63] as char);
-        out.push(ALPHABET[(n >> 12) as usize & 63] as char);
-        out.push(if chunk.len() > 1 { ALPHABET[(n >> 6) as usize & 63] as char } else { '=' });
-        out.push(if chunk.len() > 2 { ALPHABET[n as usize & 63] as char } else { '=' });
-    }
-    out
 }

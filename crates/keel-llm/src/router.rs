@@ -12,7 +12,7 @@ use keel_core::config::{Config, Strategy};
 use keel_core::{ChatRequest, ChatResponse, EmbedRequest, EmbedResponse};
 
 use crate::cost::PriceTable;
-use crate::provider::{EventStream, Provider};
+use crate::providers::{EventStream, Upstream};
 use crate::{Error, Result};
 
 /// Longest single backoff, whatever the attempt number.
@@ -22,7 +22,7 @@ const EWMA_ALPHA: f64 = 0.3;
 
 #[derive(Debug)]
 pub struct Route {
-    pub provider: Arc<Provider>,
+    pub provider: Arc<Upstream>,
     pub model: String,
     weight: f64,
     in_flight: AtomicUsize,
@@ -103,7 +103,7 @@ impl Router {
     ) -> Result<Router> {
         let mut providers = HashMap::new();
         for (name, provider) in &config.providers {
-            providers.insert(name.clone(), Arc::new(Provider::from_config(name, provider, env, local)?));
+            providers.insert(name.clone(), Arc::new(Upstream::from_config(name, provider, env, local)?));
         }
         let mut aliases = BTreeMap::new();
         for model in &config.models {

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use futures_util::future::BoxFuture;
-use keel_core::config::ProviderConfig;
+use keel_core::config::LocalProviderConfig;
 use keel_core::{
     ChatRequest, ContentPart, EmbedRequest, EmbedResponse, ResponseFormat, Role, StreamEvent, ToolChoice, Usage,
 };
@@ -43,7 +43,7 @@ impl std::fmt::Debug for LocalProvider {
 }
 
 impl LocalProvider {
-    pub fn new(name: &str, store: ModelStore, config: &ProviderConfig) -> LocalProvider {
+    pub fn new(name: &str, store: ModelStore, config: &LocalProviderConfig) -> LocalProvider {
         let mut options = EngineOptions::default();
         if let Some(threads) = config.threads {
             options.threads = threads.max(1) as i32;

@@ -9,14 +9,14 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use keel_agent::{Agent, ChatModel, Runner, Step};
 use keel_store::Store;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::App;
+use crate::{ApiError, App};
 
 /// The agents `keel serve` runs, with the store their runs live in.
 pub struct Agents {
@@ -59,13 +59,9 @@ impl Agents {
     }
 }
 
-fn problem(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": {"type": kind, "message": message.into()}}))).into_response()
-}
-
 fn agents_of(app: &App) -> Result<&Agents, Response> {
     app.agents.as_deref().ok_or_else(|| {
-        problem(StatusCode::NOT_FOUND, "not_found_error", "no agents are configured; set [agents] dir in keel.toml")
+        ApiError::not_found("no agents are configured; set [agents] dir in keel.toml").into_response()
     })
 }
 
@@ -91,7 +87,7 @@ pub struct Decision {
 }
 
 fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|e| problem(StatusCode::BAD_REQUEST, "invalid_request_error", format!("the request body: {e}")))
+    serde_json::from_slice(body).map_err(|e| ApiError::invalid(format!("the request body: {e}")).into_response())
 }
 
 /// Runs `work` in its own task; answers with its outcome, or streams its events.
@@ -105,8 +101,8 @@ where
     if !stream {
         return match task.await {
             Ok(Ok(outcome)) => Json(outcome).into_response(),
-            Ok(Err(err)) => error_response(&err),
-            Err(err) => problem(StatusCode::INTERNAL_SERVER_ERROR, "api_error", format!("the run stopped: {err}")),
+            Ok(Err(err)) => ApiError::from_agent(&err).into_response(),
+            Err(err) => ApiError::internal(format!("the run stopped: {err}")).into_response(),
         };
     }
     let (frames, frames_rx) = tokio::sync::mpsc::unbounded_channel::<bytes::Bytes>();
@@ -129,20 +125,7 @@ where
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
         .body(Body::from_stream(body))
-        .unwrap_or_else(|_| problem(StatusCode::INTERNAL_SERVER_ERROR, "api_error", "could not start the stream"))
-}
-
-fn error_response(err: &keel_agent::Error) -> Response {
-    use keel_agent::Error as E;
-    let status = match err {
-        E::Definition(_) => StatusCode::BAD_REQUEST,
-        E::Checkpoint(keel_store::Error::NoRun(_)) => StatusCode::NOT_FOUND,
-        E::Finished { .. } | E::NotWaiting { .. } | E::NoSuchCall { .. } => StatusCode::CONFLICT,
-        E::Checkpoint(keel_store::Error::CheckpointFormat { .. }) => StatusCode::CONFLICT,
-        _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    let kind = if status == StatusCode::INTERNAL_SERVER_ERROR { "api_error" } else { "invalid_request_error" };
-    problem(status, kind, err.to_string())
+        .unwrap_or_else(|_| ApiError::internal("could not start the stream").into_response())
 }
 
 /// `POST /v1/agents/{name}/runs`.
@@ -153,14 +136,14 @@ pub async fn start(State(app): State<App>, Path(name): Path<String>, body: axum:
     };
     let Some(agent) = agents.agents.get(&name).cloned() else {
         let known: Vec<&str> = agents.agents.keys().map(String::as_str).collect();
-        return problem(StatusCode::NOT_FOUND, "not_found_error", format!("no agent `{name}`; the agents are: {}", known.join(", ")));
+        return ApiError::not_found(format!("no agent `{name}`; the agents are: {}", known.join(", "))).into_response();
     };
     let request: StartRun = match parse(&body) {
         Ok(request) => request,
         Err(response) => return response,
     };
     if request.input.trim().is_empty() {
-        return problem(StatusCode::BAD_REQUEST, "invalid_request_error", "`input` is empty");
+        return ApiError::invalid("`input` is empty").into_response();
     }
     answer(agents, request.stream, move |runner| Box::pin(async move { runner.start(&agent, &request.input, &request.vars).await }))
         .await
@@ -185,7 +168,7 @@ pub async fn show(State(app): State<App>, Path(id): Path<String>) -> Response {
             }))
             .into_response()
         }
-        Err(err) => error_response(&keel_agent::Error::Checkpoint(err)),
+        Err(err) => ApiError::from_agent(&keel_agent::Error::Checkpoint(err)).into_response(),
     }
 }
 
@@ -201,7 +184,7 @@ pub async fn decide(State(app): State<App>, Path(id): Path<String>, body: axum::
     };
     let record = match agents.store.load_run(&id) {
         Ok((record, _)) => record,
-        Err(err) => return error_response(&keel_agent::Error::Checkpoint(err)),
+        Err(err) => return ApiError::from_agent(&keel_agent::Error::Checkpoint(err)).into_response(),
     };
     // The agent as the server knows it (Rust tools included), else as the run stored it.
     let runner = agents.runner();
@@ -209,11 +192,11 @@ pub async fn decide(State(app): State<App>, Path(id): Path<String>, body: axum::
         Some(agent) => agent.clone(),
         None => match runner.stored_agent(&id) {
             Ok(agent) => Arc::new(agent),
-            Err(err) => return error_response(&err),
+            Err(err) => return ApiError::from_agent(&err).into_response(),
         },
     };
     if let Err(err) = runner.decide(&id, &decision.call_id, decision.approved, decision.note.clone()) {
-        return error_response(&err);
+        return ApiError::from_agent(&err).into_response();
     }
     answer(agents, decision.stream, move |runner| Box::pin(async move { runner.resume(&id, &agent).await })).await
 }

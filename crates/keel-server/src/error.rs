@@ -32,6 +32,64 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, code, message, format)
     }
 
+    /// A request the client must fix (400), in OpenAI's shape (keel's own APIs use it).
+    pub fn invalid(message: impl Into<String>) -> ApiError {
+        ApiError::bad_request("invalid_request", message, Format::OpenAi)
+    }
+
+    /// Something the request names that does not exist (404).
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message, Format::OpenAi)
+    }
+
+    /// keel failed (500).
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message, Format::OpenAi)
+    }
+
+    /// A model behind the gateway failed (502).
+    pub fn upstream(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", message, Format::OpenAi)
+    }
+
+    pub fn unauthorized(message: impl Into<String>, format: Format) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", message, format)
+    }
+
+    pub fn no_route(path: &str, format: Format) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {path}"), format)
+    }
+
+    pub fn method_not_allowed(message: impl Into<String>, format: Format) -> ApiError {
+        ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message, format)
+    }
+
+    /// An agent run's error: a bad definition is the client's, an unknown run is missing, a
+    /// run in the wrong state conflicts; the rest is keel's.
+    pub fn from_agent(err: &keel_agent::Error) -> ApiError {
+        use keel_agent::Error as E;
+        let (status, code) = match err {
+            E::Definition(_) => (StatusCode::BAD_REQUEST, "invalid_agent"),
+            E::Checkpoint(keel_store::Error::NoRun(_)) => (StatusCode::NOT_FOUND, "not_found"),
+            E::Finished { .. } | E::NotWaiting { .. } | E::NoSuchCall { .. } => (StatusCode::CONFLICT, "run_state"),
+            E::Checkpoint(keel_store::Error::CheckpointFormat { .. }) => (StatusCode::CONFLICT, "checkpoint_format"),
+            E::Busy { .. } => (StatusCode::CONFLICT, "run_busy"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        };
+        ApiError::new(status, code, err.to_string(), Format::OpenAi)
+    }
+
+    /// A collection's error: an unknown collection is missing, a query it cannot answer is
+    /// the client's; the rest is keel's.
+    pub fn from_rag(err: &keel_rag::Error) -> ApiError {
+        use keel_rag::Error as E;
+        match err {
+            E::NoCollection(_) => ApiError::not_found(err.to_string()),
+            E::EmptyQuery | E::ModelMismatch { .. } => ApiError::invalid(err.to_string()),
+            _ => ApiError::internal(err.to_string()),
+        }
+    }
+
     pub fn from_llm(err: &keel_llm::Error, format: Format) -> ApiError {
         let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_GATEWAY);
         ApiError { status, message: err.to_string(), code: err.code(), format, retry_after: err.retry_after() }

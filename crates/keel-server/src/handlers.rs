@@ -20,12 +20,8 @@ use serde_json::{Value, json};
 use crate::metrics::CallMetrics;
 use crate::{ApiError, App, Format};
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
 fn new_id() -> String {
-    keel_core::time_ordered_id(now_ms() as u64, fastrand::u128(..))
+    keel_core::time_ordered_id(keel_core::now_ms() as u64, fastrand::u128(..))
 }
 
 /// Reads a body into a wire type; every failure is a 400 (or 413) naming what is wrong.
@@ -92,7 +88,7 @@ impl Call {
             alias: alias.to_string(),
             stream,
             started: Instant::now(),
-            created_ms: now_ms(),
+            created_ms: keel_core::now_ms(),
             request_body: app.log_bodies.then(|| String::from_utf8_lossy(body).into_owned()),
             overhead: Duration::ZERO,
         }

@@ -6,6 +6,7 @@ pub mod agents;
 pub mod mcp;
 pub mod rag;
 pub mod error;
+#[cfg(feature = "fake-upstream")]
 pub mod fake;
 mod handlers;
 pub mod metrics;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -113,7 +114,7 @@ async fn auth(State(app): State<App>, request: Request, next: Next) -> Response 
     } else {
         "this keel server needs an API key: send it as `Authorization: Bearer KEY` or `x-api-key: KEY`"
     };
-    ApiError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", message, format_of(request.uri().path())).into_response()
+    ApiError::unauthorized(message, format_of(request.uri().path())).into_response()
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -133,11 +134,11 @@ async fn metrics_text(State(app): State<App>) -> impl IntoResponse {
 
 async fn not_found(request: Request) -> ApiError {
     let path = request.uri().path().to_string();
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {path}"), format_of(&path))
+    ApiError::no_route(&path, format_of(&path))
 }
 
 async fn method_not_allowed(request: Request) -> ApiError {
     let path = request.uri().path().to_string();
     let message = format!("{} is not allowed on {path}", request.method());
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", message, format_of(&path))
+    ApiError::method_not_allowed(message, format_of(&path))
 }

@@ -8,13 +8,12 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use keel_rag::{Collection, GatewayEmbedder, Mode};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::App;
+use crate::{ApiError, App};
 
 /// The collections `keel serve` searches.
 pub struct Rag {
@@ -76,26 +75,22 @@ fn ten() -> usize {
     10
 }
 
-fn problem(status: StatusCode, kind: &str, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": {"type": kind, "message": message.into()}}))).into_response()
-}
-
 pub async fn query(State(app): State<App>, Path(name): Path<String>, body: Result<Json<QueryBody>, axum::extract::rejection::JsonRejection>) -> Response {
     let Json(body) = match body {
         Ok(body) => body,
-        Err(err) => return problem(StatusCode::BAD_REQUEST, "invalid_request_error", err.body_text()),
+        Err(err) => return ApiError::invalid(err.body_text()).into_response(),
     };
     let mode = match body.mode.as_deref().unwrap_or("hybrid").parse::<Mode>() {
         Ok(mode) => mode,
-        Err(err) => return problem(StatusCode::BAD_REQUEST, "invalid_request_error", err),
+        Err(err) => return ApiError::invalid(err).into_response(),
     };
     if body.k == 0 || body.k > 1000 {
-        return problem(StatusCode::BAD_REQUEST, "invalid_request_error", "k is 1 to 1000");
+        return ApiError::invalid("k is 1 to 1000").into_response();
     }
     let collection = match app.rag.collection(&name).await {
         Ok(collection) => collection,
-        Err(err @ keel_rag::Error::NoCollection(_)) => return problem(StatusCode::NOT_FOUND, "not_found_error", err.to_string()),
-        Err(err) => return problem(StatusCode::INTERNAL_SERVER_ERROR, "api_error", err.to_string()),
+        Err(err @ keel_rag::Error::NoCollection(_)) => return ApiError::not_found(err.to_string()).into_response(),
+        Err(err) => return ApiError::internal(err.to_string()).into_response(),
     };
     // The query is embedded without holding the collection; the search itself is quick.
     let model = collection.lock().unwrap_or_else(|p| p.into_inner()).model.clone();
@@ -105,8 +100,8 @@ pub async fn query(State(app): State<App>, Path(name): Path<String>, body: Resul
             let embedder = GatewayEmbedder { router: &app.router, model };
             match keel_rag::embed_query(&embedder, &body.query).await {
                 Ok(vector) => Some(vector),
-                Err(err @ keel_rag::Error::EmptyQuery) => return problem(StatusCode::BAD_REQUEST, "invalid_request_error", err.to_string()),
-                Err(err) => return problem(StatusCode::BAD_GATEWAY, "api_error", err.to_string()),
+                Err(err @ keel_rag::Error::EmptyQuery) => return ApiError::invalid(err.to_string()).into_response(),
+                Err(err) => return ApiError::upstream(err.to_string()).into_response(),
             }
         }
     };
@@ -122,24 +117,24 @@ pub async fn query(State(app): State<App>, Path(name): Path<String>, body: Resul
             filter: body.filter.iter().map(|(key, value)| keel_rag::Filter { key: key.clone(), value: value.clone() }).collect(),
         };
         if !(search.rrf_k > 0.0 && search.bm25_weight >= 0.0 && search.vector_weight >= 0.0) {
-            return problem(StatusCode::BAD_REQUEST, "invalid_request_error", "rrf_k must be above 0 and the weights 0 or more");
+            return ApiError::invalid("rrf_k must be above 0 and the weights 0 or more").into_response();
         }
         if let Some(alias) = &body.rerank
             && let Err(err) = app.router.alias(alias)
         {
-            return problem(StatusCode::BAD_REQUEST, "invalid_request_error", err.to_string());
+            return ApiError::invalid(err.to_string()).into_response();
         }
         let search = keel_rag::Search { k: if body.rerank.is_some() { body.k.max(keel_rag::rerank::DEPTH) } else { body.k }, ..search };
         let ranked = match collection.search_with(&body.query, vector.as_deref(), &search) {
             Ok(ranked) => ranked,
             Err(err @ (keel_rag::Error::EmptyQuery | keel_rag::Error::ModelMismatch { .. })) => {
-                return problem(StatusCode::BAD_REQUEST, "invalid_request_error", err.to_string());
+                return ApiError::invalid(err.to_string()).into_response();
             }
-            Err(err) => return problem(StatusCode::INTERNAL_SERVER_ERROR, "api_error", err.to_string()),
+            Err(err) => return ApiError::internal(err.to_string()).into_response(),
         };
         match collection.hits(&ranked) {
             Ok(hits) => hits,
-            Err(err) => return problem(StatusCode::INTERNAL_SERVER_ERROR, "api_error", err.to_string()),
+            Err(err) => return ApiError::internal(err.to_string()).into_response(),
         }
     };
     let mut hits = match &body.rerank {
@@ -148,7 +143,7 @@ pub async fn query(State(app): State<App>, Path(name): Path<String>, body: Resul
             let judge = keel_rag::rerank::GatewayJudge { router: &app.router, model: alias.clone() };
             match keel_rag::rerank::rerank(&body.query, hits, &judge).await {
                 Ok(hits) => hits,
-                Err(err) => return problem(StatusCode::BAD_GATEWAY, "api_error", format!("reranking with {alias} failed: {err}")),
+                Err(err) => return ApiError::upstream(format!("reranking with {alias} failed: {err}")).into_response(),
             }
         }
     };

@@ -252,7 +252,7 @@ pub fn config_check(file: Option<&Path>) -> anyhow::Result<()> {
     let config = Config::from_toml_str(&src).map_err(|err| anyhow!(settings::describe_error(&path, &src, &err)))?;
     let mut warnings = Vec::new();
     for (name, provider) in &config.providers {
-        if let Some(env) = &provider.api_key_env
+        if let Some(env) = provider.http().and_then(|http| http.api_key_env.as_ref())
             && Settings::env(env).is_none_or(|v| v.is_empty()) {
                 warnings.push(format!("providers.{name}.api_key_env: {env} is not set; calls to {name} will fail until it is"));
             }

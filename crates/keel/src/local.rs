@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use keel_core::config::{Config, ProviderConfig, ProviderKind};
+use keel_core::config::{Config, LocalProviderConfig, ProviderKind};
 use keel_llm::{LocalBackend, Router};
 use keel_local::{LocalProvider, ModelStore, Progress, Source};
 
@@ -48,7 +48,7 @@ pub fn default_config() -> Config {
 /// The router for a config, with local providers backed by llama.cpp.
 pub fn router(config: &Config) -> anyhow::Result<Router> {
     let store = store();
-    let factory = move |name: &str, provider: &ProviderConfig| -> keel_llm::Result<Arc<dyn LocalBackend>> {
+    let factory = move |name: &str, provider: &LocalProviderConfig| -> keel_llm::Result<Arc<dyn LocalBackend>> {
         Ok(Arc::new(LocalProvider::new(name, store.clone(), provider)))
     };
     Ok(Router::with_local(config, &Settings::env, Some(&factory))?)
@@ -60,7 +60,7 @@ pub fn missing_models(config: &Config) -> Vec<&'static str> {
     let mut missing = Vec::new();
     for model in &config.models {
         for route in model.routes.get_ref() {
-            let is_local = config.providers.get(route.provider.get_ref()).is_some_and(|p| p.kind == ProviderKind::Local);
+            let is_local = config.providers.get(route.provider.get_ref()).is_some_and(|p| p.kind() == ProviderKind::Local);
             if let Some(entry) = keel_local::store::catalog(&route.model)
                 && is_local && !store.is_present(entry) && !missing.contains(&entry.name) {
                     missing.push(entry.name);

@@ -96,7 +96,6 @@ enum Command {
         #[command(subcommand)]
         command: BenchCommand,
     },
-    /// Serve a deterministic fake upstream (OpenAI, Anthropic, Gemini wire formats) for tests.
     /// Agents: write a starter file, run one.
     Agent {
         #[command(subcommand)]
@@ -139,6 +138,7 @@ enum Command {
         #[command(subcommand)]
         command: McpCommand,
     },
+    /// Serve a deterministic fake upstream (OpenAI, Anthropic, Gemini wire formats) for tests.
     #[command(hide = true)]
     FakeUpstream {
         #[arg(long, default_value = "127.0.0.1:0")]
@@ -720,5 +720,13 @@ mod tests {
     fn the_command_line_is_well_formed() {
         // Clashing flags and other mistakes clap only finds when a command is used.
         <super::Cli as clap::CommandFactory>::command().debug_assert();
+    }
+
+    #[test]
+    fn each_command_describes_itself() {
+        let cli = <super::Cli as clap::CommandFactory>::command();
+        let about = |name: &str| cli.find_subcommand(name).and_then(|c| c.get_about()).map(|a| a.to_string()).unwrap_or_default();
+        assert_eq!(about("agent"), "Agents: write a starter file, run one.");
+        assert!(about("fake-upstream").contains("fake upstream"), "{}", about("fake-upstream"));
     }
 }

@@ -13,7 +13,7 @@
 //! Each planner answer, read and call is a checkpointed step like any other; a run resumes
 //! mid-plan without repeating a call.
 
-use super::{Approval, Error, Executed, Live, Outcome, RunEvent, RunStatus, Runner, State, Step};
+use super::{Approval, Decided, Error, Executed, Live, Outcome, RunEvent, RunStatus, Runner, State, Step};
 use keel_core::{ChatRequest, Message, ResponseFormat, Role, ToolCall};
 use keel_guard::{Capabilities, Label, Verdict};
 use serde::{Deserialize, Serialize};
@@ -481,7 +481,7 @@ impl Runner {
             let verdict = state.verdicts.get(&call_id).map(|(v, _)| *v);
             let approval = state.approvals.get(&call_id).cloned();
             if verdict == Some(Verdict::Ask) && approval.is_none() {
-                self.store.set_run_status(&live.id, RunStatus::WaitingApproval.as_str(), None, None, super::now_ms())?;
+                self.store.set_run_status(&live.id, RunStatus::WaitingApproval.as_str(), None, None, keel_core::now_ms())?;
                 self.emit(RunEvent::WaitingApproval { call_id: call.id.clone(), name: call.name.clone(), arguments: call.arguments.clone() });
                 return Ok(Outcome {
                     run_id: live.id.clone(),
@@ -494,13 +494,10 @@ impl Runner {
                     model_calls: state.model_calls,
                 });
             }
-            let blocked = match state.verdicts.get(&call_id) {
-                Some((Verdict::Deny, reason)) => Some(reason.clone()),
-                _ => None,
-            };
+            let decided = Decided { human: approval, blocked: state.blocked(&call_id), allowed };
             let remaining = Runner::remaining(agent, &state);
             let seen = state.context.label.clone();
-            match self.execute(live, agent, &call, approval, blocked, allowed, &remaining, &seen).await? {
+            match self.execute(live, agent, &call, decided, &remaining, &seen).await? {
                 Executed::Step(done) => state.apply(&done),
                 Executed::Waiting { run_id, .. } => {
                     return fail(&state, format!("plan step {}: the sub-agent's run {run_id} waits for a human, which a secure plan cannot wait on", step.id));

@@ -1,4 +1,4 @@
-//! The Gemini wire format, outbound: `generateContent`, `streamGenerateContent?alt=sse`,
+//! The `gemini` provider: the Gemini API outbound, `generateContent`, `streamGenerateContent?alt=sse`,
 //! function calling, `responseSchema` and `batchEmbedContents`. No IO here.
 
 use std::collections::HashMap;
@@ -10,7 +10,62 @@ use keel_core::{
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use futures_util::future::BoxFuture;
+
+use super::http::{Auth, Decode, Http};
+use super::{EventStream, Provider};
 use crate::{Error, Result};
+
+/// Google's Gemini API (`generateContent`) with an API key.
+#[derive(Debug)]
+pub struct Gemini {
+    http: Http,
+}
+
+impl Gemini {
+    pub(crate) fn new(http: Http) -> Gemini {
+        Gemini { http }
+    }
+}
+
+const KEY_HEADER: Auth = Auth::Header("x-goog-api-key");
+
+impl Provider for Gemini {
+    fn name(&self) -> &str {
+        &self.http.name
+    }
+
+    fn chat<'a>(&'a self, request: &'a ChatRequest, model: &'a str) -> BoxFuture<'a, Result<ChatResponse>> {
+        Box::pin(async move {
+            let url = format!("{}/v1beta/models/{model}:generateContent", self.http.base_url);
+            let bytes = self.http.call(self.http.post(&url, &generate_request_to_wire(request)?, KEY_HEADER)?, error_message).await?;
+            generate_response_from_wire(&bytes).map_err(|message| self.http.bad_response(message))
+        })
+    }
+
+    fn chat_stream<'a>(&'a self, request: &'a ChatRequest, model: &'a str) -> BoxFuture<'a, Result<EventStream>> {
+        Box::pin(async move {
+            let url = format!("{}/v1beta/models/{model}:streamGenerateContent?alt=sse", self.http.base_url);
+            let post = self.http.post(&url, &generate_request_to_wire(request)?, KEY_HEADER)?;
+            self.http.stream(post, error_message, Box::new(ChunkDecoder::default())).await
+        })
+    }
+
+    fn embed<'a>(&'a self, request: &'a EmbedRequest, model: &'a str) -> BoxFuture<'a, Result<EmbedResponse>> {
+        Box::pin(async move {
+            let url = format!("{}/v1beta/models/{model}:batchEmbedContents", self.http.base_url);
+            let post = self.http.post(&url, &embed_request_to_wire(request, model)?, KEY_HEADER)?;
+            let bytes = self.http.call(post, error_message).await?;
+            self.http.embeddings(request, embed_response_from_wire(&bytes, model))
+        })
+    }
+}
+
+impl Decode for ChunkDecoder {
+    fn on_data(&mut self, data: &str, out: &mut Vec<StreamEvent>) -> Result<(), String> {
+        ChunkDecoder::on_data(self, data, out)
+    }
+}
 
 /// Keywords of JSON Schema that Gemini's `responseSchema` (an OpenAPI subset) understands.
 const SCHEMA_KEYS: &[&str] = &[

@@ -1,0 +1,3 @@
+//! keel-llm's integration tests: one binary, a module per subject.
+
+mod recorded;
