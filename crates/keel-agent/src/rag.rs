@@ -1,11 +1,10 @@
 //! RAG search tools: a tool of the agent file with a `collection` searches that keel
 //! collection (hybrid BM25 and vectors) and returns the chunks with their sources and the
 //! collection's trust label, so the model — and the guard — know where the text came from.
-
-use std::path::Path;
+//! Also the models behind keel as a collection's embedder, reranking judge and answer writer.
 
 use futures_util::future::BoxFuture;
-use keel_core::ToolDef;
+use keel_core::{ChatRequest, Message, ResponseFormat, Role, ToolDef};
 use serde_json::{Value, json};
 
 use crate::model::ChatModel;
@@ -32,30 +31,94 @@ pub fn tool_def(name: &str, collection: &str, description: Option<&str>) -> Tool
     }
 }
 
-/// The model's embeddings as a collection's embedder.
-struct Embed<'a> {
+/// A model behind keel (the gateway's [`keel_llm::Router`], or any [`ChatModel`]) embedding
+/// with one alias: what a collection embeds its chunks and queries with.
+pub struct ModelEmbedder<'a> {
     model: &'a dyn ChatModel,
     alias: String,
 }
 
-impl keel_rag::Embedder for Embed<'_> {
+impl<'a> ModelEmbedder<'a> {
+    pub fn new(model: &'a dyn ChatModel, alias: &str) -> ModelEmbedder<'a> {
+        ModelEmbedder { model, alias: alias.to_string() }
+    }
+}
+
+impl keel_rag::Embedder for ModelEmbedder<'_> {
     fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, String>> {
         self.model.embed(&self.alias, texts)
     }
 }
 
+/// A chat model alias answering in a JSON schema at temperature 0: the reranker's judge.
+pub struct ModelJudge<'a> {
+    model: &'a dyn ChatModel,
+    alias: String,
+}
+
+impl<'a> ModelJudge<'a> {
+    pub fn new(model: &'a dyn ChatModel, alias: &str) -> ModelJudge<'a> {
+        ModelJudge { model, alias: alias.to_string() }
+    }
+}
+
+impl keel_rag::rerank::Judge for ModelJudge<'_> {
+    fn json<'a>(&'a self, system: &'a str, user: &'a str, schema: &'a Value) -> BoxFuture<'a, Result<String, String>> {
+        Box::pin(async move {
+            let request = ChatRequest {
+                model: self.alias.clone(),
+                messages: vec![Message::text(Role::System, system), Message::text(Role::User, user)],
+                response_format: Some(ResponseFormat::JsonSchema { name: "ranking".into(), schema: schema.clone(), strict: Some(true) }),
+                temperature: Some(0.0),
+                ..ChatRequest::default()
+            };
+            let reply = self.model.chat(&request).await.map_err(|e| format!("{} failed: {e}", self.alias))?;
+            Ok(reply.response.message.text_content())
+        })
+    }
+}
+
+/// A chat model alias writing answers from sources at temperature 0 (`keel rag ask`).
+pub struct ModelWriter<'a> {
+    model: &'a dyn ChatModel,
+    alias: String,
+}
+
+impl<'a> ModelWriter<'a> {
+    pub fn new(model: &'a dyn ChatModel, alias: &str) -> ModelWriter<'a> {
+        ModelWriter { model, alias: alias.to_string() }
+    }
+}
+
+impl keel_rag::answer::Writer for ModelWriter<'_> {
+    fn write<'a>(&'a self, system: &'a str, user: &'a str) -> BoxFuture<'a, Result<(String, String), String>> {
+        Box::pin(async move {
+            let request = ChatRequest {
+                model: self.alias.clone(),
+                messages: vec![Message::text(Role::System, system), Message::text(Role::User, user)],
+                temperature: Some(0.0),
+                ..ChatRequest::default()
+            };
+            let reply = self.model.chat(&request).await.map_err(|e| format!("{}: {e}", self.alias))?;
+            let model = if reply.response.model.is_empty() { self.alias.clone() } else { reply.response.model.clone() };
+            Ok((reply.response.message.text_content(), format!("{}/{model}", reply.provider)))
+        })
+    }
+}
+
 /// Runs a search tool: the passages as JSON, each labelled with the collection's trust, and
-/// whether the collection is trusted.
-pub async fn search(root: &Path, collection: &str, arguments: &Value, model: &dyn ChatModel) -> Result<(String, bool), String> {
+/// whether the collection is trusted. The collection stays open in `collections`.
+pub async fn search(collections: &keel_rag::Collections, collection: &str, arguments: &Value, model: &dyn ChatModel) -> Result<(String, bool), String> {
     let query = arguments["query"].as_str().unwrap_or_default();
     let k = arguments["k"].as_u64().unwrap_or(5).clamp(1, 20) as usize;
-    let alias = keel_rag::stored_model(root, collection).ok_or_else(|| keel_rag::Error::NoCollection(collection.into()).to_string())?;
-    let embedder = Embed { model, alias: alias.clone() };
-    let vector = keel_rag::embed_query(&embedder, query).await.map_err(|e| e.to_string())?;
-    let opened = keel_rag::Collection::open(root, collection, &alias, false).map_err(|e| e.to_string())?;
-    let ranked = opened.search_with(query, Some(&vector), &keel_rag::Search::new(k, keel_rag::Mode::Hybrid)).map_err(|e| e.to_string())?;
-    let hits = opened.hits(&ranked).map_err(|e| e.to_string())?;
-    let trust = opened.trust();
+    let shared = collections.get(collection).await.map_err(|e| e.to_string())?;
+    let (alias, trust) = {
+        let opened = shared.lock().unwrap_or_else(|p| p.into_inner());
+        (opened.model.clone(), opened.trust())
+    };
+    let embedder = ModelEmbedder::new(model, &alias);
+    let search = keel_rag::Query::new(query, keel_rag::Search::new(k, keel_rag::Mode::Hybrid));
+    let hits = keel_rag::query(&shared, &search, &embedder, None).await.map_err(|e| e.to_string())?;
     let results: Vec<Value> = hits
         .iter()
         .map(|hit| {

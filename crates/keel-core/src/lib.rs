@@ -3,6 +3,7 @@
 
 pub mod chat;
 pub mod config;
+pub mod label;
 
 pub use chat::{
     ChatRequest, ChatResponse, ContentPart, EmbedInput, EmbedRequest, EmbedResponse, FinishReason,

@@ -1,9 +1,57 @@
 //! Answers from retrieved chunks: the prompt that numbers the sources, the citations read
 //! back out of the answer, and the refusal when nothing relevant was found.
 
+use std::sync::Mutex;
+
+use futures_util::future::BoxFuture;
 use serde::Serialize;
 
-use crate::Hit;
+use crate::rerank::Judge;
+use crate::{Collection, Embedder, Error, Hit, Query};
+
+/// A chat model that writes an answer (keel's gateway through keel-agent's `ModelWriter`;
+/// anything in tests).
+pub trait Writer: Send + Sync {
+    /// The answer's text, and which model wrote it (`provider/model`).
+    fn write<'a>(&'a self, system: &'a str, user: &'a str) -> BoxFuture<'a, Result<(String, String), String>>;
+}
+
+/// An answer with its sources and what it cites of them.
+#[derive(Debug, Clone, Serialize)]
+pub struct Answer {
+    pub answer: String,
+    /// Whether it answers (false: nothing relevant was found, or the model said it does not know).
+    pub known: bool,
+    pub citations: Vec<Citation>,
+    /// Numbers the answer cites that are not among its sources.
+    pub unknown_citations: Vec<usize>,
+    pub sources: Vec<Hit>,
+    /// `provider/model` of the writer; none when no model was asked.
+    pub model: Option<String>,
+}
+
+/// Answers a question from a collection: retrieves (the query says how, and how close a
+/// source must be), and has `writer` answer from the sources with numbered citations; with
+/// nothing relevant it says it does not know without asking a model.
+pub async fn ask(
+    collection: &Mutex<Collection>,
+    question: &Query,
+    embedder: &dyn Embedder,
+    judge: Option<&dyn Judge>,
+    writer: &dyn Writer,
+) -> crate::Result<Answer> {
+    let sources = crate::query(collection, question, embedder, judge).await?;
+    let (answer, model) = if sources.is_empty() {
+        (DONT_KNOW.to_string(), None)
+    } else {
+        let (system, user) = prompt(&question.text, &sources);
+        let (text, model) = writer.write(&system, &user).await.map_err(Error::Answer)?;
+        (text.trim().to_string(), Some(model))
+    };
+    let known = !sources.is_empty() && !is_dont_know(&answer);
+    let (citations, unknown_citations) = citations(&answer, &sources);
+    Ok(Answer { answer, known, citations, unknown_citations, sources, model })
+}
 
 /// What keel answers when the collection holds nothing relevant, and what the model is told
 /// to answer when the sources do not hold the answer.

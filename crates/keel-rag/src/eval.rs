@@ -99,6 +99,55 @@ pub fn average(per_query: &[(f64, f64, f64)]) -> Scores {
     }
 }
 
+impl Beir {
+    /// The corpus as documents: the id is the source, the title leads each chunk.
+    pub fn documents(&self) -> Vec<crate::Document> {
+        self.corpus
+            .iter()
+            .map(|(id, title, text)| crate::Document {
+                id: id.clone(),
+                source: id.clone(),
+                title: (!title.is_empty()).then(|| title.clone()),
+                text: text.clone(),
+                kind: crate::Kind::Text,
+                meta: Default::default(),
+                pages: Vec::new(),
+            })
+            .collect()
+    }
+}
+
+/// One search mode's quality on a data set, and its query latency.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModeResult {
+    pub mode: crate::Mode,
+    #[serde(flatten)]
+    pub scores: Scores,
+    pub latency_ms_p50: f64,
+    pub latency_ms_p99: f64,
+}
+
+/// Every judged query of `beir` against an ingested collection in each mode (BM25, vector,
+/// hybrid fused as `fusion` says), top 100 documents each.
+pub async fn run(collection: &crate::Collection, beir: &Beir, fusion: &crate::Search, embedder: &dyn crate::Embedder) -> crate::Result<Vec<ModeResult>> {
+    let mut results = Vec::new();
+    for mode in [crate::Mode::Bm25, crate::Mode::Vector, crate::Mode::Hybrid] {
+        let mut per_query = Vec::new();
+        let mut latencies = Vec::new();
+        for (id, text) in &beir.queries {
+            let started = std::time::Instant::now();
+            let ranked = collection.search(text, &crate::Search { k: 100, mode, ..fusion.clone() }, embedder).await?;
+            latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+            let docs: Vec<String> = ranked.iter().filter_map(|(chunk, _)| collection.doc_of(*chunk).map(String::from)).collect();
+            per_query.push(score(&docs, &beir.qrels[id]));
+        }
+        latencies.sort_by(f64::total_cmp);
+        let quantile = |q: f64| latencies.get(((latencies.len() as f64 - 1.0).max(0.0) * q).round() as usize).copied().unwrap_or(0.0);
+        results.push(ModeResult { mode, scores: average(&per_query), latency_ms_p50: quantile(0.5), latency_ms_p99: quantile(0.99) });
+    }
+    Ok(results)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,9 +12,15 @@ pub mod answer;
 pub mod chunk;
 pub mod eval;
 pub mod pdf;
+#[cfg(feature = "pgvector")]
 pub mod pgvector;
+#[cfg(feature = "qdrant")]
 pub mod qdrant;
+mod query;
 pub mod rerank;
+mod shelf;
+pub mod source;
+#[cfg(any(feature = "pgvector", feature = "qdrant"))]
 mod worker;
 mod index;
 pub mod vectors;
@@ -29,6 +35,8 @@ use sha2::{Digest, Sha256};
 
 pub use chunk::{Chunk, Kind, Limits};
 pub use index::Bm25;
+pub use query::{Query, query};
+pub use shelf::{Collections, Shared};
 pub use vectors::Vectors;
 
 #[derive(Debug, thiserror::Error)]
@@ -43,40 +51,26 @@ pub enum Error {
     EmptyQuery,
     #[error("embedding failed: {0}")]
     Embed(String),
+    #[error("reranking failed: {0}")]
+    Rerank(String),
+    #[error("the answer failed: {0}")]
+    Answer(String),
+    #[error("{0}")]
+    BadQuery(String),
     #[error("{0}")]
     Io(String),
 }
 
-type Result<T> = std::result::Result<T, Error>;
+pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 fn io(e: impl std::fmt::Display) -> Error {
     Error::Io(e.to_string())
 }
 
-/// Embeds texts (keel's gateway, in the binary; anything in tests).
+/// Embeds texts: the caller's model (keel's gateway through keel-agent's `ModelEmbedder`;
+/// anything in tests).
 pub trait Embedder: Send + Sync {
     fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, std::result::Result<Vec<Vec<f32>>, String>>;
-}
-
-/// keel's gateway as an embedder for one model alias.
-pub struct GatewayEmbedder<'a> {
-    pub router: &'a keel_llm::Router,
-    pub model: String,
-}
-
-impl Embedder for GatewayEmbedder<'_> {
-    fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, std::result::Result<Vec<Vec<f32>>, String>> {
-        Box::pin(async move {
-            let request = keel_core::EmbedRequest {
-                model: self.model.clone(),
-                input: keel_core::EmbedInput::Texts(texts.to_vec()),
-                dimensions: None,
-                user: None,
-            };
-            let (result, _) = self.router.embed(&request).await;
-            Ok(result.map_err(|e| e.to_string())?.vectors)
-        })
-    }
 }
 
 /// How to search.
@@ -126,6 +120,20 @@ impl std::str::FromStr for Engine {
 }
 
 impl Engine {
+    /// Whether this build has the engine (its cargo feature is on).
+    pub fn is_built(self) -> bool {
+        match self {
+            Engine::Embedded => true,
+            Engine::Pgvector => cfg!(feature = "pgvector"),
+            Engine::Qdrant => cfg!(feature = "qdrant"),
+        }
+    }
+
+    /// The error for an engine this build left out.
+    fn left_out(self) -> Error {
+        Error::Io(format!("this keel was built without the `{}` engine (cargo feature `{}` of keel-rag)", self.name(), self.name()))
+    }
+
     fn name(self) -> &'static str {
         match self {
             Engine::Embedded => "embedded",
@@ -138,7 +146,9 @@ impl Engine {
 /// A collection's vector index, on whichever engine.
 enum VectorIndex {
     Embedded(Vectors),
+    #[cfg(feature = "pgvector")]
     Pgvector(pgvector::PgVectors),
+    #[cfg(feature = "qdrant")]
     Qdrant(qdrant::QdrantVectors),
 }
 
@@ -146,7 +156,9 @@ impl VectorIndex {
     fn add(&self, items: &[(i64, &[f32])]) -> std::result::Result<(), String> {
         match self {
             VectorIndex::Embedded(v) => v.add(items),
+            #[cfg(feature = "pgvector")]
             VectorIndex::Pgvector(v) => v.add(items),
+            #[cfg(feature = "qdrant")]
             VectorIndex::Qdrant(v) => v.add(items),
         }
     }
@@ -154,7 +166,9 @@ impl VectorIndex {
     fn remove(&self, ids: &[i64]) -> std::result::Result<(), String> {
         match self {
             VectorIndex::Embedded(v) => v.remove(ids),
+            #[cfg(feature = "pgvector")]
             VectorIndex::Pgvector(v) => v.remove(ids),
+            #[cfg(feature = "qdrant")]
             VectorIndex::Qdrant(v) => v.remove(ids),
         }
     }
@@ -162,7 +176,9 @@ impl VectorIndex {
     fn save(&self, generation: u64) -> std::result::Result<(), String> {
         match self {
             VectorIndex::Embedded(v) => v.save(generation),
+            #[cfg(feature = "pgvector")]
             VectorIndex::Pgvector(v) => v.save(generation),
+            #[cfg(feature = "qdrant")]
             VectorIndex::Qdrant(v) => v.save(generation),
         }
     }
@@ -172,16 +188,20 @@ impl VectorIndex {
         match (self, allowed) {
             (VectorIndex::Embedded(v), None) => v.search(query, k, None),
             (VectorIndex::Embedded(v), Some(ids)) => v.search(query, k, Some(&|id| ids.contains(&id))),
+            #[cfg(feature = "pgvector")]
             (VectorIndex::Pgvector(v), allowed) => v.search(query, k, vectors::EXPANSION_SEARCH.max(k), allowed.map(|ids| ids.iter().copied().collect())),
+            #[cfg(feature = "qdrant")]
             (VectorIndex::Qdrant(v), allowed) => v.search(query, k, vectors::EXPANSION_SEARCH.max(k), allowed.map(|ids| ids.iter().copied().collect())),
         }
     }
 }
 
+#[cfg(feature = "qdrant")]
 fn qdrant_url(name: &str) -> Result<String> {
     qdrant::url().ok_or_else(|| Error::Io(format!("collection `{name}` keeps its vectors in Qdrant: set {} to its gRPC URL", qdrant::URL_ENV)))
 }
 
+#[cfg(feature = "pgvector")]
 fn postgres_url(name: &str) -> Result<String> {
     pgvector::url().ok_or_else(|| {
         Error::Io(format!("collection `{name}` keeps its vectors in PostgreSQL: set {} to its connection string", pgvector::URL_ENV))
@@ -458,16 +478,20 @@ impl Collection {
                 let stale = loaded.is_none();
                 (loaded.map(VectorIndex::Embedded), stale)
             }
+            #[cfg(feature = "pgvector")]
             (dim, Engine::Pgvector) => {
                 let pg = pgvector::PgVectors::connect(&postgres_url(name)?, name, dim).map_err(Error::Io)?;
                 let stale = pg.generation().map_err(Error::Io)? != Some(generation);
                 (Some(VectorIndex::Pgvector(pg)), stale)
             }
+            #[cfg(feature = "qdrant")]
             (dim, Engine::Qdrant) => {
                 let qdrant = qdrant::QdrantVectors::connect(&qdrant_url(name)?, name, dim).map_err(Error::Io)?;
                 let stale = qdrant.generation().map_err(Error::Io)? != Some(generation);
                 (Some(VectorIndex::Qdrant(qdrant)), stale)
             }
+            #[allow(unreachable_patterns, reason = "reached only in builds without an engine's feature")]
+            (_, engine) => return Err(engine.left_out()),
         };
         let mut collection = Collection { name: name.into(), dir, model: model.into(), dim, db, bm25, engine, vectors, docs_of, generation };
         // The indexes follow SQLite; after an interrupted write they are rebuilt from it.
@@ -510,10 +534,12 @@ impl Collection {
             return Err(Error::Corrupt { name: self.name.clone(), message: format!("chunk {id} has a {}-dimension vector, not {}", vector.len(), self.dim), hint: "ingest the documents into a new collection" });
         }
         let index = match self.vectors.take() {
+            #[cfg(feature = "pgvector")]
             Some(VectorIndex::Pgvector(pg)) => {
                 pg.clear().map_err(io)?;
                 VectorIndex::Pgvector(pg)
             }
+            #[cfg(feature = "qdrant")]
             Some(VectorIndex::Qdrant(qdrant)) => {
                 qdrant.clear().map_err(io)?;
                 VectorIndex::Qdrant(qdrant)
@@ -531,8 +557,12 @@ impl Collection {
     fn new_index(&self) -> Result<VectorIndex> {
         Ok(match self.engine {
             Engine::Embedded => VectorIndex::Embedded(Vectors::new(&self.dir.join(VECTORS_FILE), self.dim).map_err(io)?),
+            #[cfg(feature = "pgvector")]
             Engine::Pgvector => VectorIndex::Pgvector(pgvector::PgVectors::connect(&postgres_url(&self.name)?, &self.name, self.dim).map_err(Error::Io)?),
+            #[cfg(feature = "qdrant")]
             Engine::Qdrant => VectorIndex::Qdrant(qdrant::QdrantVectors::connect(&qdrant_url(&self.name)?, &self.name, self.dim).map_err(Error::Io)?),
+            #[allow(unreachable_patterns, reason = "reached only in builds without an engine's feature")]
+            engine => return Err(engine.left_out()),
         })
     }
 

@@ -1,7 +1,17 @@
 //! PDFs: the text layer, page by page (lopdf). A PDF without one — a scan — is reported, not
 //! ingested as nothing.
 
+/// Whether this build reads PDFs (the `pdf` cargo feature).
+pub const BUILT: bool = cfg!(feature = "pdf");
+
 /// The text of every page, joined by blank lines, and the byte offset where each page starts.
+#[cfg(not(feature = "pdf"))]
+pub fn text(_bytes: &[u8]) -> Result<(String, Vec<usize>), String> {
+    Err("this keel was built without PDF support (cargo feature `pdf` of keel-rag)".into())
+}
+
+/// The text of every page, joined by blank lines, and the byte offset where each page starts.
+#[cfg(feature = "pdf")]
 pub fn text(bytes: &[u8]) -> Result<(String, Vec<usize>), String> {
     let doc = lopdf::Document::load_mem(bytes).map_err(|e| format!("not a readable PDF: {e}"))?;
     let mut text = String::new();
@@ -30,6 +40,7 @@ pub fn page_of(starts: &[usize], offset: usize) -> Option<usize> {
 }
 
 /// A PDF with one page per string, each a text layer in Courier (tests and examples).
+#[cfg(feature = "pdf")]
 pub fn make(pages: &[&str]) -> Vec<u8> {
     use lopdf::content::{Content, Operation};
     use lopdf::{Document, Object, Stream, dictionary};
@@ -65,6 +76,7 @@ pub fn make(pages: &[&str]) -> Vec<u8> {
 mod tests {
     use super::*;
 
+    #[cfg(feature = "pdf")]
     #[test]
     fn text_layers_are_read_page_by_page_and_scans_are_reported() {
         let pdf = make(&["Backups are kept for 35 days.", "Pages escalate after fifteen minutes."]);
@@ -78,5 +90,13 @@ mod tests {
         let scan = make(&[""]);
         assert!(super::text(&scan).unwrap_err().contains("without a text layer"));
         assert!(super::text(b"%PDF-1.4 truncated").unwrap_err().contains("not a readable PDF"));
+    }
+
+    #[cfg(not(feature = "pdf"))]
+    #[test]
+    fn pdfs_are_refused_with_a_reason_in_a_build_without_them() {
+        eprintln!("skipped: reading PDF text layers (this build leaves the `pdf` feature out)");
+        assert!(super::text(b"%PDF-1.4").unwrap_err().contains("without PDF support"));
+        assert_eq!(page_of(&[0, 10], 12), Some(2));
     }
 }

@@ -8,31 +8,10 @@ use serde_json::json;
 
 use crate::Hit;
 
-/// A chat model asked for a JSON answer that fits a schema.
+/// A chat model asked for a JSON answer that fits a schema (keel's gateway through
+/// keel-agent's `ModelJudge`; anything in tests).
 pub trait Judge: Send + Sync {
     fn json<'a>(&'a self, system: &'a str, user: &'a str, schema: &'a serde_json::Value) -> BoxFuture<'a, Result<String, String>>;
-}
-
-/// keel's gateway as a judge, for one chat model alias.
-pub struct GatewayJudge<'a> {
-    pub router: &'a keel_llm::Router,
-    pub model: String,
-}
-
-impl Judge for GatewayJudge<'_> {
-    fn json<'a>(&'a self, system: &'a str, user: &'a str, schema: &'a serde_json::Value) -> BoxFuture<'a, Result<String, String>> {
-        Box::pin(async move {
-            let request = keel_core::ChatRequest {
-                model: self.model.clone(),
-                messages: vec![keel_core::Message::text(keel_core::Role::System, system), keel_core::Message::text(keel_core::Role::User, user)],
-                response_format: Some(keel_core::ResponseFormat::JsonSchema { name: "ranking".into(), schema: schema.clone(), strict: Some(true) }),
-                temperature: Some(0.0),
-                ..keel_core::ChatRequest::default()
-            };
-            let (response, _) = self.router.chat(&request).await;
-            Ok(response.map_err(|e| e.to_string())?.message.text_content())
-        })
-    }
 }
 
 /// How many passages are retrieved for the reranker to order (when fewer are asked for).

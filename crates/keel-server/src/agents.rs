@@ -23,8 +23,8 @@ pub struct Agents {
     pub agents: BTreeMap<String, Arc<Agent>>,
     pub store: Arc<Store>,
     pub model: Arc<dyn ChatModel>,
-    /// Where RAG collections live, for agents' search tools.
-    pub rag_root: Option<std::path::PathBuf>,
+    /// The RAG collections agents' search tools query (kept open; shared with `/v1/rag`).
+    pub collections: Option<Arc<keel_rag::Collections>>,
 }
 
 impl std::fmt::Debug for Agents {
@@ -46,14 +46,14 @@ impl Agents {
                 return Err(format!("two agent files in {} are named `{}`", dir.display(), previous.def.name));
             }
         }
-        Ok(Agents { agents, store, model, rag_root: None })
+        Ok(Agents { agents, store, model, collections: None })
     }
 
     /// A runner for these agents.
     pub fn runner(&self) -> Runner {
         let runner = Runner::new(self.store.clone(), self.model.clone());
-        match &self.rag_root {
-            Some(root) => runner.with_rag_root(root.clone()),
+        match &self.collections {
+            Some(collections) => runner.with_collections(collections.clone()),
             None => runner,
         }
     }

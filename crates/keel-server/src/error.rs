@@ -85,7 +85,8 @@ impl ApiError {
         use keel_rag::Error as E;
         match err {
             E::NoCollection(_) => ApiError::not_found(err.to_string()),
-            E::EmptyQuery | E::ModelMismatch { .. } => ApiError::invalid(err.to_string()),
+            E::EmptyQuery | E::ModelMismatch { .. } | E::BadQuery(_) => ApiError::invalid(err.to_string()),
+            E::Embed(_) | E::Rerank(_) | E::Answer(_) => ApiError::upstream(err.to_string()),
             _ => ApiError::internal(err.to_string()),
         }
     }

@@ -38,7 +38,7 @@ pub struct AppState {
     /// The agents served under `/v1/agents` (none when `[agents] dir` is unset).
     pub agents: Option<Arc<agents::Agents>>,
     /// The RAG collections served under `/v1/rag`.
-    pub rag: rag::Rag,
+    pub rag: Arc<keel_rag::Collections>,
 }
 
 impl std::fmt::Debug for AppState {

@@ -150,12 +150,21 @@ pub struct Trace {
     pub response_body: Option<String>,
 }
 
-#[derive(Debug)]
+/// Rewrites a trace body before it is stored (PII redaction, which the binary plugs in from
+/// keel-guard); it runs on the writer's thread, never on a request's.
+pub type Redactor = fn(&str) -> String;
+
 pub struct Store {
     path: PathBuf,
     pub(crate) conn: Mutex<Connection>,
-    /// Trace bodies are redacted of PII and secrets before they are written.
-    redact_pii: std::sync::atomic::AtomicBool,
+    /// Trace bodies go through this before they are written.
+    redactor: std::sync::RwLock<Option<Redactor>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish_non_exhaustive()
+    }
 }
 
 impl Store {
@@ -181,7 +190,7 @@ impl Store {
             tx.pragma_update(None, "user_version", idx as i64 + 1).map_err(err)?;
             tx.commit().map_err(err)?;
         }
-        Ok(Store { path: path.to_path_buf(), conn: Mutex::new(conn), redact_pii: std::sync::atomic::AtomicBool::new(false) })
+        Ok(Store { path: path.to_path_buf(), conn: Mutex::new(conn), redactor: std::sync::RwLock::new(None) })
     }
 
     pub fn path(&self) -> &Path {
@@ -192,18 +201,18 @@ impl Store {
         Error::Sqlite { path: self.path.clone(), source }
     }
 
-    /// Redact PII and secrets from the bodies of traces written from now on (`[store]
-    /// redact_pii`).
-    pub fn set_redact_pii(&self, on: bool) {
-        self.redact_pii.store(on, std::sync::atomic::Ordering::Relaxed);
+    /// Passes the bodies of traces written from now on through `redactor` (`[store]
+    /// redact_pii` sets keel-guard's PII redaction); `None` stores them as they are.
+    pub fn set_redactor(&self, redactor: Option<Redactor>) {
+        *self.redactor.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = redactor;
     }
 
     /// Writes traces in one transaction.
     pub fn insert_traces(&self, traces: &[Trace]) -> Result<()> {
-        let redact = self.redact_pii.load(std::sync::atomic::Ordering::Relaxed);
-        let body = |b: &Option<String>| match b {
-            Some(b) if redact => Some(keel_guard::pii::redact(b)),
-            other => other.clone(),
+        let redactor = *self.redactor.read().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let body = |b: &Option<String>| match (b, redactor) {
+            (Some(b), Some(redact)) => Some(redact(b)),
+            (other, _) => other.clone(),
         };
         let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let tx = conn.transaction().map_err(|e| self.err(e))?;

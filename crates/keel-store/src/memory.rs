@@ -26,7 +26,7 @@ pub struct MemoryRecord {
     pub run_id: Option<String>,
     /// Where the fact came from and who may read it (the guard's label): what the run that
     /// saved it had seen. `None` for facts kept before labels, which count as untrusted.
-    pub label: Option<keel_guard::Label>,
+    pub label: Option<keel_core::label::Label>,
 }
 
 fn to_blob(vector: &[f32]) -> Vec<u8> {

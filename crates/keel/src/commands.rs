@@ -114,7 +114,7 @@ pub async fn chat(
     );
     let store_path = settings.store_path();
     let stored = Store::open(&store_path).and_then(|store| {
-        store.set_redact_pii(settings.config.store.redact_pii);
+        store.set_redactor(crate::settings::redactor(&settings.config));
         store.insert_traces(std::slice::from_ref(&trace))
     });
     if let Err(err) = stored {

@@ -24,7 +24,7 @@ pub async fn serve(config: Option<&Path>, agents_dir: Option<PathBuf>, http: Opt
     let router = Arc::new(crate::local::router(&settings.config).context("could not set up the providers")?);
     let store = Arc::new(Store::open(&settings.store_path())?);
     let mut agents = keel_server::agents::Agents::load(&dir, store, router).map_err(anyhow::Error::msg)?;
-    agents.rag_root = Some(crate::rag::root());
+    agents.collections = Some(std::sync::Arc::new(keel_rag::Collections::new(crate::rag::root())));
     if agents.agents.is_empty() {
         bail!("{} holds no agent files (*.toml)", dir.display());
     }

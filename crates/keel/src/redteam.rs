@@ -499,7 +499,7 @@ pub async fn redteam(config: Option<&Path>, args: RedteamArgs) -> anyhow::Result
             progress(outcomes.len());
         }
         let stored = keel_store::Store::open(&settings.store_path()).and_then(|store| {
-            store.set_redact_pii(settings.config.store.redact_pii);
+            store.set_redactor(crate::settings::redactor(&settings.config));
             store.insert_traces(&traces)
         });
         if let Err(err) = stored {

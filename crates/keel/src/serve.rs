@@ -29,13 +29,14 @@ pub async fn run(config: Option<&Path>, listen: Option<SocketAddr>, pull: bool) 
     };
     let store_path = settings.store_path();
     let store = Arc::new(Store::open(&store_path)?);
-    store.set_redact_pii(config.store.redact_pii);
+    store.set_redactor(crate::settings::redactor(&config));
     let router = Arc::new(router);
+    let collections = Arc::new(keel_rag::Collections::new(crate::rag::root()));
     let agents = match settings.agents_dir() {
         None => None,
         Some(dir) => {
             let mut agents = keel_server::agents::Agents::load(&dir, store.clone(), router.clone()).map_err(anyhow::Error::msg)?;
-            agents.rag_root = Some(crate::rag::root());
+            agents.collections = Some(collections.clone());
             tracing::info!(agents = ?agents, "serving agents from {}", dir.display());
             Some(Arc::new(agents))
         }
@@ -48,7 +49,7 @@ pub async fn run(config: Option<&Path>, listen: Option<SocketAddr>, pull: bool) 
         master_key,
         log_bodies: config.store.log_bodies,
         agents,
-        rag: keel_server::rag::Rag::new(crate::rag::root()),
+        rag: collections,
     });
     let addr: SocketAddr = match listen {
         Some(addr) => addr,

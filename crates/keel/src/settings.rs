@@ -84,3 +84,9 @@ impl Settings {
         std::env::var(name).ok()
     }
 }
+
+/// What trace bodies go through before they are stored: keel-guard's PII redaction when
+/// `[store] redact_pii` is on.
+pub fn redactor(config: &keel_core::config::Config) -> Option<keel_store::Redactor> {
+    config.store.redact_pii.then_some(keel_guard::pii::redact as keel_store::Redactor)
+}

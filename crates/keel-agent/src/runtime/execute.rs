@@ -208,8 +208,8 @@ impl Runner {
     /// Searches a collection for a search tool's query: the cited results, and whether the
     /// collection is trusted.
     async fn search(&self, collection: &str, arguments: &serde_json::Value) -> Result<(String, bool), String> {
-        match &self.rag_root {
-            Some(root) => crate::rag::search(root, collection, arguments, &*self.model).await,
+        match &self.collections {
+            Some(collections) => crate::rag::search(collections, collection, arguments, &*self.model).await,
             None => Err("RAG collections are not available to this runner".to_string()),
         }
     }

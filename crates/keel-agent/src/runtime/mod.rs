@@ -37,8 +37,8 @@ pub struct Runner {
     pub(crate) store: Arc<Store>,
     model: Arc<dyn ChatModel>,
     events: Option<UnboundedSender<RunEvent>>,
-    /// Where RAG collections live, for search tools.
-    rag_root: Option<std::path::PathBuf>,
+    /// The RAG collections search tools query, kept open across calls.
+    collections: Option<Arc<keel_rag::Collections>>,
 }
 
 impl std::fmt::Debug for Runner {
@@ -49,12 +49,17 @@ impl std::fmt::Debug for Runner {
 
 impl Runner {
     pub fn new(store: Arc<Store>, model: Arc<dyn ChatModel>) -> Runner {
-        Runner { store, model, events: None, rag_root: None }
+        Runner { store, model, events: None, collections: None }
     }
 
     /// The folder of keel's RAG collections, which tools with a `collection` search.
-    pub fn with_rag_root(mut self, root: std::path::PathBuf) -> Runner {
-        self.rag_root = Some(root);
+    pub fn with_rag_root(self, root: std::path::PathBuf) -> Runner {
+        self.with_collections(Arc::new(keel_rag::Collections::new(root)))
+    }
+
+    /// The collections search tools query (shared with the HTTP API in `keel serve`).
+    pub fn with_collections(mut self, collections: Arc<keel_rag::Collections>) -> Runner {
+        self.collections = Some(collections);
         self
     }
 

@@ -57,7 +57,7 @@ pub async fn start_with(options: Options) -> Harness {
         master_key: options.master_key.map(SecretString::from),
         log_bodies: options.log_bodies,
         agents: None,
-        rag: keel_server::rag::Rag::new(dir.join("rag")),
+        rag: Arc::new(keel_rag::Collections::new(dir.join("rag"))),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
