@@ -14,6 +14,7 @@
 //! user's; a value that appears only in a web page is the page's; a value that appears nowhere
 //! was written by the model and carries everything the model saw.
 
+pub mod agentdojo;
 mod context;
 pub mod detect;
 mod linear;

@@ -16,7 +16,9 @@ pub mod pdf;
 pub mod pgvector;
 #[cfg(feature = "qdrant")]
 pub mod qdrant;
+mod engine;
 mod query;
+mod search;
 pub mod rerank;
 mod shelf;
 pub mod source;
@@ -35,7 +37,14 @@ use sha2::{Digest, Sha256};
 
 pub use chunk::{Chunk, Kind, Limits};
 pub use index::Bm25;
+pub use engine::Engine;
+use engine::VectorIndex;
+#[cfg(feature = "pgvector")]
+use engine::postgres_url;
+#[cfg(feature = "qdrant")]
+use engine::qdrant_url;
 pub use query::{Query, query};
+pub use search::{Filter, Hit, Mode, Search};
 pub use shelf::{Collections, Shared};
 pub use vectors::Vectors;
 
@@ -73,210 +82,6 @@ pub trait Embedder: Send + Sync {
     fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, std::result::Result<Vec<Vec<f32>>, String>>;
 }
 
-/// How to search.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    Hybrid,
-    Vector,
-    Bm25,
-}
-
-impl std::str::FromStr for Mode {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Mode, String> {
-        match s {
-            "hybrid" => Ok(Mode::Hybrid),
-            "vector" => Ok(Mode::Vector),
-            "bm25" => Ok(Mode::Bm25),
-            other => Err(format!("mode is hybrid, vector or bm25, not `{other}`")),
-        }
-    }
-}
-
-/// Where a collection's vectors are indexed and searched; chosen when it is made.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Engine {
-    /// keel's HNSW graph in the collection's folder.
-    Embedded,
-    /// A table with an HNSW index in PostgreSQL (pgvector); the connection string comes from
-    /// `KEEL_RAG_POSTGRES_URL`.
-    Pgvector,
-    /// A Qdrant collection; its gRPC URL comes from `KEEL_RAG_QDRANT_URL`.
-    Qdrant,
-}
-
-impl std::str::FromStr for Engine {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Engine, String> {
-        match s {
-            "embedded" => Ok(Engine::Embedded),
-            "pgvector" => Ok(Engine::Pgvector),
-            "qdrant" => Ok(Engine::Qdrant),
-            other => Err(format!("the vector engine is embedded, pgvector or qdrant, not `{other}`")),
-        }
-    }
-}
-
-impl Engine {
-    /// Whether this build has the engine (its cargo feature is on).
-    pub fn is_built(self) -> bool {
-        match self {
-            Engine::Embedded => true,
-            Engine::Pgvector => cfg!(feature = "pgvector"),
-            Engine::Qdrant => cfg!(feature = "qdrant"),
-        }
-    }
-
-    /// The error for an engine this build left out.
-    fn left_out(self) -> Error {
-        Error::Io(format!("this keel was built without the `{}` engine (cargo feature `{}` of keel-rag)", self.name(), self.name()))
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            Engine::Embedded => "embedded",
-            Engine::Pgvector => "pgvector",
-            Engine::Qdrant => "qdrant",
-        }
-    }
-}
-
-/// A collection's vector index, on whichever engine.
-enum VectorIndex {
-    Embedded(Vectors),
-    #[cfg(feature = "pgvector")]
-    Pgvector(pgvector::PgVectors),
-    #[cfg(feature = "qdrant")]
-    Qdrant(qdrant::QdrantVectors),
-}
-
-impl VectorIndex {
-    fn add(&self, items: &[(i64, &[f32])]) -> std::result::Result<(), String> {
-        match self {
-            VectorIndex::Embedded(v) => v.add(items),
-            #[cfg(feature = "pgvector")]
-            VectorIndex::Pgvector(v) => v.add(items),
-            #[cfg(feature = "qdrant")]
-            VectorIndex::Qdrant(v) => v.add(items),
-        }
-    }
-
-    fn remove(&self, ids: &[i64]) -> std::result::Result<(), String> {
-        match self {
-            VectorIndex::Embedded(v) => v.remove(ids),
-            #[cfg(feature = "pgvector")]
-            VectorIndex::Pgvector(v) => v.remove(ids),
-            #[cfg(feature = "qdrant")]
-            VectorIndex::Qdrant(v) => v.remove(ids),
-        }
-    }
-
-    fn save(&self, generation: u64) -> std::result::Result<(), String> {
-        match self {
-            VectorIndex::Embedded(v) => v.save(generation),
-            #[cfg(feature = "pgvector")]
-            VectorIndex::Pgvector(v) => v.save(generation),
-            #[cfg(feature = "qdrant")]
-            VectorIndex::Qdrant(v) => v.save(generation),
-        }
-    }
-
-    /// The `k` nearest; `allowed` (chunk ids) keeps only those.
-    fn search(&self, query: &[f32], k: usize, allowed: Option<&std::collections::HashSet<i64>>) -> std::result::Result<Vec<(i64, f64)>, String> {
-        match (self, allowed) {
-            (VectorIndex::Embedded(v), None) => v.search(query, k, None),
-            (VectorIndex::Embedded(v), Some(ids)) => v.search(query, k, Some(&|id| ids.contains(&id))),
-            #[cfg(feature = "pgvector")]
-            (VectorIndex::Pgvector(v), allowed) => v.search(query, k, vectors::EXPANSION_SEARCH.max(k), allowed.map(|ids| ids.iter().copied().collect())),
-            #[cfg(feature = "qdrant")]
-            (VectorIndex::Qdrant(v), allowed) => v.search(query, k, vectors::EXPANSION_SEARCH.max(k), allowed.map(|ids| ids.iter().copied().collect())),
-        }
-    }
-}
-
-#[cfg(feature = "qdrant")]
-fn qdrant_url(name: &str) -> Result<String> {
-    qdrant::url().ok_or_else(|| Error::Io(format!("collection `{name}` keeps its vectors in Qdrant: set {} to its gRPC URL", qdrant::URL_ENV)))
-}
-
-#[cfg(feature = "pgvector")]
-fn postgres_url(name: &str) -> Result<String> {
-    pgvector::url().ok_or_else(|| {
-        Error::Io(format!("collection `{name}` keeps its vectors in PostgreSQL: set {} to its connection string", pgvector::URL_ENV))
-    })
-}
-
-/// How to search: how many, which lists, their fusion, and which documents.
-#[derive(Debug, Clone)]
-pub struct Search {
-    pub k: usize,
-    pub mode: Mode,
-    /// Reciprocal rank fusion's k: larger flattens the difference between ranks.
-    pub rrf_k: f64,
-    /// Each list's weight in hybrid fusion (0 leaves a list out).
-    pub bm25_weight: f64,
-    pub vector_weight: f64,
-    /// Every condition must hold for a document to be searched.
-    pub filter: Vec<Filter>,
-}
-
-impl Default for Search {
-    fn default() -> Search {
-        Search { k: 10, mode: Mode::Hybrid, rrf_k: 60.0, bm25_weight: 1.0, vector_weight: 1.0, filter: Vec::new() }
-    }
-}
-
-impl Search {
-    pub fn new(k: usize, mode: Mode) -> Search {
-        Search { k, mode, ..Search::default() }
-    }
-}
-
-/// A condition on a document: `key=value`, or `key=prefix*`. Keys are `source`, `doc`,
-/// `title`, or metadata given at ingest (`--meta team=infra`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Filter {
-    pub key: String,
-    pub value: String,
-}
-
-impl Filter {
-    fn matches(&self, value: &str) -> bool {
-        match self.value.strip_suffix('*') {
-            Some(prefix) => value.starts_with(prefix),
-            None => value == self.value,
-        }
-    }
-}
-
-impl std::str::FromStr for Filter {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Filter, String> {
-        match s.split_once('=') {
-            Some((key, value)) if !key.trim().is_empty() => Ok(Filter { key: key.trim().into(), value: value.trim().into() }),
-            _ => Err(format!("a filter is KEY=VALUE or KEY=PREFIX*, not `{s}`")),
-        }
-    }
-}
-
-/// A chunk found by a search, with where it came from.
-#[derive(Debug, Clone, Serialize)]
-pub struct Hit {
-    pub chunk_id: i64,
-    pub doc: String,
-    pub source: String,
-    pub title: Option<String>,
-    pub headings: Vec<String>,
-    pub start: usize,
-    pub end: usize,
-    /// The page the chunk starts on (PDFs).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub page: Option<usize>,
-    pub text: String,
-    pub score: f64,
-}
 
 /// What an ingest did.
 #[derive(Debug, Default, Clone, Serialize)]
