@@ -335,6 +335,95 @@ fn parse_csv(text: &str) -> Vec<Vec<String>> {
     rows
 }
 
+
+/// One file's figures.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Report {
+    pub file: String,
+    pub benign: usize,
+    pub injections: usize,
+    /// Per part: precision, recall, false-positive rate at the model's threshold, then
+    /// precision and recall at the threshold that lets through 1% of this file's benign rows.
+    pub parts: Vec<Part>,
+    pub p50_us_per_2kb: f64,
+    pub p99_us_per_2kb: f64,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Part {
+    pub part: &'static str,
+    pub precision: f64,
+    pub recall: f64,
+    pub false_positive_rate: f64,
+    pub precision_at_1pct_fpr: f64,
+    pub recall_at_1pct_fpr: f64,
+}
+
+pub fn part(name: &'static str, scores: &[(f32, bool)], threshold: f32) -> Part {
+    let benign = scores.iter().filter(|(_, y)| !*y).count().max(1);
+    let (precision, recall, _, fp) = precision_recall(scores, threshold);
+    let benign_scores: Vec<f32> = scores.iter().filter(|(_, y)| !*y).map(|(s, _)| *s).collect();
+    let at = threshold_at_fpr(&benign_scores, 0.01);
+    let (p1, r1, ..) = precision_recall(scores, at);
+    Part { part: name, precision, recall, false_positive_rate: fp as f64 / benign as f64, precision_at_1pct_fpr: p1, recall_at_1pct_fpr: r1 }
+}
+
+/// The detector's figures on labelled rows: each part (rules, classifier, both) at the
+/// model's threshold and at 1% false positives, and the scan time per 2 KB.
+pub fn measure(detector: &Detector, file: &str, rows: &[(String, bool)]) -> Report {
+    let mut per_2kb = Vec::new();
+    let mut both = Vec::new();
+    let mut rules = Vec::new();
+    let mut classifier = Vec::new();
+    for (text, y) in rows {
+        let started = std::time::Instant::now();
+        let found = detector.scan(text);
+        let us = started.elapsed().as_secs_f64() * 1e6;
+        per_2kb.push(us * 2048.0 / text.len().max(1) as f64);
+        both.push((found.score, *y));
+        rules.push((if Detector::rule(text).is_some() { 1.0 } else { 0.0 }, *y));
+        classifier.push((detector.classifier_score(text), *y));
+    }
+    per_2kb.sort_by(f64::total_cmp);
+    let quantile = |q: f64| per_2kb.get(((per_2kb.len().max(1) - 1) as f64 * q).round() as usize).copied().unwrap_or(0.0);
+    Report {
+        file: file.to_string(),
+        benign: rows.iter().filter(|(_, y)| !*y).count(),
+        injections: rows.iter().filter(|(_, y)| *y).count(),
+        parts: vec![part("rules + classifier", &both, detector.threshold), part("rules", &rules, 0.5), part("classifier", &classifier, detector.threshold)],
+        p50_us_per_2kb: quantile(0.5),
+        p99_us_per_2kb: quantile(0.99),
+    }
+}
+
+/// A detector trained on four fifths of labelled prompts (the split by a hash of each text),
+/// its threshold set at 1% false positives on the fifth held out, and measured there.
+#[derive(Debug)]
+pub struct Trained {
+    pub model: Detector,
+    pub training: usize,
+    pub validation: usize,
+    pub precision: f64,
+    pub recall: f64,
+}
+
+/// Trains the shipped kind of detector (one-byte weights) on `examples`.
+pub fn train_split(examples: Vec<(String, bool)>, epochs: usize) -> Result<Trained, String> {
+    let (validation, training): (Vec<_>, Vec<_>) = examples.into_iter().partition(|(text, _)| is_validation(text));
+    if training.iter().all(|(_, y)| *y) || training.iter().all(|(_, y)| !*y) {
+        return Err("training needs both benign and injection examples".into());
+    }
+    let mut model = Detector::train(&training, &TrainOptions { epochs, ..TrainOptions::default() }).quantised();
+    let benign: Vec<f32> = validation.iter().filter(|(_, y)| !*y).map(|(t, _)| model.scan(t).score).collect();
+    if benign.is_empty() {
+        return Err("the validation fifth has no benign examples to set the threshold on".into());
+    }
+    model.threshold = threshold_at_fpr(&benign, 0.01);
+    let scored: Vec<(f32, bool)> = validation.iter().map(|(t, y)| (model.scan(t).score, *y)).collect();
+    let (precision, recall, ..) = precision_recall(&scored, model.threshold);
+    Ok(Trained { model, training: training.len(), validation: validation.len(), precision, recall })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,7 @@ pub mod detect;
 mod linear;
 pub mod names;
 pub mod pii;
+pub mod redteam;
 
 use serde::{Deserialize, Serialize};
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
-use keel_guard::detect::{self, Detector, TrainOptions};
+use keel_guard::detect::{self, Detector};
 
 use crate::table::{self, Cell};
 
@@ -91,71 +91,29 @@ pub fn detect(args: DetectArgs) -> anyhow::Result<()> {
 /// `keel guard detector train`.
 pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     let examples = detect::read_labelled(&args.data).map_err(anyhow::Error::msg)?;
-    let (validation, training): (Vec<_>, Vec<_>) = examples.into_iter().partition(|(text, _)| detect::is_validation(text));
-    if training.iter().all(|(_, y)| *y) || training.iter().all(|(_, y)| !*y) {
-        bail!("{}: training needs both benign and injection examples", args.data.display());
-    }
     let started = Instant::now();
-    let mut model = Detector::train(&training, &TrainOptions { epochs: args.epochs, ..TrainOptions::default() }).quantised();
-    let benign: Vec<f32> = validation.iter().filter(|(_, y)| !*y).map(|(t, _)| model.scan(t).score).collect();
-    if benign.is_empty() {
-        bail!("the validation fifth of {} has no benign examples to set the threshold on", args.data.display());
-    }
-    model.threshold = detect::threshold_at_fpr(&benign, 0.01);
+    let trained = detect::train_split(examples, args.epochs).map_err(|e| anyhow::anyhow!("{}: {e}", args.data.display()))?;
+    let detect::Trained { model, training, validation, precision, recall } = trained;
     std::fs::write(&args.out, model.to_bytes()).with_context(|| format!("could not write {}", args.out.display()))?;
-    let scored: Vec<(f32, bool)> = validation.iter().map(|(t, y)| (model.scan(t).score, *y)).collect();
-    let (precision, recall, ..) = detect::precision_recall(&scored, model.threshold);
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"train": training.len(), "validation": validation.len(), "threshold": model.threshold,
+            serde_json::json!({"train": training, "validation": validation, "threshold": model.threshold,
                 "precision": precision, "recall": recall, "seconds": started.elapsed().as_secs_f64(), "out": args.out})
         );
     } else {
         println!(
             "trained on {} prompts in {:.1} s; threshold {:.4} (1% false positives on the {} held out): precision {:.3}, recall {:.3}; wrote {}",
-            training.len(),
+            training,
             started.elapsed().as_secs_f64(),
             model.threshold,
-            validation.len(),
+            validation,
             precision,
             recall,
             args.out.display()
         );
     }
     Ok(())
-}
-
-/// One file's figures.
-#[derive(Debug, serde::Serialize)]
-struct Report {
-    file: String,
-    benign: usize,
-    injections: usize,
-    /// Per part: precision, recall, false-positive rate at the model's threshold, then
-    /// precision and recall at the threshold that lets through 1% of this file's benign rows.
-    parts: Vec<Part>,
-    p50_us_per_2kb: f64,
-    p99_us_per_2kb: f64,
-}
-
-#[derive(Debug, serde::Serialize)]
-struct Part {
-    part: &'static str,
-    precision: f64,
-    recall: f64,
-    false_positive_rate: f64,
-    precision_at_1pct_fpr: f64,
-    recall_at_1pct_fpr: f64,
-}
-
-fn part(name: &'static str, scores: &[(f32, bool)], threshold: f32) -> Part {
-    let benign = scores.iter().filter(|(_, y)| !*y).count().max(1);
-    let (precision, recall, _, fp) = detect::precision_recall(scores, threshold);
-    let benign_scores: Vec<f32> = scores.iter().filter(|(_, y)| !*y).map(|(s, _)| *s).collect();
-    let at = detect::threshold_at_fpr(&benign_scores, 0.01);
-    let (p1, r1, ..) = detect::precision_recall(scores, at);
-    Part { part: name, precision, recall, false_positive_rate: fp as f64 / benign as f64, precision_at_1pct_fpr: p1, recall_at_1pct_fpr: r1 }
 }
 
 /// `keel guard detector eval`.
@@ -173,29 +131,7 @@ pub fn eval(args: EvalArgs) -> anyhow::Result<()> {
         if rows.is_empty() {
             bail!("{}: no rows to measure", file.display());
         }
-        let mut per_2kb = Vec::new();
-        let mut both = Vec::new();
-        let mut rules = Vec::new();
-        let mut classifier = Vec::new();
-        for (text, y) in &rows {
-            let started = Instant::now();
-            let found = detector.scan(text);
-            let us = started.elapsed().as_secs_f64() * 1e6;
-            per_2kb.push(us * 2048.0 / text.len().max(1) as f64);
-            both.push((found.score, *y));
-            rules.push((if Detector::rule(text).is_some() { 1.0 } else { 0.0 }, *y));
-            classifier.push((detector.classifier_score(text), *y));
-        }
-        per_2kb.sort_by(f64::total_cmp);
-        let quantile = |q: f64| per_2kb[((per_2kb.len() - 1) as f64 * q).round() as usize];
-        reports.push(Report {
-            file: file.display().to_string(),
-            benign: rows.iter().filter(|(_, y)| !*y).count(),
-            injections: rows.iter().filter(|(_, y)| *y).count(),
-            parts: vec![part("rules + classifier", &both, detector.threshold), part("rules", &rules, 0.5), part("classifier", &classifier, detector.threshold)],
-            p50_us_per_2kb: quantile(0.5),
-            p99_us_per_2kb: quantile(0.99),
-        });
+        reports.push(detect::measure(&detector, &file.display().to_string(), &rows));
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
@@ -244,31 +180,25 @@ pub struct NamesTrainArgs {
 /// hash of each text, as for the detector); the held-out fifth sets the threshold for the
 /// best F2 and is measured.
 pub fn names_train(args: NamesTrainArgs) -> anyhow::Result<()> {
-    use keel_guard::names::{self, Tagger};
+    use keel_guard::names;
     let sentences = names::read_spans(&args.data, "PERSON").map_err(anyhow::Error::msg)?;
-    let (validation, training): (Vec<_>, Vec<_>) = sentences.into_iter().partition(|(text, _)| detect::is_validation(text));
-    if training.iter().all(|(_, spans)| spans.is_empty()) {
-        bail!("{}: no PERSON spans to learn names from", args.data.display());
-    }
     let started = Instant::now();
-    let mut model = Tagger::train(&training, &TrainOptions { epochs: args.epochs, ..TrainOptions::default() });
-    model.calibrate(&validation);
+    let names::Trained { model, training, validation, precision, recall, f2 } =
+        names::train_split(sentences, args.epochs).map_err(|e| anyhow::anyhow!("{}: {e}", args.data.display()))?;
     std::fs::write(&args.out, model.to_bytes()).with_context(|| format!("could not write {}", args.out.display()))?;
-    let score = model.score(&validation);
-    let (precision, recall, f2) = (score.precision(), score.recall(), score.f2());
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"train": training.len(), "validation": validation.len(), "threshold": model.threshold,
+            serde_json::json!({"train": training, "validation": validation, "threshold": model.threshold,
                 "precision": precision, "recall": recall, "f2": f2, "seconds": started.elapsed().as_secs_f64(), "out": args.out})
         );
     } else {
         println!(
             "trained on {} sentences in {:.1} s; threshold {:.2} (best F2 on the {} held out): names precision {:.3}, recall {:.3}, F2 {:.3}; wrote {}",
-            training.len(),
+            training,
             started.elapsed().as_secs_f64(),
             model.threshold,
-            validation.len(),
+            validation,
             precision,
             recall,
             f2,
