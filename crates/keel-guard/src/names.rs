@@ -79,31 +79,6 @@ fn kind(word: Option<&str>) -> u64 {
 }
 
 /// A word's shape with runs folded: "Xx", "X.", "Xx-Xx", "XX", "dd".
-
-/// A tagger trained on four fifths of labelled sentences (the detector's split), its
-/// threshold set for the best F2 on the fifth held out, and measured there.
-#[derive(Debug)]
-pub struct Trained {
-    pub model: Tagger,
-    pub training: usize,
-    pub validation: usize,
-    pub precision: f64,
-    pub recall: f64,
-    pub f2: f64,
-}
-
-/// Trains the name tagger on sentences with their name spans.
-pub fn train_split(sentences: Vec<(String, Vec<(usize, usize)>)>, epochs: usize) -> Result<Trained, String> {
-    let (validation, training): (Vec<_>, Vec<_>) = sentences.into_iter().partition(|(text, _)| crate::detect::is_validation(text));
-    if training.iter().all(|(_, spans)| spans.is_empty()) {
-        return Err("no PERSON spans to learn names from".into());
-    }
-    let mut model = Tagger::train(&training, &crate::detect::TrainOptions { epochs, ..crate::detect::TrainOptions::default() });
-    model.calibrate(&validation);
-    let score = model.score(&validation);
-    Ok(Trained { precision: score.precision(), recall: score.recall(), f2: score.f2(), model, training: training.len(), validation: validation.len() })
-}
-
 #[cfg(test)]
 fn shape(word: &str) -> String {
     let mut out = String::new();
@@ -363,6 +338,31 @@ pub fn read_spans(path: &std::path::Path, entity: &str) -> Result<Vec<Labelled>,
             Ok((text, spans))
         })
         .collect()
+}
+
+
+/// A tagger trained on four fifths of labelled sentences (the detector's split), its
+/// threshold set for the best F2 on the fifth held out, and measured there.
+#[derive(Debug)]
+pub struct Trained {
+    pub model: Tagger,
+    pub training: usize,
+    pub validation: usize,
+    pub precision: f64,
+    pub recall: f64,
+    pub f2: f64,
+}
+
+/// Trains the name tagger on sentences with their name spans.
+pub fn train_split(sentences: Vec<(String, Vec<(usize, usize)>)>, epochs: usize) -> Result<Trained, String> {
+    let (validation, training): (Vec<_>, Vec<_>) = sentences.into_iter().partition(|(text, _)| crate::detect::is_validation(text));
+    if training.iter().all(|(_, spans)| spans.is_empty()) {
+        return Err("no PERSON spans to learn names from".into());
+    }
+    let mut model = Tagger::train(&training, &crate::detect::TrainOptions { epochs, ..crate::detect::TrainOptions::default() });
+    model.calibrate(&validation);
+    let score = model.score(&validation);
+    Ok(Trained { precision: score.precision(), recall: score.recall(), f2: score.f2(), model, training: training.len(), validation: validation.len() })
 }
 
 #[cfg(test)]

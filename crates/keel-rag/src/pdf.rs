@@ -94,6 +94,7 @@ mod tests {
 
     #[cfg(not(feature = "pdf"))]
     #[test]
+    #[expect(clippy::print_stderr, reason = "the test says what it skips")]
     fn pdfs_are_refused_with_a_reason_in_a_build_without_them() {
         eprintln!("skipped: reading PDF text layers (this build leaves the `pdf` feature out)");
         assert!(super::text(b"%PDF-1.4").unwrap_err().contains("without PDF support"));

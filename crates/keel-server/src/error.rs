@@ -52,6 +52,22 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_GATEWAY, "upstream_error", message, Format::OpenAi)
     }
 
+    /// A body that could not be read: too large (413, `server.max_body_bytes`), or broken.
+    pub fn unreadable_body(rejection: &axum::extract::rejection::BytesRejection, format: Format) -> ApiError {
+        let status = rejection.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(status, "request_too_large", "the request body is larger than this server accepts (server.max_body_bytes)", format)
+        } else {
+            ApiError::new(status, "invalid_body", format!("could not read the request body: {rejection}"), format)
+        }
+    }
+
+    /// What a trace records when the client left mid-stream (nginx's 499; never sent).
+    pub fn client_closed(format: Format) -> ApiError {
+        let status = StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST);
+        ApiError::new(status, "client_closed", "the client closed the stream before it ended", format)
+    }
+
     pub fn unauthorized(message: impl Into<String>, format: Format) -> ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", message, format)
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use keel_core::chat::StreamCollector;
@@ -26,14 +26,7 @@ fn new_id() -> String {
 
 /// Reads a body into a wire type; every failure is a 400 (or 413) naming what is wrong.
 fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, format: Format) -> Result<(T, Bytes), ApiError> {
-    let bytes = body.map_err(|rejection| {
-        let status = rejection.status();
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(status, "request_too_large", "the request body is larger than this server accepts (server.max_body_bytes)", format)
-        } else {
-            ApiError::new(status, "invalid_body", format!("could not read the request body: {rejection}"), format)
-        }
-    })?;
+    let bytes = body.map_err(|rejection| ApiError::unreadable_body(&rejection, format))?;
     if bytes.is_empty() {
         return Err(ApiError::bad_request("invalid_json", "the request body is empty; send a JSON object", format));
     }
@@ -420,12 +413,7 @@ impl StreamDriver {
 impl Drop for StreamDriver {
     fn drop(&mut self) {
         if self.call.is_some() {
-            let error = ApiError::new(
-                StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
-                "client_closed",
-                "the client closed the stream before it ended",
-                self.format,
-            );
+            let error = ApiError::client_closed(self.format);
             let outcome = self.outcome(499, Some(&error));
             if let Some(mut call) = self.call.take() {
                 let trace = call.trace(outcome);

@@ -76,7 +76,7 @@ impl Runner {
         let started = Instant::now();
         let idempotency_key = format!("{}:{}", live.id, call.id);
         let ran = match Runner::runnable(agent, call, &decided) {
-            Err(refused) => refused,
+            Err(refused) => *refused,
             Ok((entry, arguments)) => {
                 let ctx = ToolContext {
                     run_id: live.id.clone(),
@@ -127,25 +127,25 @@ impl Runner {
             is_error: ran.is_error,
             ms,
         });
-        Ok(Executed::Step(step))
+        Ok(Executed::Step(Box::new(step)))
     }
 
     /// The tool and the parsed arguments of a call that may run; else what the model is told:
     /// an unknown tool, arguments that do not fit, or a call the guard or a human stopped.
-    fn runnable<'a>(agent: &'a Agent, call: &ToolCall, decided: &Decided) -> Result<Runnable<'a>, Ran> {
+    fn runnable<'a>(agent: &'a Agent, call: &ToolCall, decided: &Decided) -> Result<Runnable<'a>, Box<Ran>> {
         let Some(entry) = agent.tools.get(&call.name) else {
             let known = agent.tools.names();
-            return Err(Ran::invalid(format!("unknown tool `{}`; the tools are: {}", call.name, known.join(", "))));
+            return Err(Box::new(Ran::invalid(format!("unknown tool `{}`; the tools are: {}", call.name, known.join(", ")))));
         };
         let arguments = if call.arguments.trim().is_empty() { "{}" } else { call.arguments.as_str() };
         let value = serde_json::from_str::<serde_json::Value>(arguments)
-            .map_err(|e| Ran::invalid(format!("invalid arguments: not JSON ({e}); send a JSON object matching the tool's schema")))?;
-        schema::validate(&entry.def.parameters, &value).map_err(|e| Ran::invalid(format!("invalid arguments: {e}")))?;
+            .map_err(|e| Box::new(Ran::invalid(format!("invalid arguments: not JSON ({e}); send a JSON object matching the tool's schema"))))?;
+        schema::validate(&entry.def.parameters, &value).map_err(|e| Box::new(Ran::invalid(format!("invalid arguments: {e}"))))?;
         if let Some(reason) = &decided.blocked {
-            return Err(Ran::error(format!("keel's guard blocked this call: {reason}")));
+            return Err(Box::new(Ran::error(format!("keel's guard blocked this call: {reason}"))));
         }
         if let Some((false, note)) = &decided.human {
-            return Err(Ran::error(format!("a human denied this call{}", note.as_ref().map(|n| format!(": {n}")).unwrap_or_default())));
+            return Err(Box::new(Ran::error(format!("a human denied this call{}", note.as_ref().map(|n| format!(": {n}")).unwrap_or_default()))));
         }
         Ok((entry, value))
     }
@@ -233,7 +233,7 @@ enum SubResult {
 
 /// What running a call came to.
 pub(super) enum Executed {
-    Step(Step),
+    Step(Box<Step>),
     Waiting { run_id: String, calls: Vec<ToolCall> },
 }
 

@@ -389,7 +389,7 @@ impl Runner {
                 for (call, executed) in todo.iter().zip(futures_util::future::join_all(runs).await) {
                     match executed? {
                         Executed::Step(step) => {
-                            debug_assert!(matches!(&step, Step::Tool { call_id, .. } if *call_id == call.id));
+                            debug_assert!(matches!(&*step, Step::Tool { call_id, .. } if *call_id == call.id));
                             state.apply(&step);
                         }
                         Executed::Waiting { run_id, calls } => in_sub_runs.push((call.name.clone(), run_id, calls)),

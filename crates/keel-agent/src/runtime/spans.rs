@@ -53,7 +53,9 @@ impl<'a> Live<'a> {
         }
     }
 
-    pub(crate) fn span(&self, span_id: String, name: String, operation: &str, start_ms: i64, duration_ms: f64, ok: bool, attributes: serde_json::Value) -> SpanRecord {
+    /// A span under this stretch's `invoke_agent` span; `at` is its start (Unix ms) and length (ms).
+    pub(crate) fn span(&self, span_id: String, name: String, operation: &str, at: (i64, f64), ok: bool, attributes: serde_json::Value) -> SpanRecord {
+        let (start_ms, duration_ms) = at;
         SpanRecord {
             trace_id: self.trace_id.clone(),
             span_id,
@@ -76,8 +78,7 @@ impl<'a> Live<'a> {
                 format!("{}:{seq}", self.id),
                 format!("chat {}", request.model),
                 "chat",
-                now - *ms as i64,
-                *ms,
+                (now - *ms as i64, *ms),
                 true,
                 serde_json::json!({
                     "gen_ai.operation.name": "chat",
@@ -96,8 +97,7 @@ impl<'a> Live<'a> {
                 format!("{}:{call_id}", self.id),
                 format!("execute_tool {name}"),
                 "execute_tool",
-                now - *ms as i64,
-                *ms,
+                (now - *ms as i64, *ms),
                 !is_error,
                 serde_json::json!({
                     "gen_ai.operation.name": "execute_tool",
@@ -115,8 +115,7 @@ impl<'a> Live<'a> {
                 format!("{}:{call_id}:guard", self.id),
                 format!("guard {}", decision.tool),
                 "guard",
-                now,
-                0.0,
+                (now, 0.0),
                 decision.verdict != keel_guard::Verdict::Deny,
                 serde_json::json!({
                     "gen_ai.tool.name": decision.tool,

@@ -719,7 +719,7 @@ async fn a_collection_tool_searches_rag_and_labels_results_with_the_collections_
     assert_eq!(found["results"][0]["headings"], json!(["Backups"]));
     // A collection that does not exist is an error the model sees, naming it.
     assert!(results[1].1 && results[1].0.contains("collection `wiki` does not exist"), "{:?}", results[1]);
-    let tools = &model.requests.lock().unwrap()[0].tools;
+    let tools = model.requests.lock().unwrap()[0].tools.clone();
     let def = tools.iter().find(|t| t.name == "handbook").unwrap();
     assert!(def.description.as_deref().unwrap().contains("`handbook` documents"));
 

@@ -55,13 +55,14 @@ async fn the_filesystem_server_over_stdio_gives_the_agent_its_tools() {
     assert!(results[0].1.contains("[FILE] notes.md") && !results[0].2, "{:?}", results[0]);
     assert!(results[1].1.contains("The launch is on Tuesday.") && !results[1].2, "{:?}", results[1]);
     // The model was offered exactly the allowed tools, with the server's own schemas.
-    let requests = model.requests.lock().unwrap();
-    let mut offered: Vec<&str> = requests[0].tools.iter().map(|t| t.name.as_str()).collect();
-    offered.sort();
-    assert_eq!(offered, ["files__list_directory", "files__read_text_file", "files__write_file"]);
-    let read = requests[0].tools.iter().find(|t| t.name == "files__read_text_file").unwrap();
-    assert_eq!(read.parameters["required"], json!(["path"]));
-    drop(requests);
+    {
+        let requests = model.requests.lock().unwrap();
+        let mut offered: Vec<&str> = requests[0].tools.iter().map(|t| t.name.as_str()).collect();
+        offered.sort();
+        assert_eq!(offered, ["files__list_directory", "files__read_text_file", "files__write_file"]);
+        let read = requests[0].tools.iter().find(|t| t.name == "files__read_text_file").unwrap();
+        assert_eq!(read.parameters["required"], json!(["path"]));
+    }
 
     // A per-tool approval setting pauses the run like any other tool.
     let model = Arc::new(Scripted::new([Scripted::calls(&[(
@@ -88,6 +89,7 @@ impl Drop for Everything {
     }
 }
 
+#[expect(clippy::zombie_processes, reason = "Everything's Drop kills the server and waits for it")]
 fn everything() -> Everything {
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = std::process::Command::new("node")
@@ -128,9 +130,11 @@ async fn the_everything_server_over_streamable_http_serves_tools_and_resources()
     let (_, resource, is_error) = by_id("c3");
     assert!(!is_error && resource.len() > 100, "{resource}");
     // The resource tool names what the server offers.
-    let requests = model.requests.lock().unwrap();
-    let read = requests[0].tools.iter().find(|t| t.name == "every__read_resource").unwrap();
-    assert!(read.description.as_deref().unwrap().contains("demo://resource/static/document/"), "{:?}", read.description);
+    {
+        let requests = model.requests.lock().unwrap();
+        let read = requests[0].tools.iter().find(|t| t.name == "every__read_resource").unwrap();
+        assert!(read.description.as_deref().unwrap().contains("demo://resource/static/document/"), "{:?}", read.description);
+    }
 
     // Resources and prompts are readable outside a run too (as `keel mcp` does).
     let every = keel_agent::McpServer::new("every", &agent.def.mcp["every"], &fx.dir);

@@ -2,6 +2,7 @@
 
 mod agents;
 mod cli;
+mod layout;
 mod mcp;
 mod shutdown;
 

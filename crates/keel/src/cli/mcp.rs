@@ -13,6 +13,7 @@ use rmcp::ServiceExt;
 
 use crate::settings::{self, Settings};
 use crate::table::{self, Cell};
+use clap::Subcommand;
 
 /// `keel mcp serve`: the agents of `--agents DIR` (else `agents.dir`) as MCP tools.
 pub async fn serve(config: Option<&Path>, agents_dir: Option<PathBuf>, http: Option<SocketAddr>, pull: bool) -> anyhow::Result<()> {
@@ -24,7 +25,7 @@ pub async fn serve(config: Option<&Path>, agents_dir: Option<PathBuf>, http: Opt
     let router = Arc::new(crate::local::router(&settings.config).context("could not set up the providers")?);
     let store = Arc::new(Store::open(&settings.store_path())?);
     let mut agents = keel_server::agents::Agents::load(&dir, store, router).map_err(anyhow::Error::msg)?;
-    agents.collections = Some(std::sync::Arc::new(keel_rag::Collections::new(crate::rag::root())));
+    agents.collections = Some(std::sync::Arc::new(keel_rag::Collections::new(crate::cli::rag::root())));
     if agents.agents.is_empty() {
         bail!("{} holds no agent files (*.toml)", dir.display());
     }
@@ -41,7 +42,7 @@ pub async fn serve(config: Option<&Path>, agents_dir: Option<PathBuf>, http: Opt
             let local = listener.local_addr()?;
             eprintln!("keel MCP server on http://{local}/mcp");
             let shutdown = tokio_util::sync::CancellationToken::new();
-            tokio::spawn(crate::serve::signalled(shutdown.clone()));
+            tokio::spawn(crate::cli::serve::signalled(shutdown.clone()));
             axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
         }
     }
@@ -137,4 +138,56 @@ pub async fn prompt(file: &Path, server: &str, name: &str, args: &[String]) -> a
     let text = server_of(file, server)?.get_prompt(name, arguments).await.map_err(anyhow::Error::msg)?;
     println!("{text}");
     Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum McpCommand {
+    /// Serve every agent file of a folder as an MCP tool (input: `request`, optional
+    /// `vars`; output: the agent's answer). Over stdio by default, for MCP clients that
+    /// start keel themselves; `--http ADDR` serves Streamable HTTP at http://ADDR/mcp.
+    /// (`keel serve` also serves them at /mcp when `[agents] dir` is set.)
+    Serve {
+        /// The folder of agent files (default: agents.dir of the config).
+        #[arg(long, value_name = "DIR")]
+        agents: Option<PathBuf>,
+        /// Serve Streamable HTTP on this address instead of stdio.
+        #[arg(long, value_name = "ADDR")]
+        http: Option<SocketAddr>,
+        /// Pull the local models the config needs when they are not on disk yet.
+        #[arg(long)]
+        pull: bool,
+    },
+    /// Connect to every MCP server an agent file names and list its tools (as the agent
+    /// sees them), resources and prompts, with the protocol version each one speaks.
+    List {
+        /// The agent file.
+        agent: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read a resource of one of an agent's MCP servers.
+    Read {
+        agent: String,
+        server: String,
+        uri: String,
+    },
+    /// Get a prompt of one of an agent's MCP servers, filled with `--arg NAME=VALUE`.
+    Prompt {
+        agent: String,
+        server: String,
+        name: String,
+        #[arg(long = "arg", value_name = "NAME=VALUE")]
+        args: Vec<String>,
+    },
+}
+
+/// `keel mcp …`.
+pub async fn run(config: Option<&Path>, command: McpCommand) -> anyhow::Result<()> {
+    use crate::cli::agents::find_agent;
+    match command {
+        McpCommand::Serve { agents, http, pull } => serve(config, agents, http, pull).await,
+        McpCommand::List { agent, json } => list(&find_agent(&agent)?, json).await,
+        McpCommand::Read { agent, server, uri } => read(&find_agent(&agent)?, &server, &uri).await,
+        McpCommand::Prompt { agent, server, name, args } => prompt(&find_agent(&agent)?, &server, &name, &args).await,
+    }
 }

@@ -127,7 +127,7 @@ pub async fn redteam(config: Option<&Path>, args: RedteamArgs) -> anyhow::Result
     let router = Arc::new(crate::local::router(&settings.config)?);
     let is_agent = args.target.ends_with(".toml") || Path::new(&args.target).is_file();
     let total = library.len();
-    let bar = crate::rag::progress("probing");
+    let bar = crate::cli::rag::progress("probing");
     let progress = |done: usize| {
         if !args.json {
             bar(done, total);
@@ -138,7 +138,7 @@ pub async fn redteam(config: Option<&Path>, args: RedteamArgs) -> anyhow::Result
     if is_agent {
         let agent = keel_agent::Agent::load(Path::new(&args.target)).with_context(|| format!("could not load the agent {}", args.target))?;
         let store = Arc::new(keel_store::Store::open(&settings.store_path())?);
-        let runner = keel_agent::Runner::new(store, router.clone()).with_rag_root(crate::rag::root());
+        let runner = keel_agent::Runner::new(store, router.clone()).with_rag_root(crate::cli::rag::root());
         let runs = futures_util::stream::iter(library.iter().map(|p| probe_agent(&runner, &agent, p))).buffer_unordered(args.concurrency.max(1));
         futures_util::pin_mut!(runs);
         while let Some(outcome) = runs.next().await {

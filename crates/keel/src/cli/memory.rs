@@ -9,6 +9,7 @@ use keel_store::Store;
 
 use crate::settings::{self, Settings};
 use crate::table::{self, Cell};
+use clap::Subcommand;
 
 pub struct Scope {
     pub agent: Option<String>,
@@ -37,7 +38,7 @@ fn rows(memories: &[(keel_store::MemoryRecord, Option<f64>)]) -> String {
                 Cell::new(m.user_id.clone().unwrap_or_else(|| "-".into())),
                 Cell::num(format!("{:.0}", m.importance * 10.0)),
                 Cell::num(score.map_or(String::new(), |s| format!("{s:.2}"))),
-                Cell::new(crate::commands::format_time(m.used_ms)),
+                Cell::new(crate::cli::gateway::format_time(m.used_ms)),
                 // Where the fact came from, for the guard: untrusted facts taint the runs that recall them.
                 match &m.label {
                     Some(label) if label.trusted => Cell::new("trusted").color(table::GREEN),
@@ -133,4 +134,78 @@ pub fn forget(config: Option<&Path>, id: &str) -> anyhow::Result<()> {
     store_only(config)?.delete_memory(id).map_err(|_| anyhow::anyhow!("no memory {id}; see keel memory list"))?;
     println!("forgot {id}");
     Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MemoryScope {
+    /// The agent whose memory (its own facts, and those about the user).
+    #[arg(long)]
+    pub agent: Option<String>,
+    /// The user the facts are about.
+    #[arg(long)]
+    pub user: Option<String>,
+    /// The embedding model alias facts are embedded with.
+    #[arg(long, default_value = "local-embed")]
+    pub embedding_model: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemoryCommand {
+    /// Every fact kept (for one agent and user with --agent/--user), newest first.
+    List {
+        #[command(flatten)]
+        scope: MemoryScope,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The facts that best fit a query, ranked as an agent recalls them (relevance,
+    /// recency of use, importance).
+    Search {
+        query: String,
+        #[command(flatten)]
+        scope: MemoryScope,
+        #[arg(short = 'k', default_value_t = 5)]
+        k: usize,
+        #[arg(long)]
+        pull: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keep a fact for an agent (about --user when given); a fact close to one already kept
+    /// updates it.
+    Add {
+        text: String,
+        #[command(flatten)]
+        scope: MemoryScope,
+        /// 1 (trivial) to 10 (essential).
+        #[arg(long, default_value_t = 5)]
+        importance: u8,
+        #[arg(long)]
+        pull: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a fact's words (it is embedded again) or importance.
+    Edit {
+        id: String,
+        text: String,
+        #[arg(long)]
+        importance: Option<u8>,
+        #[arg(long)]
+        pull: bool,
+    },
+    /// Remove a fact.
+    Forget { id: String },
+}
+
+/// `keel memory …`.
+pub async fn run(config: Option<&Path>, command: MemoryCommand) -> anyhow::Result<()> {
+    let scope = |s: MemoryScope| Scope { agent: s.agent, user: s.user, embedding_model: s.embedding_model };
+    match command {
+        MemoryCommand::List { scope: s, json } => list(config, &scope(s), json),
+        MemoryCommand::Search { query, scope: s, k, pull, json } => search(config, &scope(s), &query, k, pull, json).await,
+        MemoryCommand::Add { text, scope: s, importance, pull, json } => add(config, &scope(s), &text, importance, pull, json).await,
+        MemoryCommand::Edit { id, text, importance, pull } => edit(config, &id, &text, importance, pull).await,
+        MemoryCommand::Forget { id } => forget(config, &id),
+    }
 }
