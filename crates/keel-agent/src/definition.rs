@@ -330,7 +330,7 @@ impl AgentDef {
     /// Reads and checks an agent file.
     pub fn load(path: &Path) -> Result<AgentDef, Error> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::Definition(format!("could not read {}: {e}", path.display())))?;
-        let mut def = AgentDef::parse(&text).map_err(|e| Error::Definition(format!("{}: {e}", path.display())))?;
+        let mut def = AgentDef::parse_text(&text).map_err(|e| Error::Definition(format!("{}: {e}", path.display())))?;
         // A relative workspace is relative to the agent file.
         let folder = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         def.workspace = Some(match def.workspace.take() {
@@ -341,7 +341,12 @@ impl AgentDef {
         Ok(def)
     }
 
-    pub fn parse(text: &str) -> Result<AgentDef, String> {
+    /// An agent file's text, parsed and checked.
+    pub fn parse(text: &str) -> Result<AgentDef, Error> {
+        AgentDef::parse_text(text).map_err(Error::Definition)
+    }
+
+    fn parse_text(text: &str) -> Result<AgentDef, String> {
         let def: AgentDef = toml::from_str(text).map_err(|e| e.to_string())?;
         def.check()?;
         Ok(def)
@@ -351,7 +356,7 @@ impl AgentDef {
         if self.name.trim().is_empty() {
             return Err("`name` is empty".into());
         }
-        self.guard.check()?;
+        self.guard.check().map_err(|e| e.to_string())?;
         if self.mode == Mode::Secure && (!self.handoffs.is_empty() || self.output_schema.is_some()) {
             return Err("mode = \"secure\" runs a plan; it takes no handoffs or output_schema (the plan's answer is the output)".into());
         }
@@ -433,7 +438,7 @@ impl AgentDef {
 
 /// A template with its `{{name}}` placeholders (spaces inside the braces allowed) filled from
 /// `value`; the first placeholder with no value is the error. An unclosed `{{` stays as is.
-pub fn fill(template: &str, value: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+pub(crate) fn fill(template: &str, value: impl Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::new();
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
@@ -540,13 +545,13 @@ mod tests {
     #[test]
     fn bad_definitions_say_what_is_wrong() {
         let base = "name = \"a\"\nmodel = \"local\"\ninstructions = \"x\"\n";
-        let err = AgentDef::parse(&format!("{base}[tools.refund]\n")).unwrap_err();
+        let err = AgentDef::parse(&format!("{base}[tools.refund]\n")).unwrap_err().to_string();
         assert!(err.contains("tool `refund` is not built in"), "{err}");
-        let err = AgentDef::parse(&format!("{base}[tools.http_get]\n")).unwrap_err();
+        let err = AgentDef::parse(&format!("{base}[tools.http_get]\n")).unwrap_err().to_string();
         assert!(err.contains("allow_hosts"), "{err}");
-        let err = AgentDef::parse(&format!("{base}colour = 1\n")).unwrap_err();
+        let err = AgentDef::parse(&format!("{base}colour = 1\n")).unwrap_err().to_string();
         assert!(err.contains("colour"), "{err}");
-        let err = AgentDef::parse("name = \"a\"\n").unwrap_err();
+        let err = AgentDef::parse("name = \"a\"\n").unwrap_err().to_string();
         assert!(err.contains("model"), "{err}");
     }
 

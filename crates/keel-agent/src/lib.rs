@@ -8,7 +8,7 @@ pub mod memory;
 pub mod model;
 pub mod rag;
 pub mod runtime;
-pub mod schema;
+pub(crate) mod schema;
 pub mod tools;
 pub mod workflow;
 
@@ -28,6 +28,10 @@ pub enum Error {
     Checkpoint(#[from] keel_store::Error),
     #[error("store: {0}")]
     Store(String),
+    #[error("{0}")]
+    Mcp(String),
+    #[error("memory: {0}")]
+    Memory(String),
     #[error("run {id} has already ended ({status}{}); start a new run", if reason.is_empty() { String::new() } else { format!(": {reason}") })]
     Finished { id: String, status: String, reason: String },
     #[error("run {id} is being driven by another process ({holder}); wait for it, or try again once that process has ended")]

@@ -21,6 +21,7 @@ use rmcp::transport::{StreamableHttpClientTransport, TokioChildProcess};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 
+use crate::Error;
 use crate::definition::McpServerSpec;
 use crate::tools::{Entry, Tool, ToolContext, ToolKind, truncate};
 
@@ -210,7 +211,7 @@ impl McpServer {
     }
 
     /// The server's tools as the agent's, connecting on first use.
-    pub async fn entries(self: &Arc<Self>) -> Result<&BTreeMap<String, Entry>, String> {
+    pub(crate) async fn entries(self: &Arc<Self>) -> Result<&BTreeMap<String, Entry>, String> {
         self.entries.get_or_try_init(|| self.list_entries()).await
     }
 
@@ -277,7 +278,14 @@ impl McpServer {
         name
     }
 
-    pub async fn call_tool(&self, remote: &str, arguments: Value) -> Result<String, String> {
+    /// Calls a tool of the server: its text, or its error (the tool's own error text, or why
+    /// the call could not be made).
+    pub async fn call_tool(&self, remote: &str, arguments: Value) -> Result<String, Error> {
+        self.call_text(remote, arguments).await.map_err(Error::Mcp)
+    }
+
+    /// [`McpServer::call_tool`] as a tool call: the error is the text the model reads.
+    pub(crate) async fn call_text(&self, remote: &str, arguments: Value) -> Result<String, String> {
         let client = self.client().await?;
         let mut params = CallToolRequestParams::new(remote.to_string());
         if let Value::Object(map) = arguments {
@@ -292,7 +300,11 @@ impl McpServer {
         }
     }
 
-    pub async fn read_resource(&self, uri: &str) -> Result<String, String> {
+    pub async fn read_resource(&self, uri: &str) -> Result<String, Error> {
+        self.read_text(uri).await.map_err(Error::Mcp)
+    }
+
+    pub(crate) async fn read_text(&self, uri: &str) -> Result<String, String> {
         let client = self.client().await?;
         match client.read_resource(ReadResourceRequestParams::new(uri)).await {
             Ok(result) => {
@@ -305,8 +317,8 @@ impl McpServer {
     }
 
     /// A prompt of the server, its messages as `role: text` lines.
-    pub async fn get_prompt(&self, name: &str, arguments: serde_json::Map<String, Value>) -> Result<String, String> {
-        let client = self.client().await?;
+    pub async fn get_prompt(&self, name: &str, arguments: serde_json::Map<String, Value>) -> Result<String, Error> {
+        let client = self.client().await.map_err(Error::Mcp)?;
         let mut params = GetPromptRequestParams::new(name);
         if !arguments.is_empty() {
             params.arguments = Some(arguments);
@@ -323,17 +335,17 @@ impl McpServer {
                     .collect();
                 Ok(lines.join("\n"))
             }
-            Err(err) => Err(self.failure(&client, &format!("the prompt `{name}`"), err).await),
+            Err(err) => Err(Error::Mcp(self.failure(&client, &format!("the prompt `{name}`"), err).await)),
         }
     }
 
     /// Everything the server offers, for `keel mcp list`.
-    pub async fn listing(&self) -> Result<Listing, String> {
-        let client = self.client().await?;
+    pub async fn listing(&self) -> Result<Listing, Error> {
+        let client = self.client().await.map_err(Error::Mcp)?;
         let info = client.peer_info();
         let tools = match client.list_all_tools().await {
             Ok(tools) => tools,
-            Err(err) => return Err(self.failure(&client, "listing its tools", err).await),
+            Err(err) => return Err(Error::Mcp(self.failure(&client, "listing its tools", err).await)),
         };
         let capabilities = info.as_ref().map(|i| i.capabilities.clone()).unwrap_or_default();
         let resources = if capabilities.resources.is_some() { client.list_all_resources().await.unwrap_or_default() } else { Vec::new() };
@@ -401,7 +413,7 @@ impl Tool for McpTool {
     }
 
     fn call<'a>(&'a self, arguments: Value, _ctx: &'a ToolContext) -> BoxFuture<'a, Result<String, String>> {
-        Box::pin(self.server.call_tool(&self.remote, arguments))
+        Box::pin(self.server.call_text(&self.remote, arguments))
     }
 }
 
@@ -419,7 +431,7 @@ impl Tool for ReadResource {
     fn call<'a>(&'a self, arguments: Value, _ctx: &'a ToolContext) -> BoxFuture<'a, Result<String, String>> {
         Box::pin(async move {
             let uri = arguments.get("uri").and_then(Value::as_str).ok_or("missing string argument `uri`")?;
-            self.server.read_resource(uri).await
+            self.server.read_text(uri).await
         })
     }
 }

@@ -62,7 +62,12 @@ impl Memory<'_> {
     /// Keeps a fact (about the user when `about_user` and a user is known); a fact close to
     /// one already kept replaces it. Returns the fact and whether it updated an old one.
     /// `label` is where the fact came from (what the saving run had seen).
-    pub async fn save(&self, text: &str, importance: f64, about_user: bool, run_id: Option<&str>, label: keel_guard::Label) -> Result<(MemoryRecord, bool), String> {
+    /// Keeps a fact (or updates the one it is close to); whether it was new.
+    pub async fn save(&self, text: &str, importance: f64, about_user: bool, run_id: Option<&str>, label: keel_guard::Label) -> Result<(MemoryRecord, bool), crate::Error> {
+        self.save_fact(text, importance, about_user, run_id, label).await.map_err(crate::Error::Memory)
+    }
+
+    async fn save_fact(&self, text: &str, importance: f64, about_user: bool, run_id: Option<&str>, label: keel_guard::Label) -> Result<(MemoryRecord, bool), String> {
         let text = text.trim();
         if text.is_empty() {
             return Err("memory: the fact is empty".into());
@@ -120,7 +125,12 @@ impl Memory<'_> {
     /// The `k` facts that best fit `query`, best first: relevance (cosine), recency of use
     /// (halving every `half_life_days`) and importance, weighted 3:1:1; facts below
     /// `min_relevance` are left out. Returned facts count as used.
-    pub async fn search(&self, query: &str, k: usize) -> Result<Vec<Recalled>, String> {
+    /// The facts that best fit a query, ranked as an agent recalls them.
+    pub async fn search(&self, query: &str, k: usize) -> Result<Vec<Recalled>, crate::Error> {
+        self.find_facts(query, k).await.map_err(crate::Error::Memory)
+    }
+
+    async fn find_facts(&self, query: &str, k: usize) -> Result<Vec<Recalled>, String> {
         let candidates = self.store.memories(Some(self.agent), self.user, false).map_err(|e| e.to_string())?;
         if candidates.is_empty() || k == 0 {
             return Ok(Vec::new());
@@ -148,19 +158,19 @@ impl Memory<'_> {
 
     /// Runs `memory_save` or `memory_search` for the model; `seen` is the label of what the
     /// model had read when it called (a saved fact carries it).
-    pub async fn call(&self, tool: &str, arguments: &serde_json::Value, run_id: &str, seen: &keel_guard::Label) -> Result<String, String> {
+    pub(crate) async fn call(&self, tool: &str, arguments: &serde_json::Value, run_id: &str, seen: &keel_guard::Label) -> Result<String, String> {
         match tool {
             "memory_save" => {
                 let fact = arguments["fact"].as_str().unwrap_or_default();
                 let importance = arguments["importance"].as_f64().unwrap_or(5.0).clamp(1.0, 10.0) / 10.0;
                 let about_user = arguments["about"].as_str().map_or(self.user.is_some(), |a| a == "user");
-                let (record, updated) = self.save(fact, importance, about_user, Some(run_id), seen.clone()).await?;
+                let (record, updated) = self.save_fact(fact, importance, about_user, Some(run_id), seen.clone()).await?;
                 Ok(format!("{} {} ({})", if updated { "updated" } else { "saved" }, record.id, if record.user_id.is_some() { "about the user" } else { "for this agent" }))
             }
             "memory_search" => {
                 let query = arguments["query"].as_str().unwrap_or_default();
                 let k = arguments["k"].as_u64().unwrap_or(5).clamp(1, 50) as usize;
-                let found = self.search(query, k).await?;
+                let found = self.find_facts(query, k).await?;
                 if found.is_empty() {
                     return Ok("nothing relevant is remembered".into());
                 }

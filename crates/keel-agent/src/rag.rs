@@ -65,13 +65,8 @@ impl<'a> ModelJudge<'a> {
 impl keel_rag::rerank::Judge for ModelJudge<'_> {
     fn json<'a>(&'a self, system: &'a str, user: &'a str, schema: &'a Value) -> BoxFuture<'a, Result<String, String>> {
         Box::pin(async move {
-            let request = ChatRequest {
-                model: self.alias.clone(),
-                messages: vec![Message::text(Role::System, system), Message::text(Role::User, user)],
-                response_format: Some(ResponseFormat::JsonSchema { name: "ranking".into(), schema: schema.clone(), strict: Some(true) }),
-                temperature: Some(0.0),
-                ..ChatRequest::default()
-            };
+            let format = ResponseFormat::JsonSchema { name: "ranking".into(), schema: schema.clone(), strict: Some(true) };
+            let request = instruct(&self.alias, system, user, Some(format));
             let reply = self.model.chat(&request).await.map_err(|e| format!("{} failed: {e}", self.alias))?;
             Ok(reply.response.message.text_content())
         })
@@ -93,22 +88,27 @@ impl<'a> ModelWriter<'a> {
 impl keel_rag::answer::Writer for ModelWriter<'_> {
     fn write<'a>(&'a self, system: &'a str, user: &'a str) -> BoxFuture<'a, Result<(String, String), String>> {
         Box::pin(async move {
-            let request = ChatRequest {
-                model: self.alias.clone(),
-                messages: vec![Message::text(Role::System, system), Message::text(Role::User, user)],
-                temperature: Some(0.0),
-                ..ChatRequest::default()
-            };
-            let reply = self.model.chat(&request).await.map_err(|e| format!("{}: {e}", self.alias))?;
+            let reply = self.model.chat(&instruct(&self.alias, system, user, None)).await.map_err(|e| format!("{}: {e}", self.alias))?;
             let model = if reply.response.model.is_empty() { self.alias.clone() } else { reply.response.model.clone() };
             Ok((reply.response.message.text_content(), format!("{}/{model}", reply.provider)))
         })
     }
 }
 
+/// A system and a user message to `alias` at temperature 0, in a format when one is given.
+fn instruct(alias: &str, system: &str, user: &str, response_format: Option<ResponseFormat>) -> ChatRequest {
+    ChatRequest {
+        model: alias.to_string(),
+        messages: vec![Message::text(Role::System, system), Message::text(Role::User, user)],
+        response_format,
+        temperature: Some(0.0),
+        ..ChatRequest::default()
+    }
+}
+
 /// Runs a search tool: the passages as JSON, each labelled with the collection's trust, and
 /// whether the collection is trusted. The collection stays open in `collections`.
-pub async fn search(collections: &keel_rag::Collections, collection: &str, arguments: &Value, model: &dyn ChatModel) -> Result<(String, bool), String> {
+pub(crate) async fn search(collections: &keel_rag::Collections, collection: &str, arguments: &Value, model: &dyn ChatModel) -> Result<(String, bool), String> {
     let query = arguments["query"].as_str().unwrap_or_default();
     let k = arguments["k"].as_u64().unwrap_or(5).clamp(1, 20) as usize;
     let shared = collections.get(collection).await.map_err(|e| e.to_string())?;

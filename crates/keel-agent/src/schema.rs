@@ -6,7 +6,7 @@
 
 use serde_json::Value;
 
-pub fn validate(schema: &Value, value: &Value) -> Result<(), String> {
+pub(crate) fn validate(schema: &Value, value: &Value) -> Result<(), String> {
     check(schema, schema, value, "")
 }
 

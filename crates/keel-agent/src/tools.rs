@@ -208,7 +208,7 @@ impl ToolBox {
     }
 
     /// Connects the MCP servers not yet connected and lists their tools.
-    pub async fn connect(&self) -> Result<(), String> {
+    pub(crate) async fn connect(&self) -> Result<(), String> {
         let listed = futures_util::future::join_all(self.mcp.iter().map(|server| server.entries())).await;
         for result in listed {
             let entries = result?;
@@ -263,7 +263,7 @@ pub fn truncate(mut text: String) -> String {
 
 /// A path the model gave, inside the workspace: relative, no `..`, and not leaving the
 /// workspace through a symbolic link.
-pub fn inside(workspace: &Path, given: &str) -> Result<PathBuf, String> {
+pub(crate) fn inside(workspace: &Path, given: &str) -> Result<PathBuf, String> {
     let relative = Path::new(given.trim());
     if relative.components().any(|c| matches!(c, Component::ParentDir | Component::RootDir | Component::Prefix(_))) {
         return Err(format!("`{given}` is outside the workspace; use a relative path inside it, without `..`"));

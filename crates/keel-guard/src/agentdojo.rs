@@ -10,16 +10,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::{Capabilities, Context, Guard, GuardSpec, Label, Verdict};
-
-/// What the replay cannot do.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{0}")]
-    Read(String),
-    #[error("{0}")]
-    Data(String),
-}
+use crate::{Capabilities, Context, Error, Guard, GuardSpec, Label, Verdict};
 
 /// How the guard runs.
 #[derive(Debug, Clone, Copy, Default)]

@@ -215,8 +215,8 @@ impl Detector {
         linear::write_model(MAGIC, BITS, [self.bias, self.threshold, scale], bytes.into_iter())
     }
 
-    pub fn from_bytes(bytes: &[u8]) -> Result<Detector, String> {
-        let ([bias, threshold, scale], weights) = linear::read_model(bytes, MAGIC, BITS, "injection")?;
+    pub fn from_bytes(bytes: &[u8]) -> crate::Result<Detector> {
+        let ([bias, threshold, scale], weights) = linear::read_model(bytes, MAGIC, BITS, "injection").map_err(crate::Error::Model)?;
         Ok(Detector { weights: linear::dequantise(weights, scale), bias, threshold })
     }
 
@@ -262,7 +262,11 @@ pub fn is_validation(text: &str) -> bool {
 /// and a label column, `type` or `label`: `jailbreak`, `injection`, `1` and `true` are
 /// injections, `benign`, `0` and `false` are not), or from JSON lines
 /// (`{"text": ..., "label": true}`), as the file's extension says.
-pub fn read_labelled(path: &std::path::Path) -> Result<Vec<(String, bool)>, String> {
+pub fn read_labelled(path: &std::path::Path) -> crate::Result<Vec<(String, bool)>> {
+    labelled_rows(path).map_err(crate::Error::Data)
+}
+
+fn labelled_rows(path: &std::path::Path) -> Result<Vec<(String, bool)>, String> {
     let raw = std::fs::read_to_string(path).map_err(|e| format!("could not read {}: {e}", path.display()))?;
     let label_of = |value: &str, line: usize| match value.trim().to_ascii_lowercase().as_str() {
         "jailbreak" | "injection" | "1" | "true" | "malicious" => Ok(true),
@@ -408,15 +412,15 @@ pub struct Trained {
 }
 
 /// Trains the shipped kind of detector (one-byte weights) on `examples`.
-pub fn train_split(examples: Vec<(String, bool)>, epochs: usize) -> Result<Trained, String> {
+pub fn train_split(examples: Vec<(String, bool)>, epochs: usize) -> crate::Result<Trained> {
     let (validation, training): (Vec<_>, Vec<_>) = examples.into_iter().partition(|(text, _)| is_validation(text));
     if training.iter().all(|(_, y)| *y) || training.iter().all(|(_, y)| !*y) {
-        return Err("training needs both benign and injection examples".into());
+        return Err(crate::Error::Training("training needs both benign and injection examples".into()));
     }
     let mut model = Detector::train(&training, &TrainOptions { epochs, ..TrainOptions::default() }).quantised();
     let benign: Vec<f32> = validation.iter().filter(|(_, y)| !*y).map(|(t, _)| model.scan(t).score).collect();
     if benign.is_empty() {
-        return Err("the validation fifth has no benign examples to set the threshold on".into());
+        return Err(crate::Error::Training("the validation fifth has no benign examples to set the threshold on".into()));
     }
     model.threshold = threshold_at_fpr(&benign, 0.01);
     let scored: Vec<(f32, bool)> = validation.iter().map(|(t, y)| (model.scan(t).score, *y)).collect();

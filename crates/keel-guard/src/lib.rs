@@ -24,6 +24,24 @@ pub mod redteam;
 
 use serde::{Deserialize, Serialize};
 
+/// What keel-guard cannot do: a policy that does not hold together, a stored model it cannot
+/// read, training data it cannot use, files its benches are given.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Policy(String),
+    #[error("{0}")]
+    Model(String),
+    #[error("{0}")]
+    Training(String),
+    #[error("{0}")]
+    Read(String),
+    #[error("{0}")]
+    Data(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
 pub use context::{Context, Item, has_field};
 pub use keel_core::label::{Capabilities, Capability, Label, Readers};
 
@@ -115,18 +133,18 @@ impl PolicySpec {
 
 impl GuardSpec {
     /// Checks the policies make sense (a rule needs both `argument` and `from`, or a `decision`).
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<()> {
         for policy in &self.policy {
             let name = policy.name();
             match (&policy.decision, &policy.argument, policy.from.is_empty()) {
                 (Some(_), None, true) => {}
-                (Some(_), _, _) => return Err(format!("guard policy `{name}`: `decision` is a fixed verdict and takes no `argument` or `from`")),
+                (Some(_), _, _) => return Err(Error::Policy(format!("guard policy `{name}`: `decision` is a fixed verdict and takes no `argument` or `from`"))),
                 (None, Some(_), false) => {}
-                (None, None, _) => return Err(format!("guard policy `{name}`: give a `decision`, or an `argument` and where it must come `from`")),
-                (None, Some(_), true) => return Err(format!("guard policy `{name}`: `from` lists where the argument may come from (user, system or tool names)")),
+                (None, None, _) => return Err(Error::Policy(format!("guard policy `{name}`: give a `decision`, or an `argument` and where it must come `from`"))),
+                (None, Some(_), true) => return Err(Error::Policy(format!("guard policy `{name}`: `from` lists where the argument may come from (user, system or tool names)"))),
             }
             if policy.tool.trim().is_empty() {
-                return Err(format!("guard policy `{name}`: `tool` is empty"));
+                return Err(Error::Policy(format!("guard policy `{name}`: `tool` is empty")));
             }
         }
         Ok(())
@@ -450,7 +468,7 @@ mod tests {
         let delete = guard.decide("delete_file", Capabilities::NONE, &json!({"path": "x"}), &ctx);
         assert_eq!((delete.verdict, delete.policy.as_str()), (Verdict::Deny, "no-deletes"));
         let bad: GuardSpec = toml::from_str("[[policy]]\ntool = \"x\"\nargument = \"to\"\n").unwrap();
-        assert!(bad.check().unwrap_err().contains("`from`"));
+        assert!(bad.check().unwrap_err().to_string().contains("`from`"));
     }
 
     #[test]

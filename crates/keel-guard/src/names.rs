@@ -315,8 +315,8 @@ impl Tagger {
         linear::write_model(MAGIC, BITS, [self.bias, self.threshold, self.scale], self.weights.iter().map(|w| *w as u8))
     }
 
-    pub fn from_bytes(bytes: &[u8]) -> Result<Tagger, String> {
-        let ([bias, threshold, scale], weights) = linear::read_model(bytes, MAGIC, BITS, "name")?;
+    pub fn from_bytes(bytes: &[u8]) -> crate::Result<Tagger> {
+        let ([bias, threshold, scale], weights) = linear::read_model(bytes, MAGIC, BITS, "name").map_err(crate::Error::Model)?;
         Ok(Tagger { weights: weights.iter().map(|b| *b as i8).collect(), scale, bias, threshold })
     }
 }
@@ -324,7 +324,11 @@ impl Tagger {
 /// Sentences with their spans of one entity type, from Presidio's synthetic data set format
 /// (`full_text`, `spans[]` with `entity_type`, `start_position`, `end_position` in characters),
 /// as byte ranges.
-pub fn read_spans(path: &std::path::Path, entity: &str) -> Result<Vec<Labelled>, String> {
+pub fn read_spans(path: &std::path::Path, entity: &str) -> crate::Result<Vec<Labelled>> {
+    spans_of(path, entity).map_err(crate::Error::Data)
+}
+
+fn spans_of(path: &std::path::Path, entity: &str) -> Result<Vec<Labelled>, String> {
     let raw = std::fs::read_to_string(path).map_err(|e| format!("could not read {}: {e}", path.display()))?;
     let items: Vec<serde_json::Value> = serde_json::from_str(&raw).map_err(|e| format!("{} is not a JSON list: {e}", path.display()))?;
     items
@@ -354,10 +358,10 @@ pub struct Trained {
 }
 
 /// Trains the name tagger on sentences with their name spans.
-pub fn train_split(sentences: Vec<(String, Vec<(usize, usize)>)>, epochs: usize) -> Result<Trained, String> {
+pub fn train_split(sentences: Vec<(String, Vec<(usize, usize)>)>, epochs: usize) -> crate::Result<Trained> {
     let (validation, training): (Vec<_>, Vec<_>) = sentences.into_iter().partition(|(text, _)| crate::detect::is_validation(text));
     if training.iter().all(|(_, spans)| spans.is_empty()) {
-        return Err("no PERSON spans to learn names from".into());
+        return Err(crate::Error::Training("no PERSON spans to learn names from".into()));
     }
     let mut model = Tagger::train(&training, &crate::detect::TrainOptions { epochs, ..crate::detect::TrainOptions::default() });
     model.calibrate(&validation);

@@ -20,6 +20,10 @@ pub enum Error {
     Connect { provider: String, message: String },
     #[error("upstream {provider} sent an answer keel could not read: {message}")]
     BadResponse { provider: String, message: String },
+    /// A provider's body or stream event that a decoder could not read (the provider not yet
+    /// known; the call path reports it as `BadResponse` or `StreamCut` with the provider).
+    #[error("an answer keel could not read: {0}")]
+    Unreadable(String),
     #[error("upstream {provider} cut the stream: {message}")]
     StreamCut { provider: String, message: String },
     #[error("provider {provider} has no API key: set the environment variable {env}")]
@@ -69,7 +73,7 @@ impl Error {
                 _ => 502,
             },
             Error::Timeout { .. } => 504,
-            Error::Connect { .. } | Error::BadResponse { .. } | Error::StreamCut { .. } => 502,
+            Error::Connect { .. } | Error::BadResponse { .. } | Error::Unreadable(_) | Error::StreamCut { .. } => 502,
             Error::MissingKey { .. } => 500,
             Error::Overloaded { .. } => 503,
             Error::LocalModel { .. } => 500,
@@ -95,7 +99,7 @@ impl Error {
             Error::Upstream { .. } => "upstream_error",
             Error::Timeout { .. } => "upstream_timeout",
             Error::Connect { .. } => "upstream_unreachable",
-            Error::BadResponse { .. } => "upstream_bad_response",
+            Error::BadResponse { .. } | Error::Unreadable(_) => "upstream_bad_response",
             Error::StreamCut { .. } => "upstream_stream_cut",
             Error::MissingKey { .. } => "provider_key_missing",
             Error::Unsupported { .. } => "unsupported",

@@ -22,7 +22,7 @@ use serde_json::Value;
 
 /// Checks a tool definition the way providers would, so a bad one fails with a clear 400
 /// before any upstream sees it.
-pub fn validate_tool(tool: &ToolDef) -> Result<(), String> {
+pub(crate) fn validate_tool(tool: &ToolDef) -> Result<(), String> {
     let name_ok = !tool.name.is_empty()
         && tool.name.len() <= 128
         && tool.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));

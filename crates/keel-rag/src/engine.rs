@@ -70,7 +70,7 @@ pub(crate) enum VectorIndex {
 }
 
 impl VectorIndex {
-    pub(crate) fn add(&self, items: &[(i64, &[f32])]) -> std::result::Result<(), String> {
+    pub(crate) fn add(&self, items: &[(i64, &[f32])]) -> crate::Result<()> {
         match self {
             VectorIndex::Embedded(v) => v.add(items),
             #[cfg(feature = "pgvector")]
@@ -80,7 +80,7 @@ impl VectorIndex {
         }
     }
 
-    pub(crate) fn remove(&self, ids: &[i64]) -> std::result::Result<(), String> {
+    pub(crate) fn remove(&self, ids: &[i64]) -> crate::Result<()> {
         match self {
             VectorIndex::Embedded(v) => v.remove(ids),
             #[cfg(feature = "pgvector")]
@@ -90,7 +90,7 @@ impl VectorIndex {
         }
     }
 
-    pub(crate) fn save(&self, generation: u64) -> std::result::Result<(), String> {
+    pub(crate) fn save(&self, generation: u64) -> crate::Result<()> {
         match self {
             VectorIndex::Embedded(v) => v.save(generation),
             #[cfg(feature = "pgvector")]
@@ -101,7 +101,7 @@ impl VectorIndex {
     }
 
     /// The `k` nearest; `allowed` (chunk ids) keeps only those.
-    pub(crate) fn search(&self, query: &[f32], k: usize, allowed: Option<&std::collections::HashSet<i64>>) -> std::result::Result<Vec<(i64, f64)>, String> {
+    pub(crate) fn search(&self, query: &[f32], k: usize, allowed: Option<&std::collections::HashSet<i64>>) -> crate::Result<Vec<(i64, f64)>> {
         match (self, allowed) {
             (VectorIndex::Embedded(v), None) => v.search(query, k, None),
             (VectorIndex::Embedded(v), Some(ids)) => v.search(query, k, Some(&|id| ids.contains(&id))),

@@ -27,7 +27,11 @@ fn read_jsonl(path: &Path) -> Result<Vec<serde_json::Value>, String> {
 impl Beir {
     /// Reads `corpus.jsonl`, `queries.jsonl` and the judgements (`qrels/test.tsv`, else the
     /// only file in `qrels/`, or `qrels` given).
-    pub fn load(dir: &Path, qrels: Option<&Path>) -> Result<Beir, String> {
+    pub fn load(dir: &Path, qrels: Option<&Path>) -> crate::Result<Beir> {
+        Beir::read(dir, qrels).map_err(crate::Error::Io)
+    }
+
+    fn read(dir: &Path, qrels: Option<&Path>) -> Result<Beir, String> {
         let mut beir = Beir::default();
         for doc in read_jsonl(&dir.join("corpus.jsonl"))? {
             let id = doc["_id"].as_str().map(String::from).or_else(|| doc["_id"].as_i64().map(|n| n.to_string())).ok_or("a corpus line has no _id")?;

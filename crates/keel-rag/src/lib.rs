@@ -66,6 +66,9 @@ pub enum Error {
     Answer(String),
     #[error("{0}")]
     BadQuery(String),
+    /// A vector index (keel's HNSW file, pgvector, Qdrant) failed.
+    #[error("{0}")]
+    Index(String),
     #[error("{0}")]
     Io(String),
 }
@@ -285,14 +288,14 @@ impl Collection {
             }
             #[cfg(feature = "pgvector")]
             (dim, Engine::Pgvector) => {
-                let pg = pgvector::PgVectors::connect(&postgres_url(name)?, name, dim).map_err(Error::Io)?;
-                let stale = pg.generation().map_err(Error::Io)? != Some(generation);
+                let pg = pgvector::PgVectors::connect(&postgres_url(name)?, name, dim)?;
+                let stale = pg.generation()? != Some(generation);
                 (Some(VectorIndex::Pgvector(pg)), stale)
             }
             #[cfg(feature = "qdrant")]
             (dim, Engine::Qdrant) => {
-                let qdrant = qdrant::QdrantVectors::connect(&qdrant_url(name)?, name, dim).map_err(Error::Io)?;
-                let stale = qdrant.generation().map_err(Error::Io)? != Some(generation);
+                let qdrant = qdrant::QdrantVectors::connect(&qdrant_url(name)?, name, dim)?;
+                let stale = qdrant.generation()? != Some(generation);
                 (Some(VectorIndex::Qdrant(qdrant)), stale)
             }
             #[allow(unreachable_patterns, reason = "reached only in builds without an engine's feature")]
@@ -341,19 +344,19 @@ impl Collection {
         let index = match self.vectors.take() {
             #[cfg(feature = "pgvector")]
             Some(VectorIndex::Pgvector(pg)) => {
-                pg.clear().map_err(io)?;
+                pg.clear()?;
                 VectorIndex::Pgvector(pg)
             }
             #[cfg(feature = "qdrant")]
             Some(VectorIndex::Qdrant(qdrant)) => {
-                qdrant.clear().map_err(io)?;
+                qdrant.clear()?;
                 VectorIndex::Qdrant(qdrant)
             }
             _ => self.new_index()?,
         };
         let items: Vec<(i64, &[f32])> = rows.iter().map(|(id, v)| (*id, v.as_slice())).collect();
-        index.add(&items).map_err(io)?;
-        index.save(self.generation).map_err(io)?;
+        index.add(&items)?;
+        index.save(self.generation)?;
         self.vectors = Some(index);
         Ok(())
     }
@@ -361,11 +364,11 @@ impl Collection {
     /// An empty vector index on the collection's engine.
     fn new_index(&self) -> Result<VectorIndex> {
         Ok(match self.engine {
-            Engine::Embedded => VectorIndex::Embedded(Vectors::new(&self.dir.join(VECTORS_FILE), self.dim).map_err(io)?),
+            Engine::Embedded => VectorIndex::Embedded(Vectors::new(&self.dir.join(VECTORS_FILE), self.dim)?),
             #[cfg(feature = "pgvector")]
-            Engine::Pgvector => VectorIndex::Pgvector(pgvector::PgVectors::connect(&postgres_url(&self.name)?, &self.name, self.dim).map_err(Error::Io)?),
+            Engine::Pgvector => VectorIndex::Pgvector(pgvector::PgVectors::connect(&postgres_url(&self.name)?, &self.name, self.dim)?),
             #[cfg(feature = "qdrant")]
-            Engine::Qdrant => VectorIndex::Qdrant(qdrant::QdrantVectors::connect(&qdrant_url(&self.name)?, &self.name, self.dim).map_err(Error::Io)?),
+            Engine::Qdrant => VectorIndex::Qdrant(qdrant::QdrantVectors::connect(&qdrant_url(&self.name)?, &self.name, self.dim)?),
             #[allow(unreachable_patterns, reason = "reached only in builds without an engine's feature")]
             engine => return Err(engine.left_out()),
         })
@@ -378,7 +381,7 @@ impl Collection {
     /// Saves the vector index if it is behind the chunks (after an ingest).
     pub fn save(&self) -> Result<()> {
         match &self.vectors {
-            Some(vectors) => vectors.save(self.generation).map_err(io),
+            Some(vectors) => vectors.save(self.generation),
             None => Ok(()),
         }
     }
@@ -554,8 +557,8 @@ impl Collection {
             self.vectors = Some(self.new_index()?);
         }
         let vectors = self.vectors.as_ref().expect("made above");
-        vectors.remove(&removed).map_err(io)?;
-        vectors.add(&added.iter().map(|(id, _, v)| (*id, v.as_slice())).collect::<Vec<_>>()).map_err(io)?;
+        vectors.remove(&removed)?;
+        vectors.add(&added.iter().map(|(id, _, v)| (*id, v.as_slice())).collect::<Vec<_>>())?;
         for id in removed {
             self.docs_of.remove(&id);
         }
@@ -577,7 +580,7 @@ impl Collection {
         tx.commit().map_err(io)?;
         self.bm25.update(&old, std::iter::empty()).map_err(io)?;
         if let Some(vectors) = &self.vectors {
-            vectors.remove(&old).map_err(io)?;
+            vectors.remove(&old)?;
         }
         for id in old {
             self.docs_of.remove(&id);

@@ -6,13 +6,18 @@ pub const BUILT: bool = cfg!(feature = "pdf");
 
 /// The text of every page, joined by blank lines, and the byte offset where each page starts.
 #[cfg(not(feature = "pdf"))]
-pub fn text(_bytes: &[u8]) -> Result<(String, Vec<usize>), String> {
-    Err("this keel was built without PDF support (cargo feature `pdf` of keel-rag)".into())
+pub fn text(_bytes: &[u8]) -> crate::Result<(String, Vec<usize>)> {
+    Err(crate::Error::Io("this keel was built without PDF support (cargo feature `pdf` of keel-rag)".into()))
 }
 
 /// The text of every page, joined by blank lines, and the byte offset where each page starts.
 #[cfg(feature = "pdf")]
-pub fn text(bytes: &[u8]) -> Result<(String, Vec<usize>), String> {
+pub fn text(bytes: &[u8]) -> crate::Result<(String, Vec<usize>)> {
+    text_layers(bytes).map_err(crate::Error::Io)
+}
+
+#[cfg(feature = "pdf")]
+fn text_layers(bytes: &[u8]) -> Result<(String, Vec<usize>), String> {
     let doc = lopdf::Document::load_mem(bytes).map_err(|e| format!("not a readable PDF: {e}"))?;
     let mut text = String::new();
     let mut starts = Vec::new();
@@ -88,8 +93,8 @@ mod tests {
         assert_eq!(page_of(&starts, second), Some(2));
         assert_eq!(page_of(&[], 5), None);
         let scan = make(&[""]);
-        assert!(super::text(&scan).unwrap_err().contains("without a text layer"));
-        assert!(super::text(b"%PDF-1.4 truncated").unwrap_err().contains("not a readable PDF"));
+        assert!(super::text(&scan).unwrap_err().to_string().contains("without a text layer"));
+        assert!(super::text(b"%PDF-1.4 truncated").unwrap_err().to_string().contains("not a readable PDF"));
     }
 
     #[cfg(not(feature = "pdf"))]
@@ -97,7 +102,7 @@ mod tests {
     #[expect(clippy::print_stderr, reason = "the test says what it skips")]
     fn pdfs_are_refused_with_a_reason_in_a_build_without_them() {
         eprintln!("skipped: reading PDF text layers (this build leaves the `pdf` feature out)");
-        assert!(super::text(b"%PDF-1.4").unwrap_err().contains("without PDF support"));
+        assert!(super::text(b"%PDF-1.4").unwrap_err().to_string().contains("without PDF support"));
         assert_eq!(page_of(&[0, 10], 12), Some(2));
     }
 }

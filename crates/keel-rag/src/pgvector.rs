@@ -47,7 +47,7 @@ fn vector_text(v: &[f32]) -> String {
 
 impl PgVectors {
     /// Connects and makes the collection's table and index if they are missing.
-    pub fn connect(url: &str, collection: &str, dim: usize) -> Result<PgVectors, String> {
+    pub fn connect(url: &str, collection: &str, dim: usize) -> crate::Result<PgVectors> {
         let url = url.to_string();
         let worker = Worker::spawn(format!("keel-pgvector-{collection}"), move |runtime| {
             let (client, connection) = runtime.block_on(tokio_postgres::connect(&url, NoTls)).map_err(|e| format!("could not connect to PostgreSQL: {e}"))?;
@@ -57,7 +57,8 @@ impl PgVectors {
                 }
             });
             Ok(client)
-        })?;
+        })
+        .map_err(crate::Error::Index)?;
         let pg = PgVectors { worker, table: format!("\"keel_rag_{collection}\""), collection: collection.to_string(), dim };
         let (table, index) = (pg.table.clone(), format!("\"keel_rag_{collection}_hnsw\""));
         let m = crate::vectors::CONNECTIVITY;
@@ -74,12 +75,12 @@ impl PgVectors {
         Ok(pg)
     }
 
-    fn call<T: Send + 'static>(&self, f: impl FnOnce(&tokio::runtime::Runtime, &Client) -> Result<T, String> + Send + 'static) -> Result<T, String> {
-        self.worker.call(f)
+    fn call<T: Send + 'static>(&self, f: impl FnOnce(&tokio::runtime::Runtime, &Client) -> Result<T, String> + Send + 'static) -> crate::Result<T> {
+        self.worker.call(f).map_err(crate::Error::Index)
     }
 
     /// The generation the table holds (`None`: never saved).
-    pub fn generation(&self) -> Result<Option<u64>, String> {
+    pub fn generation(&self) -> crate::Result<Option<u64>> {
         let collection = self.collection.clone();
         self.call(move |rt, client| {
             let row = rt.block_on(client.query_opt("SELECT generation FROM keel_rag_generations WHERE collection = $1", &[&collection])).map_err(|e| e.to_string())?;
@@ -88,7 +89,7 @@ impl PgVectors {
     }
 
     /// How many vectors the table holds.
-    pub fn count(&self) -> Result<usize, String> {
+    pub fn count(&self) -> crate::Result<usize> {
         let table = self.table.clone();
         self.call(move |rt, client| {
             let row = rt.block_on(client.query_one(&format!("SELECT count(*) FROM {table}"), &[])).map_err(|e| e.to_string())?;
@@ -97,9 +98,9 @@ impl PgVectors {
     }
 
     /// Adds or replaces vectors.
-    pub fn add(&self, items: &[(i64, &[f32])]) -> Result<(), String> {
+    pub fn add(&self, items: &[(i64, &[f32])]) -> crate::Result<()> {
         if let Some((_, v)) = items.iter().find(|(_, v)| v.len() != self.dim) {
-            return Err(format!("a {}-dimension vector in a {}-dimension index", v.len(), self.dim));
+            return Err(crate::Error::Index(format!("a {}-dimension vector in a {}-dimension index", v.len(), self.dim)));
         }
         let table = self.table.clone();
         for part in items.chunks(500) {
@@ -117,7 +118,7 @@ impl PgVectors {
         Ok(())
     }
 
-    pub fn remove(&self, ids: &[i64]) -> Result<(), String> {
+    pub fn remove(&self, ids: &[i64]) -> crate::Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -128,14 +129,14 @@ impl PgVectors {
     }
 
     /// Empties the table (before a rebuild).
-    pub fn clear(&self) -> Result<(), String> {
+    pub fn clear(&self) -> crate::Result<()> {
         let table = self.table.clone();
         self.call(move |rt, client| rt.block_on(client.batch_execute(&format!("TRUNCATE {table}"))).map_err(|e| e.to_string()))
     }
 
     /// The `k` nearest chunks by inner product, best first; `allow` keeps only those ids (the
     /// index scan goes on until it has `k` of them: pgvector's iterative scan).
-    pub fn search(&self, query: &[f32], k: usize, ef: usize, allow: Option<Vec<i64>>) -> Result<Vec<(i64, f64)>, String> {
+    pub fn search(&self, query: &[f32], k: usize, ef: usize, allow: Option<Vec<i64>>) -> crate::Result<Vec<(i64, f64)>> {
         let (table, vector) = (self.table.clone(), vector_text(query));
         self.call(move |rt, client| {
             rt.block_on(async {
@@ -165,7 +166,7 @@ impl PgVectors {
     }
 
     /// Records the generation the table now holds.
-    pub fn save(&self, generation: u64) -> Result<(), String> {
+    pub fn save(&self, generation: u64) -> crate::Result<()> {
         let collection = self.collection.clone();
         self.call(move |rt, client| {
             let generation = generation as i64;

@@ -50,13 +50,18 @@ fn generation_point(collection: &str) -> u64 {
 }
 
 impl QdrantVectors {
+    fn call<T: Send + 'static>(&self, f: impl FnOnce(&tokio::runtime::Runtime, &Qdrant) -> Result<T, String> + Send + 'static) -> crate::Result<T> {
+        self.worker.call(f).map_err(crate::Error::Index)
+    }
+
     /// Connects and makes the Qdrant collections if they are missing.
-    pub fn connect(url: &str, collection: &str, dim: usize) -> Result<QdrantVectors, String> {
+    pub fn connect(url: &str, collection: &str, dim: usize) -> crate::Result<QdrantVectors> {
         let url = url.to_string();
-        let worker = Worker::spawn(format!("keel-qdrant-{collection}"), move |_| Qdrant::from_url(&url).build().map_err(|e| format!("could not connect to Qdrant: {e}")))?;
+        let worker = Worker::spawn(format!("keel-qdrant-{collection}"), move |_| Qdrant::from_url(&url).build().map_err(|e| format!("could not connect to Qdrant: {e}")))
+            .map_err(crate::Error::Index)?;
         let name = format!("keel_rag_{collection}");
         let qdrant = QdrantVectors { worker, name: name.clone(), collection: collection.to_string(), dim };
-        qdrant.worker.call(move |rt, client| {
+        qdrant.call(move |rt, client| {
             rt.block_on(async {
                 if !client.collection_exists(&name).await.map_err(|e| format!("could not reach Qdrant: {e}"))? {
                     let hnsw = HnswConfigDiffBuilder::default().m(crate::vectors::CONNECTIVITY as u64).ef_construct(crate::vectors::EXPANSION_ADD as u64);
@@ -73,9 +78,9 @@ impl QdrantVectors {
     }
 
     /// The generation the Qdrant collection holds (`None`: never saved).
-    pub fn generation(&self) -> Result<Option<u64>, String> {
+    pub fn generation(&self) -> crate::Result<Option<u64>> {
         let point = generation_point(&self.collection);
-        self.worker.call(move |rt, client| {
+        self.call(move |rt, client| {
             let found = rt.block_on(client.get_points(GetPointsBuilder::new(GENERATIONS, vec![point.into()]).with_payload(true))).map_err(err)?;
             Ok(found.result.first().and_then(|p| match p.payload.get("generation").and_then(|v| v.kind.as_ref()) {
                 Some(Kind::IntegerValue(g)) => Some(*g as u64),
@@ -84,32 +89,32 @@ impl QdrantVectors {
         })
     }
 
-    pub fn add(&self, items: &[(i64, &[f32])]) -> Result<(), String> {
+    pub fn add(&self, items: &[(i64, &[f32])]) -> crate::Result<()> {
         if let Some((_, v)) = items.iter().find(|(_, v)| v.len() != self.dim) {
-            return Err(format!("a {}-dimension vector in a {}-dimension index", v.len(), self.dim));
+            return Err(crate::Error::Index(format!("a {}-dimension vector in a {}-dimension index", v.len(), self.dim)));
         }
         for part in items.chunks(256) {
             let points: Vec<PointStruct> = part.iter().map(|(id, v)| PointStruct::new(*id as u64, v.to_vec(), HashMap::<String, Value>::new())).collect();
             let name = self.name.clone();
-            self.worker.call(move |rt, client| rt.block_on(client.upsert_points(UpsertPointsBuilder::new(name, points).wait(true))).map(|_| ()).map_err(err))?;
+            self.call(move |rt, client| rt.block_on(client.upsert_points(UpsertPointsBuilder::new(name, points).wait(true))).map(|_| ()).map_err(err))?;
         }
         Ok(())
     }
 
-    pub fn remove(&self, ids: &[i64]) -> Result<(), String> {
+    pub fn remove(&self, ids: &[i64]) -> crate::Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
         let (name, ids) = (self.name.clone(), ids.iter().map(|id| (*id as u64).into()).collect());
-        self.worker.call(move |rt, client| {
+        self.call(move |rt, client| {
             rt.block_on(client.delete_points(DeletePointsBuilder::new(name).points(PointsIdsList { ids }).wait(true))).map(|_| ()).map_err(err)
         })
     }
 
     /// Empties the Qdrant collection (before a rebuild): dropped and made again.
-    pub fn clear(&self) -> Result<(), String> {
+    pub fn clear(&self) -> crate::Result<()> {
         let (name, dim) = (self.name.clone(), self.dim);
-        self.worker.call(move |rt, client| {
+        self.call(move |rt, client| {
             rt.block_on(async {
                 client.delete_collection(&name).await.map_err(err)?;
                 let hnsw = HnswConfigDiffBuilder::default().m(crate::vectors::CONNECTIVITY as u64).ef_construct(crate::vectors::EXPANSION_ADD as u64);
@@ -121,9 +126,9 @@ impl QdrantVectors {
 
     /// The `k` nearest chunks by inner product, best first; `allow` keeps only those ids
     /// (filtered inside Qdrant's HNSW search).
-    pub fn search(&self, query: &[f32], k: usize, ef: usize, allow: Option<Vec<i64>>) -> Result<Vec<(i64, f64)>, String> {
+    pub fn search(&self, query: &[f32], k: usize, ef: usize, allow: Option<Vec<i64>>) -> crate::Result<Vec<(i64, f64)>> {
         let (name, query) = (self.name.clone(), query.to_vec());
-        self.worker.call(move |rt, client| {
+        self.call(move |rt, client| {
             let mut request = SearchPointsBuilder::new(name, query, k as u64).params(SearchParamsBuilder::default().hnsw_ef(ef as u64));
             if let Some(ids) = allow {
                 request = request.filter(Filter::must([Condition::has_id(ids.into_iter().map(|id| id as u64))]));
@@ -141,10 +146,10 @@ impl QdrantVectors {
     }
 
     /// Records the generation the Qdrant collection now holds.
-    pub fn save(&self, generation: u64) -> Result<(), String> {
+    pub fn save(&self, generation: u64) -> crate::Result<()> {
         let point = generation_point(&self.collection);
         let collection = self.collection.clone();
-        self.worker.call(move |rt, client| {
+        self.call(move |rt, client| {
             let payload: HashMap<String, Value> = HashMap::from([
                 ("collection".to_string(), Value { kind: Some(Kind::StringValue(collection)) }),
                 ("generation".to_string(), Value { kind: Some(Kind::IntegerValue(generation as i64)) }),

@@ -73,7 +73,7 @@ pub async fn query(collection: &Mutex<Collection>, query: &Query, embedder: &dyn
     let vector = query.embed(embedder).await?;
     let hits = collection.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).retrieve(query, vector.as_deref())?;
     let mut hits = match judge {
-        Some(judge) if query.rerank => rerank::rerank(&query.text, hits, judge).await.map_err(Error::Rerank)?,
+        Some(judge) if query.rerank => rerank::rerank(&query.text, hits, judge).await?,
         _ => hits,
     };
     hits.truncate(query.search.k);

@@ -21,7 +21,7 @@ pub const DEPTH: usize = 20;
 const PASSAGE_CHARS: usize = 1200;
 
 /// `hits` reordered by the judge's view of their relevance to `query`.
-pub async fn rerank(query: &str, hits: Vec<Hit>, judge: &dyn Judge) -> Result<Vec<Hit>, String> {
+pub async fn rerank(query: &str, hits: Vec<Hit>, judge: &dyn Judge) -> crate::Result<Vec<Hit>> {
     if hits.len() < 2 {
         return Ok(hits);
     }
@@ -39,8 +39,9 @@ pub async fn rerank(query: &str, hits: Vec<Hit>, judge: &dyn Judge) -> Result<Ve
         "required": ["order"],
         "additionalProperties": false
     });
-    let answer = judge.json(system, &user, &schema).await?;
-    let order = parse_order(&answer, hits.len()).ok_or_else(|| format!("the reranker's answer is not a ranking: {}", answer.chars().take(200).collect::<String>()))?;
+    let answer = judge.json(system, &user, &schema).await.map_err(crate::Error::Rerank)?;
+    let order = parse_order(&answer, hits.len())
+        .ok_or_else(|| crate::Error::Rerank(format!("the reranker's answer is not a ranking: {}", answer.chars().take(200).collect::<String>())))?;
     let mut slots: Vec<Option<Hit>> = hits.into_iter().map(Some).collect();
     let mut out: Vec<Hit> = order.into_iter().filter_map(|n| slots[n - 1].take()).collect();
     out.extend(slots.into_iter().flatten());
@@ -92,6 +93,6 @@ mod tests {
         assert_eq!(ids(rerank("q", hits(), &Fixed("Sure! [3, 2]")).await.unwrap()), [3, 2, 1], "a bare array in prose is read");
         let ranked = rerank("q", hits(), &Fixed(r#"{"order": [2]}"#)).await.unwrap();
         assert!(ranked[0].score > ranked[1].score && ranked[1].score > ranked[2].score);
-        assert!(rerank("q", hits(), &Fixed("no idea")).await.unwrap_err().contains("not a ranking"));
+        assert!(rerank("q", hits(), &Fixed("no idea")).await.unwrap_err().to_string().contains("not a ranking"));
     }
 }

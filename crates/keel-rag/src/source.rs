@@ -95,7 +95,7 @@ fn documents(paths: &[PathBuf], meta: &BTreeMap<String, String>) -> Result<Found
 /// PDF. `Err` says why it is skipped.
 fn read(bytes: Vec<u8>, kind: Option<Kind>, name: Option<String>) -> Result<(String, Option<String>, Kind, Vec<usize>), String> {
     let Some(kind) = kind else {
-        let (text, pages) = crate::pdf::text(&bytes)?;
+        let (text, pages) = crate::pdf::text(&bytes).map_err(|e| e.to_string())?;
         return Ok((text, name, Kind::Text, pages));
     };
     if bytes.contains(&0) {

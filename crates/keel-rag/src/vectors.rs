@@ -50,27 +50,27 @@ pub struct Vectors {
 
 impl Vectors {
     /// An empty index for `dim`-dimension vectors, saved at `path`.
-    pub fn new(path: &Path, dim: usize) -> Result<Vectors, String> {
+    pub fn new(path: &Path, dim: usize) -> crate::Result<Vectors> {
         if dim == 0 {
-            return Err("a vector index needs at least one dimension".into());
+            return Err(crate::Error::Index("a vector index needs at least one dimension".into()));
         }
         Ok(Vectors { graph: RwLock::new(Box::new(Graph::new(dim, CONNECTIVITY, EXPANSION_ADD))), path: path.to_path_buf(), exact_below: EXACT_BELOW })
     }
 
     /// The saved index if it holds `generation`; `Ok(None)` when it is missing or older,
     /// `Err` when the file cannot be read as an index (damaged).
-    pub fn load(path: &Path, dim: usize, generation: u64) -> Result<Option<Vectors>, String> {
+    pub fn load(path: &Path, dim: usize, generation: u64) -> crate::Result<Option<Vectors>> {
         let bytes = match std::fs::read(path) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Err(e) => return Err(crate::Error::Index(format!("{}: {e}", path.display()))),
         };
-        let (saved, graph) = Graph::decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        let (saved, graph) = Graph::decode(&bytes).map_err(|e| crate::Error::Index(format!("{}: {e}", path.display())))?;
         if saved != generation {
             return Ok(None);
         }
         if graph.dim != dim {
-            return Err(format!("{} holds {}-dimension vectors, not {dim}", path.display(), graph.dim));
+            return Err(crate::Error::Index(format!("{} holds {}-dimension vectors, not {dim}", path.display(), graph.dim)));
         }
         Ok(Some(Vectors { graph: RwLock::new(Box::new(graph)), path: path.to_path_buf(), exact_below: EXACT_BELOW }))
     }
@@ -93,16 +93,16 @@ impl Vectors {
     }
 
     /// Adds (or replaces) vectors, linking them on every core.
-    pub fn add(&self, items: &[(i64, &[f32])]) -> Result<(), String> {
+    pub fn add(&self, items: &[(i64, &[f32])]) -> crate::Result<()> {
         let mut graph = self.write();
         if let Some((_, v)) = items.iter().find(|(_, v)| v.len() != graph.dim) {
-            return Err(format!("a {}-dimension vector in a {}-dimension index", v.len(), graph.dim));
+            return Err(crate::Error::Index(format!("a {}-dimension vector in a {}-dimension index", v.len(), graph.dim)));
         }
         graph.add(items);
         Ok(())
     }
 
-    pub fn remove(&self, ids: &[i64]) -> Result<(), String> {
+    pub fn remove(&self, ids: &[i64]) -> crate::Result<()> {
         let mut graph = self.write();
         for id in ids {
             graph.remove(*id);
@@ -114,15 +114,15 @@ impl Vectors {
     /// chunks it accepts (searched within the graph, then over every vector when the graph
     /// walk found fewer than `k`). The walk keeps twice `k` candidates (at least
     /// [`EXPANSION_SEARCH`]), so the tail of a deep list is as good as its head.
-    pub fn search(&self, query: &[f32], k: usize, allow: Option<&(dyn Fn(i64) -> bool + Sync)>) -> Result<Vec<(i64, f64)>, String> {
+    pub fn search(&self, query: &[f32], k: usize, allow: Option<&(dyn Fn(i64) -> bool + Sync)>) -> crate::Result<Vec<(i64, f64)>> {
         self.search_ef(query, k, EXPANSION_SEARCH.max(2 * k), allow)
     }
 
     /// [`Vectors::search`] keeping `ef` candidates (the recall/speed dial; benchmarks).
-    pub fn search_ef(&self, query: &[f32], k: usize, ef: usize, allow: Option<&(dyn Fn(i64) -> bool + Sync)>) -> Result<Vec<(i64, f64)>, String> {
+    pub fn search_ef(&self, query: &[f32], k: usize, ef: usize, allow: Option<&(dyn Fn(i64) -> bool + Sync)>) -> crate::Result<Vec<(i64, f64)>> {
         let graph = self.read();
         if query.len() != graph.dim {
-            return Err(format!("a {}-dimension query for a {}-dimension index", query.len(), graph.dim));
+            return Err(crate::Error::Index(format!("a {}-dimension query for a {}-dimension index", query.len(), graph.dim)));
         }
         if graph.live == 0 || k == 0 {
             return Ok(Vec::new());
@@ -138,11 +138,11 @@ impl Vectors {
 
     /// Writes the index and the generation it holds (to a temporary file renamed into place,
     /// so a crash leaves the old file, which reads as behind and is rebuilt).
-    pub fn save(&self, generation: u64) -> Result<(), String> {
+    pub fn save(&self, generation: u64) -> crate::Result<()> {
         let bytes = self.read().encode(generation);
         let partial = self.path.with_extension("partial");
-        std::fs::write(&partial, bytes).map_err(|e| format!("{}: {e}", partial.display()))?;
-        std::fs::rename(&partial, &self.path).map_err(|e| format!("{}: {e}", self.path.display()))
+        std::fs::write(&partial, bytes).map_err(|e| crate::Error::Index(format!("{}: {e}", partial.display())))?;
+        std::fs::rename(&partial, &self.path).map_err(|e| crate::Error::Index(format!("{}: {e}", self.path.display())))
     }
 }
 
@@ -753,7 +753,7 @@ mod tests {
         let mut bytes = std::fs::read(dir.join("v")).unwrap();
         bytes[100] ^= 1;
         std::fs::write(dir.join("v"), bytes).unwrap();
-        assert!(Vectors::load(&dir.join("v"), 24, 4).unwrap_err().contains("damaged"));
+        assert!(Vectors::load(&dir.join("v"), 24, 4).unwrap_err().to_string().contains("damaged"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

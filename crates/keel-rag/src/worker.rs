@@ -12,7 +12,7 @@ pub struct Worker<C> {
 
 impl<C: 'static> Worker<C> {
     /// Starts the thread and makes the client on it with `connect`.
-    pub fn spawn<F>(name: String, connect: F) -> Result<Worker<C>, String>
+    pub(crate) fn spawn<F>(name: String, connect: F) -> Result<Worker<C>, String>
     where
         F: FnOnce(&tokio::runtime::Runtime) -> Result<C, String> + Send + 'static,
     {
@@ -44,7 +44,7 @@ impl<C: 'static> Worker<C> {
     }
 
     /// Runs `f` on the client's thread and waits for it.
-    pub fn call<T: Send + 'static>(&self, f: impl FnOnce(&tokio::runtime::Runtime, &C) -> Result<T, String> + Send + 'static) -> Result<T, String> {
+    pub(crate) fn call<T: Send + 'static>(&self, f: impl FnOnce(&tokio::runtime::Runtime, &C) -> Result<T, String> + Send + 'static) -> Result<T, String> {
         let (reply, answer) = mpsc::channel();
         self.jobs
             .send(Box::new(move |rt, client| {

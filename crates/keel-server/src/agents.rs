@@ -35,15 +35,15 @@ impl std::fmt::Debug for Agents {
 
 impl Agents {
     /// Loads every `*.toml` agent file in `dir`; the first bad file is an error naming it.
-    pub fn load(dir: &std::path::Path, store: Arc<Store>, model: Arc<dyn ChatModel>) -> Result<Agents, String> {
+    pub fn load(dir: &std::path::Path, store: Arc<Store>, model: Arc<dyn ChatModel>) -> Result<Agents, keel_agent::Error> {
         let mut agents = BTreeMap::new();
-        let entries = std::fs::read_dir(dir).map_err(|e| format!("agents.dir {}: {e}", dir.display()))?;
+        let entries = std::fs::read_dir(dir).map_err(|e| keel_agent::Error::Definition(format!("agents.dir {}: {e}", dir.display())))?;
         let mut paths: Vec<_> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "toml")).collect();
         paths.sort();
         for path in paths {
-            let agent = Agent::load(&path).map_err(|e| e.to_string())?;
+            let agent = Agent::load(&path)?;
             if let Some(previous) = agents.insert(agent.def.name.clone(), Arc::new(agent)) {
-                return Err(format!("two agent files in {} are named `{}`", dir.display(), previous.def.name));
+                return Err(keel_agent::Error::Definition(format!("two agent files in {} are named `{}`", dir.display(), previous.def.name)));
             }
         }
         Ok(Agents { agents, store, model, collections: None })

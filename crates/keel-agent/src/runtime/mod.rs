@@ -90,7 +90,7 @@ impl Runner {
         let user = agent.def.memory.as_ref().and_then(|spec| vars.get(&spec.user_var)).cloned();
         if let Some(spec) = agent.def.memory.as_ref().filter(|spec| spec.recall > 0) {
             let memory = Memory { store: &self.store, model: &*self.model, spec, agent: &agent.def.name, user: user.as_deref() };
-            let recalled = memory.search(input, spec.recall).await.map_err(Error::Definition)?;
+            let recalled = memory.search(input, spec.recall).await?;
             if !recalled.is_empty() {
                 let mut facts = String::new();
                 for fact in &recalled {

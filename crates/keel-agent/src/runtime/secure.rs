@@ -64,7 +64,7 @@ pub struct Extract {
 impl Plan {
     /// Reads and checks a plan: ids unique, each step a call of a known tool or a read, every
     /// reference to an earlier step.
-    pub fn parse(text: &str, tools: &[String]) -> Result<Plan, String> {
+    pub(crate) fn parse(text: &str, tools: &[String]) -> Result<Plan, String> {
         let body = text.trim().trim_start_matches("```json").trim_start_matches("```").trim_end_matches("```").trim();
         let plan: Plan = serde_json::from_str(body).map_err(|e| format!("it is not a plan object ({e})"))?;
         let mut seen: Vec<&str> = Vec::new();

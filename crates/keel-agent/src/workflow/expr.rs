@@ -189,7 +189,7 @@ fn number(value: &Value) -> Option<f64> {
 }
 
 impl Expr {
-    pub fn parse(text: &str) -> Result<Expr, String> {
+    pub(crate) fn parse(text: &str) -> Result<Expr, String> {
         let mut parser = Parser { tokens: tokenize(text)?, at: 0 };
         let expr = parser.or()?;
         if parser.at < parser.tokens.len() {
@@ -209,7 +209,7 @@ impl Expr {
         }
     }
 
-    pub fn eval(&self, state: &Map<String, Value>) -> Result<Value, String> {
+    pub(crate) fn eval(&self, state: &Map<String, Value>) -> Result<Value, String> {
         Ok(match self {
             Expr::Literal(value) => value.clone(),
             Expr::Field(path) => {

@@ -21,7 +21,7 @@ use crate::{Error, schema};
 
 mod expr;
 
-pub use expr::Expr;
+pub(crate) use expr::Expr;
 use expr::Truthy;
 
 /// One name or several.

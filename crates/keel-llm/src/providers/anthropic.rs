@@ -41,7 +41,7 @@ impl Provider for Anthropic {
         Box::pin(async move {
             let (body, json_tool) = messages_request_to_wire(request, model, false)?;
             let bytes = self.http.call(self.post("/v1/messages", &body)?, error_message).await?;
-            messages_response_from_wire(&bytes, json_tool.as_deref()).map_err(|message| self.http.bad_response(message))
+            messages_response(&bytes, json_tool.as_deref()).map_err(|message| self.http.bad_response(message))
         })
     }
 
@@ -70,7 +70,7 @@ impl Provider for Anthropic {
 
 impl Decode for EventDecoder {
     fn on_data(&mut self, data: &str, out: &mut Vec<StreamEvent>) -> Result<(), String> {
-        EventDecoder::on_data(self, data, out)
+        self.push(data, out)
     }
 
     fn done(&self) -> bool {
@@ -271,7 +271,11 @@ impl UpstreamUsage {
 
 /// Reads an upstream Messages response body; `json_tool` names the tool that carries a
 /// JSON-schema answer, which becomes the text of the reply.
-pub fn messages_response_from_wire(body: &[u8], json_tool: Option<&str>) -> Result<ChatResponse, String> {
+pub fn messages_response_from_wire(body: &[u8], json_tool: Option<&str>) -> Result<ChatResponse> {
+    messages_response(body, json_tool).map_err(Error::Unreadable)
+}
+
+fn messages_response(body: &[u8], json_tool: Option<&str>) -> Result<ChatResponse, String> {
     let wire: UpstreamMessage = serde_json::from_slice(body).map_err(|err| err.to_string())?;
     let mut message = Message::new(Role::Assistant, Vec::new());
     let mut finish_reason = stop_reason_from_str(wire.stop_reason.as_deref().unwrap_or("end_turn"), wire.stop_sequence);
@@ -338,7 +342,12 @@ impl EventDecoder {
         EventDecoder { json_tool, ..EventDecoder::default() }
     }
 
-    pub fn on_data(&mut self, data: &str, out: &mut Vec<StreamEvent>) -> Result<(), String> {
+    /// Reads one SSE event's data into canonical events.
+    pub fn on_data(&mut self, data: &str, out: &mut Vec<StreamEvent>) -> Result<()> {
+        self.push(data, out).map_err(Error::Unreadable)
+    }
+
+    fn push(&mut self, data: &str, out: &mut Vec<StreamEvent>) -> Result<(), String> {
         let event: UpstreamEvent = serde_json::from_str(data).map_err(|err| format!("bad event: {err}"))?;
         match event {
             UpstreamEvent::MessageStart { message } => {

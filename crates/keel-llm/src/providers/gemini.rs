@@ -39,7 +39,7 @@ impl Provider for Gemini {
         Box::pin(async move {
             let url = format!("{}/v1beta/models/{model}:generateContent", self.http.base_url);
             let bytes = self.http.call(self.http.post(&url, &generate_request_to_wire(request)?, KEY_HEADER)?, error_message).await?;
-            generate_response_from_wire(&bytes).map_err(|message| self.http.bad_response(message))
+            generate_response(&bytes).map_err(|message| self.http.bad_response(message))
         })
     }
 
@@ -56,14 +56,14 @@ impl Provider for Gemini {
             let url = format!("{}/v1beta/models/{model}:batchEmbedContents", self.http.base_url);
             let post = self.http.post(&url, &embed_request_to_wire(request, model)?, KEY_HEADER)?;
             let bytes = self.http.call(post, error_message).await?;
-            self.http.embeddings(request, embed_response_from_wire(&bytes, model))
+            self.http.embeddings(request, embed_response(&bytes, model))
         })
     }
 }
 
 impl Decode for ChunkDecoder {
     fn on_data(&mut self, data: &str, out: &mut Vec<StreamEvent>) -> Result<(), String> {
-        ChunkDecoder::on_data(self, data, out)
+        self.push(data, out)
     }
 }
 
@@ -360,7 +360,11 @@ fn call_id(call: &WireFunctionCall, n: usize) -> String {
 }
 
 /// Reads a `generateContent` response body.
-pub fn generate_response_from_wire(body: &[u8]) -> Result<ChatResponse, String> {
+pub fn generate_response_from_wire(body: &[u8]) -> Result<ChatResponse> {
+    generate_response(body).map_err(Error::Unreadable)
+}
+
+fn generate_response(body: &[u8]) -> Result<ChatResponse, String> {
     let wire: WireResponse = serde_json::from_slice(body).map_err(|err| err.to_string())?;
     let Some(candidate) = wire.candidates.into_iter().next() else {
         if let Some(feedback) = wire.prompt_feedback {
@@ -404,7 +408,12 @@ pub struct ChunkDecoder {
 }
 
 impl ChunkDecoder {
-    pub fn on_data(&mut self, data: &str, out: &mut Vec<StreamEvent>) -> Result<(), String> {
+    /// Reads one SSE event's data into canonical events.
+    pub fn on_data(&mut self, data: &str, out: &mut Vec<StreamEvent>) -> Result<()> {
+        self.push(data, out).map_err(Error::Unreadable)
+    }
+
+    fn push(&mut self, data: &str, out: &mut Vec<StreamEvent>) -> Result<(), String> {
         let value: Value = serde_json::from_str(data).map_err(|err| format!("bad chunk: {err}"))?;
         if let Some(error) = value.get("error") {
             return Err(error.get("message").and_then(Value::as_str).unwrap_or("stream error").to_string());
@@ -468,7 +477,11 @@ struct WireEmbedding {
     values: Vec<f32>,
 }
 
-pub fn embed_response_from_wire(body: &[u8], model: &str) -> Result<EmbedResponse, String> {
+pub fn embed_response_from_wire(body: &[u8], model: &str) -> Result<EmbedResponse> {
+    embed_response(body, model).map_err(Error::Unreadable)
+}
+
+fn embed_response(body: &[u8], model: &str) -> Result<EmbedResponse, String> {
     let wire: WireEmbeddings = serde_json::from_slice(body).map_err(|err| err.to_string())?;
     Ok(EmbedResponse {
         model: model.to_string(),

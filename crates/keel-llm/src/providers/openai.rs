@@ -13,7 +13,7 @@ use futures_util::future::BoxFuture;
 
 use super::http::{Auth, Decode, Http};
 use super::{EventStream, Provider};
-use crate::Result;
+use crate::{Error, Result};
 use crate::api::openai::{WireToolCall, tool_calls_to_wire};
 
 /// OpenAI, or any host that speaks its Chat Completions and Embeddings APIs.
@@ -38,7 +38,7 @@ impl Provider for OpenAi {
             let body = chat_request_to_wire(request, model, false);
             let post = self.http.post(&format!("{}/chat/completions", self.http.base_url), &body, Auth::Bearer)?;
             let bytes = self.http.call(post, error_message).await?;
-            chat_response_from_wire(&bytes).map_err(|message| self.http.bad_response(message))
+            chat_response(&bytes).map_err(|message| self.http.bad_response(message))
         })
     }
 
@@ -55,14 +55,14 @@ impl Provider for OpenAi {
             let body = embed_request_to_wire(request, model);
             let post = self.http.post(&format!("{}/embeddings", self.http.base_url), &body, Auth::Bearer)?;
             let bytes = self.http.call(post, error_message).await?;
-            self.http.embeddings(request, embed_response_from_wire(&bytes))
+            self.http.embeddings(request, embed_response(&bytes))
         })
     }
 }
 
 impl Decode for ChunkDecoder {
     fn on_data(&mut self, data: &str, out: &mut Vec<StreamEvent>) -> Result<(), String> {
-        ChunkDecoder::on_data(self, data, out)
+        self.push(data, out)
     }
 
     fn done(&self) -> bool {
@@ -263,7 +263,11 @@ impl UpstreamUsage {
 }
 
 /// Reads an upstream Chat Completions response body.
-pub fn chat_response_from_wire(body: &[u8]) -> Result<ChatResponse, String> {
+pub fn chat_response_from_wire(body: &[u8]) -> Result<ChatResponse> {
+    chat_response(body).map_err(Error::Unreadable)
+}
+
+fn chat_response(body: &[u8]) -> Result<ChatResponse, String> {
     let wire: UpstreamResponse = serde_json::from_slice(body).map_err(|err| err.to_string())?;
     let Some(choice) = wire.choices.into_iter().next() else {
         return Err("the response has no choices".into());
@@ -343,7 +347,12 @@ pub struct ChunkDecoder {
 }
 
 impl ChunkDecoder {
-    pub fn on_data(&mut self, data: &str, out: &mut Vec<StreamEvent>) -> Result<(), String> {
+    /// Reads one SSE event's data into canonical events.
+    pub fn on_data(&mut self, data: &str, out: &mut Vec<StreamEvent>) -> Result<()> {
+        self.push(data, out).map_err(Error::Unreadable)
+    }
+
+    fn push(&mut self, data: &str, out: &mut Vec<StreamEvent>) -> Result<(), String> {
         if data == "[DONE]" {
             self.done = true;
             return Ok(());
@@ -437,7 +446,11 @@ struct UpstreamEmbedding {
     embedding: Vec<f32>,
 }
 
-pub fn embed_response_from_wire(body: &[u8]) -> Result<EmbedResponse, String> {
+pub fn embed_response_from_wire(body: &[u8]) -> Result<EmbedResponse> {
+    embed_response(body).map_err(Error::Unreadable)
+}
+
+fn embed_response(body: &[u8]) -> Result<EmbedResponse, String> {
     let mut wire: UpstreamEmbeddings = serde_json::from_slice(body).map_err(|err| err.to_string())?;
     wire.data.sort_by_key(|item| item.index);
     Ok(EmbedResponse {

@@ -26,7 +26,7 @@ fn pretty(value: &impl serde::Serialize) -> String {
 
 /// Feeds a recorded SSE body through a decoder's `on_data`, as the HTTP stream does: one
 /// canonical event a line, then the error that ended the stream, if one did.
-fn decode_stream(path: &str, mut on_data: impl FnMut(&str, &mut Vec<StreamEvent>) -> Result<(), String>) -> String {
+fn decode_stream(path: &str, mut on_data: impl FnMut(&str, &mut Vec<StreamEvent>) -> keel_llm::Result<()>) -> String {
     let mut sse = SseDecoder::default();
     let mut frames = Vec::new();
     sse.push(&fixture(path), &mut frames);
@@ -39,18 +39,26 @@ fn decode_stream(path: &str, mut on_data: impl FnMut(&str, &mut Vec<StreamEvent>
             out.push_str(&serde_json::to_string(&event).expect("events serialize"));
             out.push('\n');
         }
-        if let Err(message) = result {
-            out.push_str(&format!("error: {message}\n"));
+        if let Err(err) = result {
+            out.push_str(&format!("error: {}\n", reason(&err)));
             break;
         }
     }
     out
 }
 
-fn check_response(path: &str, parsed: Result<impl serde::Serialize, String>) {
+/// What a decoder said was wrong (the call path adds the provider's name).
+fn reason(err: &keel_llm::Error) -> String {
+    match err {
+        keel_llm::Error::Unreadable(message) => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn check_response(path: &str, parsed: keel_llm::Result<impl serde::Serialize>) {
     let text = match parsed {
         Ok(value) => pretty(&value),
-        Err(message) => format!("error: {message}\n"),
+        Err(err) => format!("error: {}\n", reason(&err)),
     };
     expect_file![snapshot(path)].assert_eq(&text);
 }

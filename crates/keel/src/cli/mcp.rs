@@ -24,7 +24,7 @@ pub async fn serve(config: Option<&Path>, agents_dir: Option<PathBuf>, http: Opt
     crate::local::ensure_models(&settings.config, pull).await?;
     let router = Arc::new(crate::local::router(&settings.config).context("could not set up the providers")?);
     let store = Arc::new(Store::open(&settings.store_path())?);
-    let mut agents = keel_server::agents::Agents::load(&dir, store, router).map_err(anyhow::Error::msg)?;
+    let mut agents = keel_server::agents::Agents::load(&dir, store, router)?;
     agents.collections = Some(std::sync::Arc::new(keel_rag::Collections::new(crate::cli::rag::root())));
     if agents.agents.is_empty() {
         bail!("{} holds no agent files (*.toml)", dir.display());
@@ -77,7 +77,7 @@ pub async fn list(file: &Path, json: bool) -> anyhow::Result<()> {
             .zip(&listings)
             .map(|(server, listing)| match listing {
                 Ok(listing) => serde_json::to_value(listing).unwrap_or_default(),
-                Err(err) => serde_json::json!({"server": server.name, "error": err}),
+                Err(err) => serde_json::json!({"server": server.name, "error": err.to_string()}),
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&out)?);

@@ -254,7 +254,7 @@ pub async fn eval(
     json: bool,
     pull: bool,
 ) -> anyhow::Result<()> {
-    let beir = keel_rag::eval::Beir::load(dir, qrels).map_err(anyhow::Error::msg)?;
+    let beir = keel_rag::eval::Beir::load(dir, qrels)?;
     if beir.queries.is_empty() {
         bail!("{} has no queries with judgements", dir.display());
     }

@@ -35,7 +35,7 @@ pub async fn run(config: Option<&Path>, listen: Option<SocketAddr>, pull: bool) 
     let agents = match settings.agents_dir() {
         None => None,
         Some(dir) => {
-            let mut agents = keel_server::agents::Agents::load(&dir, store.clone(), router.clone()).map_err(anyhow::Error::msg)?;
+            let mut agents = keel_server::agents::Agents::load(&dir, store.clone(), router.clone())?;
             agents.collections = Some(collections.clone());
             tracing::info!(agents = ?agents, "serving agents from {}", dir.display());
             Some(Arc::new(agents))

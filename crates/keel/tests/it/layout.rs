@@ -120,3 +120,30 @@ fn status_codes_are_chosen_in_one_place() {
         assert!(!text.contains("StatusCode::"), "{} chooses a status code; map errors in keel-server/src/error.rs", file.display());
     }
 }
+
+#[test]
+fn library_functions_return_their_crates_error_not_a_string() {
+    let mut files = Vec::new();
+    for krate in std::fs::read_dir(root().join("crates")).unwrap() {
+        let krate = krate.unwrap().path();
+        if krate.file_name().is_some_and(|n| n == "keel") {
+            continue;
+        }
+        sources(&krate.join("src"), &mut files);
+    }
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            let public = line.trim_start().starts_with("pub fn") || line.trim_start().starts_with("pub async fn");
+            // The return type, where it is a Result whose error is a bare String.
+            let returns = line.split_once("->").map(|(_, ret)| ret.trim()).unwrap_or_default();
+            let string_error = returns.contains("Result<") && returns.trim_end_matches('{').trim_end().ends_with(", String>");
+            assert!(
+                !(public && string_error),
+                "{}:{}: a public function returns Result<_, String>; use the crate's error enum",
+                file.display(),
+                n + 1
+            );
+        }
+    }
+}

@@ -59,11 +59,11 @@ async fn keel_mcp_serve_offers_agents_as_tools_over_stdio() {
     assert_eq!(std::fs::read_to_string(dir.join("ws/effects.log")).unwrap().lines().count(), 1);
 
     // Bad calls are protocol errors that say what is wrong.
-    let err = keel.call_tool("nobody", serde_json::json!({"request": "x"})).await.unwrap_err();
+    let err = keel.call_tool("nobody", serde_json::json!({"request": "x"})).await.unwrap_err().to_string();
     assert!(err.contains("no agent is named `nobody`; the agents are: approver, clerk"), "{err}");
-    let err = keel.call_tool("clerk", serde_json::json!({"request": "x"})).await.unwrap_err();
+    let err = keel.call_tool("clerk", serde_json::json!({"request": "x"})).await.unwrap_err().to_string();
     assert!(err.contains("{{team}}"), "a missing placeholder is named: {err}");
-    let err = keel.call_tool("clerk", serde_json::json!({})).await.unwrap_err();
+    let err = keel.call_tool("clerk", serde_json::json!({})).await.unwrap_err().to_string();
     assert!(err.contains("`request`"), "{err}");
 }
 

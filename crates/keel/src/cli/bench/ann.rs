@@ -117,17 +117,17 @@ pub async fn ann(args: AnnArgs) -> anyhow::Result<()> {
     eprintln!("building keel's index (M {}, ef_construction {})…", keel_rag::vectors::CONNECTIVITY, keel_rag::vectors::EXPANSION_ADD);
     let scratch = std::env::temp_dir().join(format!("keel-ann-bench-{}", std::process::id()));
     std::fs::create_dir_all(&scratch)?;
-    let index = keel_rag::Vectors::new(&scratch.join("glove.hnsw"), d).map_err(anyhow::Error::msg)?;
+    let index = keel_rag::Vectors::new(&scratch.join("glove.hnsw"), d)?;
     let items: Vec<(i64, &[f32])> = data.chunks(d).enumerate().map(|(i, v)| (i as i64, v)).collect();
     let started = Instant::now();
-    index.add(&items).map_err(anyhow::Error::msg)?;
+    index.add(&items)?;
     let keel_build_s = started.elapsed().as_secs_f64();
     let mut keel_points = Vec::new();
     for &ef in &args.ef {
         let started = Instant::now();
         let mut hits = 0;
         for (q, truth) in queries.chunks(d).zip(&truth) {
-            let found = index.search_ef(q, ANN_K, ef.max(ANN_K), None).map_err(anyhow::Error::msg)?;
+            let found = index.search_ef(q, ANN_K, ef.max(ANN_K), None)?;
             hits += found.iter().filter(|(id, _)| truth.contains(&(*id as u32))).count();
         }
         let qps = args.queries as f64 / started.elapsed().as_secs_f64();
