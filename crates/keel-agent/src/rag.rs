@@ -31,38 +31,27 @@ pub fn tool_def(name: &str, collection: &str, description: Option<&str>) -> Tool
     }
 }
 
-/// A model behind keel (the gateway's [`keel_llm::Router`], or any [`ChatModel`]) embedding
-/// with one alias: what a collection embeds its chunks and queries with.
-pub struct ModelEmbedder<'a> {
+/// A model alias behind keel (the gateway's [`keel_llm::Router`], or any [`ChatModel`]) in
+/// the roles a collection needs: its embedder (chunks and queries), the reranker's judge (a
+/// JSON answer in a schema) and the writer of cited answers, both at temperature 0.
+pub struct ModelAlias<'a> {
     model: &'a dyn ChatModel,
     alias: String,
 }
 
-impl<'a> ModelEmbedder<'a> {
-    pub fn new(model: &'a dyn ChatModel, alias: &str) -> ModelEmbedder<'a> {
-        ModelEmbedder { model, alias: alias.to_string() }
+impl<'a> ModelAlias<'a> {
+    pub fn new(model: &'a dyn ChatModel, alias: &str) -> ModelAlias<'a> {
+        ModelAlias { model, alias: alias.to_string() }
     }
 }
 
-impl keel_rag::Embedder for ModelEmbedder<'_> {
+impl keel_rag::Embedder for ModelAlias<'_> {
     fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, String>> {
         self.model.embed(&self.alias, texts)
     }
 }
 
-/// A chat model alias answering in a JSON schema at temperature 0: the reranker's judge.
-pub struct ModelJudge<'a> {
-    model: &'a dyn ChatModel,
-    alias: String,
-}
-
-impl<'a> ModelJudge<'a> {
-    pub fn new(model: &'a dyn ChatModel, alias: &str) -> ModelJudge<'a> {
-        ModelJudge { model, alias: alias.to_string() }
-    }
-}
-
-impl keel_rag::rerank::Judge for ModelJudge<'_> {
+impl keel_rag::rerank::Judge for ModelAlias<'_> {
     fn json<'a>(&'a self, system: &'a str, user: &'a str, schema: &'a Value) -> BoxFuture<'a, Result<String, String>> {
         Box::pin(async move {
             let format = ResponseFormat::JsonSchema { name: "ranking".into(), schema: schema.clone(), strict: Some(true) };
@@ -73,19 +62,7 @@ impl keel_rag::rerank::Judge for ModelJudge<'_> {
     }
 }
 
-/// A chat model alias writing answers from sources at temperature 0 (`keel rag ask`).
-pub struct ModelWriter<'a> {
-    model: &'a dyn ChatModel,
-    alias: String,
-}
-
-impl<'a> ModelWriter<'a> {
-    pub fn new(model: &'a dyn ChatModel, alias: &str) -> ModelWriter<'a> {
-        ModelWriter { model, alias: alias.to_string() }
-    }
-}
-
-impl keel_rag::answer::Writer for ModelWriter<'_> {
+impl keel_rag::answer::Writer for ModelAlias<'_> {
     fn write<'a>(&'a self, system: &'a str, user: &'a str) -> BoxFuture<'a, Result<(String, String), String>> {
         Box::pin(async move {
             let reply = self.model.chat(&instruct(&self.alias, system, user, None)).await.map_err(|e| format!("{}: {e}", self.alias))?;
@@ -116,7 +93,7 @@ pub(crate) async fn search(collections: &keel_rag::Collections, collection: &str
         let opened = shared.lock().unwrap_or_else(|p| p.into_inner());
         (opened.model.clone(), opened.trust())
     };
-    let embedder = ModelEmbedder::new(model, &alias);
+    let embedder = ModelAlias::new(model, &alias);
     let search = keel_rag::Query::new(query, keel_rag::Search::new(k, keel_rag::Mode::Hybrid));
     let hits = keel_rag::query(&shared, &search, &embedder, None).await.map_err(|e| e.to_string())?;
     let results: Vec<Value> = hits

@@ -250,15 +250,15 @@ impl ProviderConfig {
     /// Seconds allowed until the first token, and for the whole answer.
     pub fn timeouts(&self) -> (f64, f64) {
         match self {
+            ProviderConfig::OpenAi(http) | ProviderConfig::Anthropic(http) | ProviderConfig::Gemini(http) => (http.first_token_timeout_s, http.timeout_s),
             ProviderConfig::Local(local) => (local.first_token_timeout_s, local.timeout_s),
-            _ => self.http().map_or((default_first_token_timeout(), default_total_timeout()), |http| (http.first_token_timeout_s, http.timeout_s)),
         }
     }
 
     pub fn max_concurrency(&self) -> Option<usize> {
         match self {
+            ProviderConfig::OpenAi(http) | ProviderConfig::Anthropic(http) | ProviderConfig::Gemini(http) => http.max_concurrency,
             ProviderConfig::Local(local) => local.max_concurrency,
-            _ => self.http().and_then(|http| http.max_concurrency),
         }
     }
 }
@@ -471,12 +471,8 @@ impl Config {
         }
         for (name, provider) in &self.providers {
             let (first_token_timeout_s, timeout_s) = provider.timeouts();
-            let connect_timeout_s = provider.http().map_or(default_connect_timeout(), |http| http.connect_timeout_s);
-            for (what, value) in [
-                ("connect_timeout_s", connect_timeout_s),
-                ("first_token_timeout_s", first_token_timeout_s),
-                ("timeout_s", timeout_s),
-            ] {
+            let connect = provider.http().map(|http| ("connect_timeout_s", http.connect_timeout_s));
+            for (what, value) in connect.into_iter().chain([("first_token_timeout_s", first_token_timeout_s), ("timeout_s", timeout_s)]) {
                 if !(value > 0.0 && value.is_finite()) {
                     return Err(ConfigError {
                         message: format!("providers.{name}.{what}: must be a positive number of seconds, got {value}"),

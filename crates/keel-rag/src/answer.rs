@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::rerank::Judge;
 use crate::{Collection, Embedder, Error, Hit, Query};
 
-/// A chat model that writes an answer (keel's gateway through keel-agent's `ModelWriter`;
+/// A chat model that writes an answer (keel's gateway through keel-agent's `ModelAlias`;
 /// anything in tests).
 pub trait Writer: Send + Sync {
     /// The answer's text, and which model wrote it (`provider/model`).

@@ -79,7 +79,7 @@ fn io(e: impl std::fmt::Display) -> Error {
     Error::Io(e.to_string())
 }
 
-/// Embeds texts: the caller's model (keel's gateway through keel-agent's `ModelEmbedder`;
+/// Embeds texts: the caller's model (keel's gateway through keel-agent's `ModelAlias`;
 /// anything in tests).
 pub trait Embedder: Send + Sync {
     fn embed<'a>(&'a self, texts: &'a [String]) -> BoxFuture<'a, std::result::Result<Vec<Vec<f32>>, String>>;

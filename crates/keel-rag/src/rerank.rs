@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::Hit;
 
 /// A chat model asked for a JSON answer that fits a schema (keel's gateway through
-/// keel-agent's `ModelJudge`; anything in tests).
+/// keel-agent's `ModelAlias`; anything in tests).
 pub trait Judge: Send + Sync {
     fn json<'a>(&'a self, system: &'a str, user: &'a str, schema: &'a serde_json::Value) -> BoxFuture<'a, Result<String, String>>;
 }

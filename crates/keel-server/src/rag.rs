@@ -5,7 +5,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use keel_agent::rag::{ModelEmbedder, ModelJudge};
+use keel_agent::rag::ModelAlias;
 use keel_rag::Mode;
 use serde::Deserialize;
 use serde_json::json;
@@ -70,8 +70,8 @@ pub async fn query(State(app): State<App>, Path(name): Path<String>, body: Resul
         Err(err) => return ApiError::from_rag(&err).into_response(),
     };
     let model = collection.lock().unwrap_or_else(|p| p.into_inner()).model.clone();
-    let embedder = ModelEmbedder::new(&*app.router, &model);
-    let judge = body.rerank.as_deref().map(|alias| ModelJudge::new(&*app.router, alias));
+    let embedder = ModelAlias::new(&*app.router, &model);
+    let judge = body.rerank.as_deref().map(|alias| ModelAlias::new(&*app.router, alias));
     match keel_rag::query(&collection, &query, &embedder, judge.as_ref().map(|j| j as &dyn keel_rag::rerank::Judge)).await {
         Ok(hits) => Json(json!({"collection": name, "mode": mode, "results": hits})).into_response(),
         Err(err) => ApiError::from_rag(&err).into_response(),

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::{Context, bail};
 use std::sync::Mutex;
 
-use keel_agent::rag::{ModelEmbedder, ModelJudge, ModelWriter};
+use keel_agent::rag::ModelAlias;
 use keel_rag::rerank::Judge;
 use keel_rag::{Collection, Limits, Mode};
 
@@ -90,7 +90,7 @@ pub async fn ingest(config: Option<&Path>, args: IngestArgs<'_>) -> anyhow::Resu
     if let Some(trust) = args.trust {
         collection.set_trust(trust)?;
     }
-    let embedder = ModelEmbedder::new(&*setup.router, &setup.model);
+    let embedder = ModelAlias::new(&*setup.router, &setup.model);
     // Each folder given is a scope: its files that are gone are removed.
     let scope = if gathered.scopes.len() == 1 { Some(gathered.scopes[0].as_str()) } else { None };
     let mut report = collection.ingest(gathered.docs, scope, &embedder, args.limits, &*setup.count, &progress("ingesting")).await?;
@@ -129,16 +129,16 @@ async fn open_for_query(config: Option<&Path>, name: &str, model: Option<&str>, 
 }
 
 /// A reranking judge for `alias`, checked to be a model alias first.
-fn judge<'a>(router: &'a keel_llm::Router, alias: Option<&str>) -> anyhow::Result<Option<ModelJudge<'a>>> {
+fn judge<'a>(router: &'a keel_llm::Router, alias: Option<&str>) -> anyhow::Result<Option<ModelAlias<'a>>> {
     let Some(alias) = alias else { return Ok(None) };
     router.alias(alias).map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(Some(ModelJudge::new(router, alias)))
+    Ok(Some(ModelAlias::new(router, alias)))
 }
 
 /// `keel rag query "…" -c NAME`.
 pub async fn query(config: Option<&Path>, collection: &str, text: &str, search: &keel_rag::Search, model: Option<&str>, rerank: Option<&str>, json: bool) -> anyhow::Result<()> {
     let (collection, setup) = open_for_query(config, collection, model, false).await?;
-    let embedder = ModelEmbedder::new(&*setup.router, &setup.model);
+    let embedder = ModelAlias::new(&*setup.router, &setup.model);
     let judge = judge(&setup.router, rerank)?;
     let query = keel_rag::Query { rerank: judge.is_some(), ..keel_rag::Query::new(text, search.clone()) };
     let hits = keel_rag::query(&collection, &query, &embedder, judge.as_ref().map(|j| j as &dyn Judge)).await?;
@@ -177,9 +177,9 @@ pub struct AskArgs<'a> {
 pub async fn ask(config: Option<&Path>, args: AskArgs<'_>) -> anyhow::Result<()> {
     let (collection, setup) = open_for_query(config, args.collection, args.embedding_model, args.pull).await?;
     setup.router.alias(args.model).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let embedder = ModelEmbedder::new(&*setup.router, &setup.model);
+    let embedder = ModelAlias::new(&*setup.router, &setup.model);
     let judge = judge(&setup.router, args.rerank)?;
-    let writer = ModelWriter::new(&*setup.router, args.model);
+    let writer = ModelAlias::new(&*setup.router, args.model);
     let question = keel_rag::Query {
         min_similarity: Some(args.min_similarity),
         rerank: judge.is_some(),
@@ -265,7 +265,7 @@ pub async fn eval(
     };
     let mut collection = Collection::open(&root(), &name, model, true)?;
     let docs = beir.documents();
-    let embedder = ModelEmbedder::new(&*setup.router, &setup.model);
+    let embedder = ModelAlias::new(&*setup.router, &setup.model);
     let report = collection.ingest(docs, Some(""), &embedder, limits, &*setup.count, &progress("ingesting")).await?;
     if !json {
         eprintln!(
