@@ -84,6 +84,26 @@ routes = [{{ provider = "local", model = "all-minilm-l6-v2" }}]
 [[models]]
 name = "embed"
 routes = [{{ provider = "oa", model = "text-embedding-3-small" }}]
+
+# The coding agents' models: the fake's `shell` model drives their shell tool; the local
+# model gets a long context for their long prompts.
+[[models]]
+name = "claude-sonnet-4-5"
+routes = [{{ provider = "an", model = "claude-shell" }}]
+
+[[models]]
+name = "codex"
+routes = [{{ provider = "oa", model = "gpt-5-shell" }}]
+
+[providers.local-long]
+kind = "local"
+slots = 1
+context_tokens = 8192
+max_output_tokens = 256
+
+[[models]]
+name = "local-long"
+routes = [{{ provider = "local-long", model = "smollm2-135m" }}]
 """
 
 

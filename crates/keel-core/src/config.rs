@@ -192,6 +192,10 @@ pub struct LocalProviderConfig {
     pub context_tokens: Option<u32>,
     /// Requests that may wait for a free sequence (default 64); more get a 503.
     pub max_queue: Option<usize>,
+    /// The most tokens one answer may generate; a request that asks for more, or names no
+    /// limit, gets this many (default: whatever room the context window has left). Agents
+    /// such as Codex name no limit, and a small model can ramble until its context is full.
+    pub max_output_tokens: Option<u32>,
 }
 
 impl Default for LocalProviderConfig {
@@ -204,6 +208,7 @@ impl Default for LocalProviderConfig {
             slots: None,
             context_tokens: None,
             max_queue: None,
+            max_output_tokens: None,
         }
     }
 }
@@ -394,7 +399,7 @@ fn unknown_key_at(src: &str, table_start: usize, message: &str) -> Option<usize>
 
 /// Says which provider kind has a setting, when the error is one another kind lacks.
 fn with_kind_hint(message: String) -> String {
-    const LOCAL_ONLY: &[&str] = &["threads", "slots", "context_tokens", "max_queue"];
+    const LOCAL_ONLY: &[&str] = &["threads", "slots", "context_tokens", "max_queue", "max_output_tokens"];
     const HTTP_ONLY: &[&str] = &["base_url", "api_key_env", "headers", "connect_timeout_s"];
     let Some(key) = message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next()) else { return message };
     if LOCAL_ONLY.contains(&key) {

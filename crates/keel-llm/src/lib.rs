@@ -7,14 +7,16 @@
 pub mod api;
 pub mod cost;
 mod error;
+pub mod forward;
 pub mod providers;
 pub mod router;
 pub mod sse;
 pub mod timing;
 
-pub use api::{anthropic, openai};
+pub use api::{anthropic, openai, responses};
 pub use error::{Error, Result, scrub_secrets};
-pub use providers::{EventStream, LocalBackend, LocalFactory, Provider, Upstream};
+pub use forward::{Forwarded, Native, RawRequest, Relayed};
+pub use providers::{EventStream, LocalBackend, LocalFactory, Provider, Relay, Upstream};
 pub use router::{RouteInfo, Router};
 
 use keel_core::ToolDef;

@@ -12,6 +12,7 @@ use keel_core::config::{Config, Strategy};
 use keel_core::{ChatRequest, ChatResponse, EmbedRequest, EmbedResponse};
 
 use crate::cost::PriceTable;
+use crate::forward::{Forwarded, Native, RawRequest, Relayed};
 use crate::providers::{EventStream, Upstream};
 use crate::{Error, Result};
 
@@ -72,6 +73,21 @@ pub struct Alias {
     retries: u32,
     retry_base: Duration,
     max_retry_after: Duration,
+}
+
+/// A forwarded answer, holding its route busy (in flight, and its concurrency permit) until
+/// it is dropped.
+#[derive(Debug)]
+pub struct Forward {
+    pub answer: Forwarded,
+    pub hold: Hold,
+}
+
+/// Keeps a streamed answer's route busy while it lives.
+#[derive(Debug)]
+pub struct Hold {
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    _in_flight: Option<InFlight>,
 }
 
 /// Where a call went, for traces and metrics.
@@ -216,6 +232,42 @@ impl Router {
             });
             let stream: EventStream = Box::pin(futures_util::stream::once(async { Ok(first) }).chain(rest));
             Ok(stream)
+        })
+        .await
+    }
+
+    /// Whether every route of `alias` speaks `native`, so its requests go upstream as they
+    /// came instead of through the canonical model.
+    pub fn forwards(&self, alias: &str, native: Native) -> bool {
+        self.aliases.get(alias).is_some_and(|alias| alias.routes.iter().all(|route| route.provider.native() == Some(native)))
+    }
+
+    /// Forwards a request in its providers' own format over the alias's routes, with the
+    /// same order, retries, fallbacks and timeouts as a translated call; a stream falls over
+    /// only until the upstream accepted it.
+    pub async fn forward(&self, request: &RawRequest, native: Native, headers: &[(String, String)]) -> (Result<Forward>, RouteInfo) {
+        self.run(&request.model, |route| async move {
+            let provider = &route.provider;
+            let body = request.body_for(&route.model, native);
+            let call = provider.forward(body, request.stream, request.include_usage, headers);
+            let (answer, permit) = if request.stream {
+                let opened = tokio::time::timeout(provider.first_token_timeout, async {
+                    let (mut answer, permit) = call.await?;
+                    if let Relayed::Stream(relay) = &mut answer.body {
+                        relay.prime().await?;
+                    }
+                    Ok::<_, Error>((answer, permit))
+                });
+                match opened.await {
+                    Ok(result) => result?,
+                    Err(_) => return Err(Error::Timeout { provider: provider.name.clone(), phase: "the first token" }),
+                }
+            } else {
+                within_total_timeout(&route, "the whole answer", call).await?
+            };
+            let streaming = matches!(answer.body, Relayed::Stream(_));
+            let hold = Hold { _permit: permit.filter(|_| streaming), _in_flight: streaming.then(|| InFlight::new(&route)) };
+            Ok(Forward { answer, hold })
         })
         .await
     }

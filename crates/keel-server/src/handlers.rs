@@ -1,4 +1,5 @@
-//! The model endpoints: Chat Completions, Messages, Embeddings and Models. Each parses its
+//! The model endpoints: Chat Completions, Messages, Embeddings and Models, and the call,
+//! trace and stream machinery the Responses API (`responses.rs`) shares. Each parses its
 //! wire format into the canonical model, calls the router, and writes the answer back in
 //! the same wire format, streaming included, leaving a trace of the call.
 
@@ -12,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use keel_core::chat::StreamCollector;
 use keel_core::{ChatRequest, ChatResponse, StreamEvent, Usage};
-use keel_llm::{EventStream, RouteInfo, anthropic, openai};
+use keel_llm::{EventStream, Native, RouteInfo, anthropic, openai};
 use keel_store::Trace;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -20,12 +21,12 @@ use serde_json::{Value, json};
 use crate::metrics::CallMetrics;
 use crate::{ApiError, App, Format};
 
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     keel_core::time_ordered_id(keel_core::now_ms() as u64, fastrand::u128(..))
 }
 
-/// Reads a body into a wire type; every failure is a 400 (or 413) naming what is wrong.
-fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, format: Format) -> Result<(T, Bytes), ApiError> {
+/// Reads a request body: every failure is a 400 (or 413) naming what is wrong.
+pub(crate) fn body_bytes(body: Result<Bytes, BytesRejection>, format: Format) -> Result<Bytes, ApiError> {
     let bytes = body.map_err(|rejection| ApiError::unreadable_body(&rejection, format))?;
     if bytes.is_empty() {
         return Err(ApiError::bad_request("invalid_json", "the request body is empty; send a JSON object", format));
@@ -33,8 +34,13 @@ fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, format: 
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(ApiError::bad_request("invalid_json", "the request body must be a JSON object", format));
     }
-    let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+    Ok(bytes)
+}
+
+/// Reads a body into a wire type; every failure is a 400 naming what is wrong.
+pub(crate) fn parse_bytes<T: DeserializeOwned>(bytes: &Bytes, format: Format) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
         if inner.is_syntax() || inner.is_eof() {
@@ -44,16 +50,22 @@ fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, format: 
         } else {
             ApiError::bad_request("invalid_request", format!("{path}: {inner}"), format)
         }
-    })?;
+    })
+}
+
+/// Reads a body into a wire type; every failure is a 400 (or 413) naming what is wrong.
+pub(crate) fn parse_body<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>, format: Format) -> Result<(T, Bytes), ApiError> {
+    let bytes = body_bytes(body, format)?;
+    let value = parse_bytes(&bytes, format)?;
     Ok((value, bytes))
 }
 
 /// One model call in progress, for its trace and metrics.
-struct Call {
-    app: App,
-    id: String,
+pub(crate) struct Call {
+    pub(crate) app: App,
+    pub(crate) id: String,
     endpoint: &'static str,
-    alias: String,
+    pub(crate) alias: String,
     stream: bool,
     started: Instant,
     created_ms: i64,
@@ -62,18 +74,18 @@ struct Call {
 }
 
 #[derive(Default)]
-struct Outcome {
-    info: RouteInfo,
-    status: u16,
-    usage: Usage,
-    finish_reason: Option<String>,
-    error: Option<(&'static str, String)>,
-    response_body: Option<String>,
-    ttft: Option<Duration>,
+pub(crate) struct Outcome {
+    pub(crate) info: RouteInfo,
+    pub(crate) status: u16,
+    pub(crate) usage: Usage,
+    pub(crate) finish_reason: Option<String>,
+    pub(crate) error: Option<(&'static str, String)>,
+    pub(crate) response_body: Option<String>,
+    pub(crate) ttft: Option<Duration>,
 }
 
 impl Call {
-    fn new(app: &App, endpoint: &'static str, alias: &str, stream: bool, body: &Bytes) -> Call {
+    pub(crate) fn new(app: &App, endpoint: &'static str, alias: &str, stream: bool, body: &Bytes) -> Call {
         Call {
             app: app.clone(),
             id: new_id(),
@@ -87,7 +99,17 @@ impl Call {
         }
     }
 
-    fn mark_overhead(&mut self) {
+    pub(crate) fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Leaves the trace without waiting (from a `Drop`).
+    pub(crate) fn send_now(&mut self, outcome: Outcome) {
+        let trace = self.trace(outcome);
+        self.app.traces.send_now(trace);
+    }
+
+    pub(crate) fn mark_overhead(&mut self) {
         self.overhead = self.started.elapsed().saturating_sub(keel_llm::timing::upstream_so_far());
     }
 
@@ -138,14 +160,14 @@ impl Call {
         }
     }
 
-    async fn finish(mut self, outcome: Outcome) {
+    pub(crate) async fn finish(mut self, outcome: Outcome) {
         let trace = self.trace(outcome);
         if self.app.traces.send(trace).await.is_err() {
             tracing::error!("the trace writer has stopped; a trace was not written");
         }
     }
 
-    fn failed(info: RouteInfo, error: &ApiError) -> Outcome {
+    pub(crate) fn failed(info: RouteInfo, error: &ApiError) -> Outcome {
         Outcome {
             info,
             status: error.status.as_u16(),
@@ -156,11 +178,11 @@ impl Call {
     }
 }
 
-fn finish_label(response: &ChatResponse) -> String {
+pub(crate) fn finish_label(response: &ChatResponse) -> String {
     openai::finish_reason_str(&response.finish_reason).to_string()
 }
 
-fn route_headers(response: &mut Response, id: &str, info: &RouteInfo) {
+pub(crate) fn route_headers(response: &mut Response, id: &str, info: &RouteInfo) {
     let headers = response.headers_mut();
     for (name, value) in [("x-keel-trace-id", id), ("x-keel-provider", &info.provider), ("x-keel-model", &info.model)] {
         if let Ok(value) = HeaderValue::from_str(value) {
@@ -170,32 +192,42 @@ fn route_headers(response: &mut Response, id: &str, info: &RouteInfo) {
     headers.insert("x-keel-attempts", HeaderValue::from(info.attempts));
 }
 
-fn unix_secs() -> u64 {
+pub(crate) fn unix_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-pub async fn chat_completions(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn chat_completions(State(app): State<App>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let format = Format::OpenAi;
-    let (wire, bytes) = match parse_body::<openai::WireChatRequest>(body, format) {
-        Ok(parsed) => parsed,
+    let bytes = match body_bytes(body, format) {
+        Ok(bytes) => bytes,
         Err(err) => return err.into_response(),
     };
-    let request = match openai::chat_request_from_wire(wire) {
+    if let Some(response) = crate::forward::forward(&app, &bytes, &headers, Native::OpenAiChat, format, "chat.completions").await {
+        return response;
+    }
+    let request = match parse_bytes::<openai::WireChatRequest>(&bytes, format).and_then(|wire| {
+        openai::chat_request_from_wire(wire).map_err(|err| ApiError::from_llm(&err, format))
+    }) {
         Ok(request) => request,
-        Err(err) => return ApiError::from_llm(&err, format).into_response(),
+        Err(err) => return err.into_response(),
     };
     chat(app, request, bytes, format, "chat.completions").await
 }
 
-pub async fn messages(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
+pub async fn messages(State(app): State<App>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
     let format = Format::Anthropic;
-    let (wire, bytes) = match parse_body::<anthropic::WireMessagesRequest>(body, format) {
-        Ok(parsed) => parsed,
+    let bytes = match body_bytes(body, format) {
+        Ok(bytes) => bytes,
         Err(err) => return err.into_response(),
     };
-    let request = match anthropic::messages_request_from_wire(wire) {
+    if let Some(response) = crate::forward::forward(&app, &bytes, &headers, Native::AnthropicMessages, format, "messages").await {
+        return response;
+    }
+    let request = match parse_bytes::<anthropic::WireMessagesRequest>(&bytes, format).and_then(|wire| {
+        anthropic::messages_request_from_wire(wire).map_err(|err| ApiError::from_llm(&err, format))
+    }) {
         Ok(request) => request,
-        Err(err) => return ApiError::from_llm(&err, format).into_response(),
+        Err(err) => return err.into_response(),
     };
     chat(app, request, bytes, format, "messages").await
 }
@@ -224,7 +256,7 @@ pub async fn count_tokens(State(app): State<App>, body: Result<Bytes, BytesRejec
     }
 }
 
-fn response_to_wire(response: &ChatResponse, call_id: &str, alias: &str, format: Format) -> Value {
+pub(crate) fn response_to_wire(response: &ChatResponse, call_id: &str, alias: &str, format: Format) -> Value {
     match format {
         Format::OpenAi => openai::chat_response_to_wire(response, &format!("chatcmpl-{call_id}"), alias, unix_secs()),
         Format::Anthropic => anthropic::messages_response_to_wire(response, &format!("msg_{call_id}"), alias),
@@ -237,7 +269,10 @@ async fn chat(app: App, request: ChatRequest, bytes: Bytes, format: Format, endp
         let (opened, info) = app.router.chat_stream(&request).await;
         call.mark_overhead();
         return match opened {
-            Ok(stream) => stream_response(call, info, stream, format, request.include_usage),
+            Ok(stream) => {
+                let encoder = Encoder::for_chat(format, &call, request.include_usage);
+                stream_response(call, info, stream, encoder, format)
+            }
             Err(err) => {
                 let error = ApiError::from_llm(&err, format);
                 let outcome = Call::failed(info.clone(), &error);
@@ -280,12 +315,34 @@ async fn chat(app: App, request: ChatRequest, bytes: Bytes, format: Format, endp
     }
 }
 
-enum Encoder {
+pub(crate) enum Encoder {
     OpenAi(openai::ChunkEncoder),
     Anthropic(anthropic::EventEncoder),
+    Responses(Box<crate::responses::Streamed>),
 }
 
 impl Encoder {
+    fn for_chat(format: Format, call: &Call, include_usage: bool) -> Encoder {
+        match format {
+            Format::OpenAi => Encoder::OpenAi(openai::ChunkEncoder::new(
+                format!("chatcmpl-{}", call.id),
+                call.alias.clone(),
+                unix_secs(),
+                include_usage,
+            )),
+            Format::Anthropic => Encoder::Anthropic(anthropic::EventEncoder::new(format!("msg_{}", call.id), call.alias.clone())),
+        }
+    }
+
+    /// What goes out before the first upstream event.
+    fn start(&mut self, out: &mut String) {
+        if let Encoder::Responses(streamed) = self {
+            let mut events = Vec::new();
+            streamed.encoder.start(&mut events);
+            push_events(out, events);
+        }
+    }
+
     fn encode(&mut self, event: &StreamEvent, out: &mut String) {
         match self {
             Encoder::OpenAi(encoder) => {
@@ -296,6 +353,11 @@ impl Encoder {
             Encoder::Anthropic(encoder) => {
                 let mut events = Vec::new();
                 encoder.encode(event, &mut events);
+                push_events(out, events);
+            }
+            Encoder::Responses(streamed) => {
+                let mut events = Vec::new();
+                streamed.encoder.encode(event, &mut events);
                 push_events(out, events);
             }
         }
@@ -314,25 +376,35 @@ impl Encoder {
                 encoder.finish(&mut events);
                 push_events(out, events);
             }
+            Encoder::Responses(streamed) => push_events(out, streamed.finish()),
         }
     }
 
     /// An error after the stream started: the API's own in-stream error shape.
-    fn error(&self, error: &ApiError, out: &mut String) {
+    fn error(&mut self, error: &ApiError, out: &mut String) {
         match self {
             Encoder::OpenAi(_) => push_data(out, &error.body()),
             Encoder::Anthropic(_) => push_events(out, vec![("error", error.body())]),
+            Encoder::Responses(streamed) => push_events(out, streamed.fail(error)),
+        }
+    }
+
+    /// The body a trace keeps for this stream, where the encoder has it.
+    fn final_body(&self) -> Option<String> {
+        match self {
+            Encoder::Responses(streamed) => streamed.final_body.clone(),
+            _ => None,
         }
     }
 }
 
-fn push_data(out: &mut String, value: &Value) {
+pub(crate) fn push_data(out: &mut String, value: &Value) {
     out.push_str("data: ");
     out.push_str(&value.to_string());
     out.push_str("\n\n");
 }
 
-fn push_events(out: &mut String, events: Vec<(&'static str, Value)>) {
+pub(crate) fn push_events(out: &mut String, events: Vec<(&'static str, Value)>) {
     for (name, data) in events {
         out.push_str("event: ");
         out.push_str(name);
@@ -352,6 +424,7 @@ struct StreamDriver {
     info: RouteInfo,
     ttft: Duration,
     format: Format,
+    started: bool,
     done: bool,
 }
 
@@ -362,8 +435,10 @@ impl StreamDriver {
         let response = collector.into_response();
         let log_bodies = self.call.as_ref().is_some_and(|call| call.app.log_bodies);
         let response_body = log_bodies.then(|| {
-            let (id, alias) = self.call.as_ref().map(|c| (c.id.clone(), c.alias.clone())).unwrap_or_default();
-            response_to_wire(&response, &id, &alias, self.format).to_string()
+            self.encoder.final_body().unwrap_or_else(|| {
+                let (id, alias) = self.call.as_ref().map(|c| (c.id.clone(), c.alias.clone())).unwrap_or_default();
+                response_to_wire(&response, &id, &alias, self.format).to_string()
+            })
         });
         Outcome {
             info: self.info.clone(),
@@ -378,6 +453,10 @@ impl StreamDriver {
 
     async fn next_frame(&mut self) -> Option<String> {
         let mut out = String::new();
+        if !self.started {
+            self.started = true;
+            self.encoder.start(&mut out);
+        }
         while out.is_empty() {
             if self.done {
                 return None;
@@ -423,17 +502,8 @@ impl Drop for StreamDriver {
     }
 }
 
-fn stream_response(call: Call, info: RouteInfo, upstream: EventStream, format: Format, include_usage: bool) -> Response {
+pub(crate) fn stream_response(call: Call, info: RouteInfo, upstream: EventStream, encoder: Encoder, format: Format) -> Response {
     let id = call.id.clone();
-    let encoder = match format {
-        Format::OpenAi => Encoder::OpenAi(openai::ChunkEncoder::new(
-            format!("chatcmpl-{id}"),
-            call.alias.clone(),
-            unix_secs(),
-            include_usage,
-        )),
-        Format::Anthropic => Encoder::Anthropic(anthropic::EventEncoder::new(format!("msg_{id}"), call.alias.clone())),
-    };
     let driver = StreamDriver {
         upstream,
         encoder,
@@ -442,6 +512,7 @@ fn stream_response(call: Call, info: RouteInfo, upstream: EventStream, format: F
         call: Some(call),
         info: info.clone(),
         format,
+        started: false,
         done: false,
     };
     let frames = futures_util::stream::unfold(driver, |mut driver| async move {

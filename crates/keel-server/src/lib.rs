@@ -1,4 +1,5 @@
-//! keel's HTTP surface: the axum router with the OpenAI- and Anthropic-compatible endpoints,
+//! keel's HTTP surface: the axum router with the OpenAI- (Chat Completions, Responses) and
+//! Anthropic-compatible endpoints,
 //! auth, the body limit, `x-keel-overhead-us`, health and metrics. Handlers parse, call the
 //! router in keel-llm, and map the result; traces go to the store's batching writer.
 
@@ -6,10 +7,12 @@ pub mod agents;
 pub mod mcp;
 pub mod rag;
 pub mod error;
+mod forward;
 #[cfg(feature = "fake-upstream")]
 pub mod fake;
 mod handlers;
 pub mod metrics;
+mod responses;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,6 +34,8 @@ pub const OVERHEAD_HEADER: &str = "x-keel-overhead-us";
 pub struct AppState {
     pub router: Arc<Router>,
     pub traces: TraceSink,
+    /// The store: stored Responses API responses (traces go through `traces`).
+    pub store: Arc<keel_store::Store>,
     pub metrics: Metrics,
     pub master_key: Option<SecretString>,
     /// Keep request and response bodies in traces.
@@ -58,6 +63,9 @@ pub fn router(app: App, max_body_bytes: usize) -> axum::Router {
     }
     router
         .route("/v1/chat/completions", post(handlers::chat_completions))
+        .route("/v1/responses", post(responses::create))
+        .route("/v1/responses/{id}", get(responses::get).delete(responses::delete))
+        .route("/v1/responses/{id}/input_items", get(responses::input_items))
         .route("/v1/messages", post(handlers::messages))
         .route("/v1/messages/count_tokens", post(handlers::count_tokens))
         .route("/v1/embeddings", post(handlers::embeddings))
@@ -72,8 +80,7 @@ pub fn router(app: App, max_body_bytes: usize) -> axum::Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(middleware::from_fn_with_state(app.clone(), auth))
-        .layer(middleware::from_fn(overhead))
+        .layer(middleware::from_fn_with_state(app.clone(), front))
         .with_state(app)
 }
 
@@ -81,23 +88,26 @@ fn format_of(path: &str) -> Format {
     if path.starts_with("/v1/messages") { Format::Anthropic } else { Format::OpenAi }
 }
 
-/// Stamps every response with keel's own time: the whole request minus upstream waits.
-async fn overhead(request: Request, next: Next) -> Response {
+/// In front of every route: the master key check, then keel's own time stamped on the
+/// response (`x-keel-overhead-us`: the whole request minus upstream waits). One layer, not
+/// two: each layer costs a clone of the inner service per request.
+async fn front(State(app): State<App>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let (mut response, upstream) = keel_llm::timing::scope(next.run(request)).await;
+    let (mut response, upstream) = match refused(&app, &request) {
+        Some(refusal) => (refusal, std::time::Duration::ZERO),
+        None => keel_llm::timing::scope(next.run(request)).await,
+    };
     let own = started.elapsed().saturating_sub(upstream);
-    if let Ok(value) = HeaderValue::from_str(&own.as_micros().to_string()) {
-        response.headers_mut().insert(OVERHEAD_HEADER, value);
-    }
+    response.headers_mut().insert(OVERHEAD_HEADER, HeaderValue::from(own.as_micros() as u64));
     response
 }
 
 /// With a master key configured, every endpoint but `/health` needs it, as a Bearer token
-/// (OpenAI SDKs) or in `x-api-key` (Anthropic SDKs).
-async fn auth(State(app): State<App>, request: Request, next: Next) -> Response {
-    let Some(key) = &app.master_key else { return next.run(request).await };
+/// (OpenAI SDKs) or in `x-api-key` (Anthropic SDKs); the refusal when it is missing or wrong.
+fn refused(app: &App, request: &Request) -> Option<Response> {
+    let key = app.master_key.as_ref()?;
     if request.uri().path() == "/health" {
-        return next.run(request).await;
+        return None;
     }
     let headers = request.headers();
     let bearer = headers
@@ -107,14 +117,14 @@ async fn auth(State(app): State<App>, request: Request, next: Next) -> Response 
     let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
     let given = bearer.or(api_key);
     if given.is_some_and(|given| constant_time_eq(given.trim().as_bytes(), key.expose_secret().as_bytes())) {
-        return next.run(request).await;
+        return None;
     }
     let message = if given.is_some() {
         "the API key is not valid for this keel server"
     } else {
         "this keel server needs an API key: send it as `Authorization: Bearer KEY` or `x-api-key: KEY`"
     };
-    ApiError::unauthorized(message, format_of(request.uri().path())).into_response()
+    Some(ApiError::unauthorized(message, format_of(request.uri().path())).into_response())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

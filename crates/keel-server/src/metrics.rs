@@ -1,7 +1,7 @@
 //! Prometheus metrics: requests, errors, latency histograms, tokens and cost per alias,
 //! provider and model, rendered in the text exposition format. Labels never hold secrets.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -35,26 +35,59 @@ impl Histogram {
 
 type Labels = Vec<(&'static str, String)>;
 
+/// What one (endpoint, alias, provider) has recorded.
+#[derive(Debug, Default)]
+struct RouteSeries {
+    by_status: Vec<(u16, u64)>,
+    by_error: Vec<(&'static str, u64)>,
+    latency: Histogram,
+    ttft: Histogram,
+}
+
+/// What one (alias, provider, model) has used.
+#[derive(Debug, Default)]
+struct ModelSeries {
+    input: u64,
+    output: u64,
+    cached: u64,
+    cost: Option<f64>,
+}
+
+/// The series, found on the hot path by borrowed lookups: a call allocates only the first
+/// time its labels are seen. Rendering turns them into labelled families.
 #[derive(Debug, Default)]
 struct Inner {
-    requests: BTreeMap<Labels, u64>,
-    errors: BTreeMap<Labels, u64>,
-    latency: BTreeMap<Labels, Histogram>,
-    ttft: BTreeMap<Labels, Histogram>,
-    overhead: BTreeMap<Labels, Histogram>,
-    tokens: BTreeMap<Labels, u64>,
-    cost: BTreeMap<Labels, f64>,
+    /// endpoint → alias → provider.
+    routes: HashMap<&'static str, HashMap<String, HashMap<String, RouteSeries>>>,
+    overhead: HashMap<&'static str, Histogram>,
+    /// alias → provider → model.
+    models: HashMap<String, HashMap<String, HashMap<String, ModelSeries>>>,
+}
+
+/// The entry for `key`, made the first time only.
+fn slot<'m, V: Default>(map: &'m mut HashMap<String, V>, key: &str) -> &'m mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), V::default());
+    }
+    map.get_mut(key).expect("inserted above")
+}
+
+fn bump<K: PartialEq>(counts: &mut Vec<(K, u64)>, key: K) {
+    match counts.iter_mut().find(|(k, _)| *k == key) {
+        Some((_, n)) => *n += 1,
+        None => counts.push((key, 1)),
+    }
 }
 
 /// What one finished call adds to the metrics.
 #[derive(Debug)]
 pub struct CallMetrics<'a> {
-    pub endpoint: &'a str,
+    pub endpoint: &'static str,
     pub alias: &'a str,
     pub provider: &'a str,
     pub model: &'a str,
     pub status: u16,
-    pub error_code: Option<&'a str>,
+    pub error_code: Option<&'static str>,
     pub latency: Duration,
     pub ttft: Option<Duration>,
     pub overhead: Duration,
@@ -71,53 +104,84 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn record(&self, call: &CallMetrics<'_>) {
-        let route: Labels = vec![
-            ("endpoint", call.endpoint.to_string()),
-            ("alias", call.alias.to_string()),
-            ("provider", call.provider.to_string()),
-        ];
         let mut inner = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut with_status = route.clone();
-        with_status.push(("status", call.status.to_string()));
-        *inner.requests.entry(with_status).or_default() += 1;
+        let inner = &mut *inner;
+        let route = slot(slot(inner.routes.entry(call.endpoint).or_default(), call.alias), call.provider);
+        bump(&mut route.by_status, call.status);
         if let Some(code) = call.error_code {
-            let mut labels = route.clone();
-            labels.push(("code", code.to_string()));
-            *inner.errors.entry(labels).or_default() += 1;
+            bump(&mut route.by_error, code);
         }
-        inner.latency.entry(route.clone()).or_default().observe(call.latency.as_secs_f64());
+        route.latency.observe(call.latency.as_secs_f64());
         if let Some(ttft) = call.ttft {
-            inner.ttft.entry(route.clone()).or_default().observe(ttft.as_secs_f64());
+            route.ttft.observe(ttft.as_secs_f64());
         }
-        inner.overhead.entry(vec![("endpoint", call.endpoint.to_string())]).or_default().observe(call.overhead.as_secs_f64());
-        let model: Labels = vec![
-            ("alias", call.alias.to_string()),
-            ("provider", call.provider.to_string()),
-            ("model", call.model.to_string()),
-        ];
-        for (kind, n) in [("input", call.input_tokens), ("output", call.output_tokens), ("cached_input", call.cached_tokens)] {
-            if n > 0 {
-                let mut labels = model.clone();
-                labels.push(("kind", kind.to_string()));
-                *inner.tokens.entry(labels).or_default() += n;
+        inner.overhead.entry(call.endpoint).or_default().observe(call.overhead.as_secs_f64());
+        if call.input_tokens + call.output_tokens + call.cached_tokens > 0 || call.cost_usd.is_some() {
+            let model = slot(slot(slot(&mut inner.models, call.alias), call.provider), call.model);
+            model.input += call.input_tokens;
+            model.output += call.output_tokens;
+            model.cached += call.cached_tokens;
+            if let Some(cost) = call.cost_usd {
+                *model.cost.get_or_insert(0.0) += cost;
             }
-        }
-        if let Some(cost) = call.cost_usd {
-            *inner.cost.entry(model).or_default() += cost;
         }
     }
 
     /// The Prometheus text exposition of every metric, plus live route gauges.
     pub fn render(&self, router: &Router) -> String {
         let inner = self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (mut requests, mut errors, mut latency, mut ttft) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+        for (endpoint, aliases) in &inner.routes {
+            for (alias, providers) in aliases {
+                for (provider, series) in providers {
+                    let route: Labels =
+                        vec![("endpoint", endpoint.to_string()), ("alias", alias.clone()), ("provider", provider.clone())];
+                    for (status, n) in &series.by_status {
+                        let mut labels = route.clone();
+                        labels.push(("status", status.to_string()));
+                        requests.insert(labels, *n);
+                    }
+                    for (code, n) in &series.by_error {
+                        let mut labels = route.clone();
+                        labels.push(("code", code.to_string()));
+                        errors.insert(labels, *n);
+                    }
+                    if series.latency.count > 0 {
+                        latency.insert(route.clone(), series.latency.clone());
+                    }
+                    if series.ttft.count > 0 {
+                        ttft.insert(route, series.ttft.clone());
+                    }
+                }
+            }
+        }
+        let overhead: BTreeMap<Labels, Histogram> =
+            inner.overhead.iter().map(|(endpoint, hist)| (vec![("endpoint", endpoint.to_string())], hist.clone())).collect();
+        let (mut tokens, mut cost) = (BTreeMap::new(), BTreeMap::new());
+        for (alias, providers) in &inner.models {
+            for (provider, models) in providers {
+                for (model, series) in models {
+                    let labels: Labels = vec![("alias", alias.clone()), ("provider", provider.clone()), ("model", model.clone())];
+                    for (kind, n) in [("input", series.input), ("output", series.output), ("cached_input", series.cached)] {
+                        if n > 0 {
+                            let mut labels = labels.clone();
+                            labels.push(("kind", kind.to_string()));
+                            tokens.insert(labels, n);
+                        }
+                    }
+                    if let Some(usd) = series.cost {
+                        cost.insert(labels, format!("{usd}"));
+                    }
+                }
+            }
+        }
         let mut out = String::new();
-        counter(&mut out, "keel_requests_total", "Requests served, by endpoint, alias, provider and status.", &inner.requests);
-        counter(&mut out, "keel_errors_total", "Requests that ended in an error, by error code.", &inner.errors);
-        histogram(&mut out, "keel_request_duration_seconds", "Time from request to full response.", &inner.latency);
-        histogram(&mut out, "keel_time_to_first_token_seconds", "Time to the first streamed event.", &inner.ttft);
-        histogram(&mut out, "keel_overhead_seconds", "keel's own time per request, upstream waits excluded.", &inner.overhead);
-        counter(&mut out, "keel_tokens_total", "Tokens by alias, provider, model and kind.", &inner.tokens);
-        let cost: BTreeMap<Labels, String> = inner.cost.iter().map(|(labels, cost)| (labels.clone(), format!("{cost}"))).collect();
+        counter(&mut out, "keel_requests_total", "Requests served, by endpoint, alias, provider and status.", &requests);
+        counter(&mut out, "keel_errors_total", "Requests that ended in an error, by error code.", &errors);
+        histogram(&mut out, "keel_request_duration_seconds", "Time from request to full response.", &latency);
+        histogram(&mut out, "keel_time_to_first_token_seconds", "Time to the first streamed event.", &ttft);
+        histogram(&mut out, "keel_overhead_seconds", "keel's own time per request, upstream waits excluded.", &overhead);
+        counter(&mut out, "keel_tokens_total", "Tokens by alias, provider, model and kind.", &tokens);
         family(&mut out, "keel_cost_usd_total", "counter", "Cost in US dollars by alias, provider and model.", &cost);
         let mut in_flight = BTreeMap::new();
         let mut ewma = BTreeMap::new();

@@ -1,7 +1,9 @@
-//! keel's embedded store: one SQLite file in WAL mode holding traces and agent runs, and
-//! the batching writer that keeps trace writes off the request path.
+//! keel's embedded store: one SQLite file in WAL mode holding traces, agent runs, memories
+//! and the Responses API's stored responses, and the batching writer that keeps trace writes
+//! off the request path.
 
 mod memory;
+mod responses;
 mod runs;
 mod writer;
 
@@ -12,6 +14,7 @@ use rusqlite::{Connection, params};
 use serde::Serialize;
 
 pub use memory::MemoryRecord;
+pub use responses::StoredResponse;
 pub use runs::{RunRecord, SpanRecord, StepRecord, CHECKPOINT_FORMAT};
 pub use writer::{TraceSink, TraceWriter};
 
@@ -121,6 +124,15 @@ ALTER TABLE runs ADD COLUMN lease_owner TEXT;
 ALTER TABLE runs ADD COLUMN lease_until INTEGER;
 ", "
 ALTER TABLE memories ADD COLUMN label TEXT;
+", "
+CREATE TABLE responses (
+    id TEXT PRIMARY KEY,
+    created_ms INTEGER NOT NULL,
+    previous_id TEXT,
+    input TEXT NOT NULL,
+    output TEXT NOT NULL,
+    body TEXT NOT NULL
+);
 "];
 
 /// One model call as keel saw it.

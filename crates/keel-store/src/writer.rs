@@ -94,7 +94,19 @@ impl TraceWriter {
     }
 }
 
+/// Lowers the calling thread's scheduling priority: trace writing is background work, and on
+/// a busy machine the request path should win the CPU from it.
+#[expect(unsafe_code, reason = "setpriority is a plain libc call on the calling thread")]
+fn background_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: no pointers; `who = 0` is the calling thread on Linux.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
+    }
+}
+
 fn write_loop(store: &Store, mut rx: mpsc::Receiver<Message>, capacity: usize) -> u64 {
+    background_priority();
     let mut written = 0u64;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut done: Option<oneshot::Sender<()>> = None;

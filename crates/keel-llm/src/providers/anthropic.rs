@@ -13,6 +13,7 @@ use futures_util::future::BoxFuture;
 use super::http::{Auth, Decode, Http};
 use super::{EventStream, Provider};
 use crate::api::anthropic::arguments_to_input;
+use crate::forward::{Forwarded, Native};
 use crate::{Error, Result};
 
 /// Anthropic's Messages API.
@@ -49,6 +50,28 @@ impl Provider for Anthropic {
         Box::pin(async move {
             let (body, json_tool) = messages_request_to_wire(request, model, true)?;
             self.http.stream(self.post("/v1/messages", &body)?, error_message, Box::new(EventDecoder::new(json_tool))).await
+        })
+    }
+
+    fn native(&self) -> Option<Native> {
+        Some(Native::AnthropicMessages)
+    }
+
+    fn forward<'a>(
+        &'a self,
+        body: bytes::Bytes,
+        stream: bool,
+        _client_usage: bool,
+        headers: &'a [(String, String)],
+    ) -> BoxFuture<'a, Result<Forwarded>> {
+        Box::pin(async move {
+            let url = self.http.url("/v1/messages")?;
+            let mut post = self.http.post_raw(url, body, Auth::Header("x-api-key"))?.header("anthropic-version", API_VERSION);
+            for (name, value) in headers {
+                post = post.header(name.as_str(), value.as_str());
+            }
+            let relay = stream.then(|| (Box::new(EventDecoder::new(None)) as Box<dyn Decode>, Native::AnthropicMessages, true));
+            self.http.forward(post, error_message, relay, |body| messages_response(body, None)).await
         })
     }
 

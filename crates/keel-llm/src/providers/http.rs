@@ -8,13 +8,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use keel_core::{EmbedRequest, EmbedResponse, StreamEvent};
+use keel_core::chat::StreamCollector;
+use keel_core::{ChatResponse, EmbedRequest, EmbedResponse, StreamEvent};
 use keel_core::config::{HttpProviderConfig, ProviderConfig};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
 use super::EventStream;
+use crate::forward::{Forwarded, Native, Relayed};
 use crate::sse::{SseDecoder, SseEvent};
 use crate::{Error, Result, scrub_secrets};
 
@@ -39,6 +41,19 @@ pub(crate) trait Decode: Send {
     }
 }
 
+/// Connection pools per provider: one per serving worker (see [`set_worker`]).
+const POOLS: usize = 64;
+
+thread_local! {
+    static WORKER: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Marks the current thread as serving worker `index`: its upstream calls use that worker's
+/// own connection pool, so a connection's IO stays on the thread that uses it.
+pub fn set_worker(index: usize) {
+    WORKER.with(|worker| worker.set(index % POOLS));
+}
+
 /// One provider's HTTP side.
 pub(crate) struct Http {
     pub(crate) name: String,
@@ -46,7 +61,11 @@ pub(crate) struct Http {
     api_key: Option<SecretString>,
     api_key_env: Option<String>,
     headers: HeaderMap,
-    client: reqwest::Client,
+    connect_timeout: Duration,
+    /// One client (connection pool) per serving worker, made on first use.
+    clients: Box<[std::sync::OnceLock<reqwest::Client>]>,
+    /// Parsed once: URLs by path, for the calls on the hot path.
+    urls: std::sync::Mutex<std::collections::HashMap<&'static str, reqwest::Url>>,
 }
 
 impl std::fmt::Debug for Http {
@@ -70,20 +89,51 @@ impl Http {
                 .map_err(|_| Error::InvalidRequest(format!("providers.{name}.headers: the value of `{key}` is not valid")))?;
             headers.insert(key, value);
         }
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs_f64(http.connect_timeout_s))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|err| Error::Connect { provider: name.to_string(), message: err.to_string() })?;
-        Ok(Http {
+        let connect_timeout = Duration::from_secs_f64(http.connect_timeout_s);
+        let http = Http {
             name: name.to_string(),
             base_url: config.base_url().to_string(),
             api_key: http.api_key_env.as_deref().and_then(env).filter(|key| !key.is_empty()).map(SecretString::from),
             api_key_env: http.api_key_env.clone(),
             headers,
-            client,
-        })
+            connect_timeout,
+            clients: (0..POOLS).map(|_| std::sync::OnceLock::new()).collect(),
+            urls: std::sync::Mutex::default(),
+        };
+        // Build one client now, so a bad setting fails at start-up rather than on a request.
+        http.build_client()?;
+        Ok(http)
+    }
+
+    fn build_client(&self) -> Result<reqwest::Client> {
+        reqwest::Client::builder()
+            .connect_timeout(self.connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|err| Error::Connect { provider: self.name.clone(), message: err.to_string() })
+    }
+
+    /// This worker's client.
+    fn client(&self) -> Result<&reqwest::Client> {
+        let slot = &self.clients[WORKER.with(std::cell::Cell::get)];
+        if let Some(client) = slot.get() {
+            return Ok(client);
+        }
+        let client = self.build_client()?;
+        Ok(slot.get_or_init(|| client))
+    }
+
+    /// The URL of `path` under the base URL, parsed once.
+    pub(crate) fn url(&self, path: &'static str) -> Result<reqwest::Url> {
+        let mut urls = self.urls.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(url) = urls.get(path) {
+            return Ok(url.clone());
+        }
+        let url = reqwest::Url::parse(&format!("{}{path}", self.base_url))
+            .map_err(|err| Error::Connect { provider: self.name.clone(), message: format!("bad URL: {err}") })?;
+        urls.insert(path, url.clone());
+        Ok(url)
     }
 
     fn key(&self) -> Result<Option<&str>> {
@@ -97,13 +147,74 @@ impl Http {
     /// A POST of `body` as JSON with the provider's headers and its key sent as `auth` says.
     pub(crate) fn post(&self, url: &str, body: &Value, auth: Auth) -> Result<reqwest::RequestBuilder> {
         let key = self.key()?;
-        let mut builder = self.client.post(url).headers(self.headers.clone()).json(body);
+        let mut builder = self.client()?.post(url).headers(self.headers.clone()).json(body);
         match (key, auth) {
             (Some(key), Auth::Bearer) => builder = builder.bearer_auth(key),
             (Some(key), Auth::Header(header)) => builder = builder.header(header, key),
             (None, _) => {}
         }
         Ok(builder)
+    }
+
+    /// A POST of a body that is JSON text already (the same-format lane).
+    pub(crate) fn post_raw(&self, url: reqwest::Url, body: Bytes, auth: Auth) -> Result<reqwest::RequestBuilder> {
+        let key = self.key()?;
+        let mut builder = self
+            .client()?
+            .post(url)
+            .headers(self.headers.clone())
+            .header(reqwest::header::CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .body(body);
+        match (key, auth) {
+            (Some(key), Auth::Bearer) => builder = builder.bearer_auth(key),
+            (Some(key), Auth::Header(header)) => builder = builder.header(header, key),
+            (None, _) => {}
+        }
+        Ok(builder)
+    }
+
+    /// Sends a forwarded request and relays the answer: a whole one read once for the
+    /// trace (`whole` decodes it; an unreadable answer is a bad response, as on the
+    /// translating path), a stream relayed event by event with `decoder` reading it on the side.
+    pub(crate) async fn forward(
+        &self,
+        builder: reqwest::RequestBuilder,
+        error_message: fn(&[u8]) -> String,
+        stream: Option<(Box<dyn Decode>, Native, bool)>,
+        whole: fn(&[u8]) -> Result<ChatResponse, String>,
+    ) -> Result<Forwarded> {
+        let response = self.send(builder, error_message).await?;
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_string();
+        match stream {
+            None => {
+                let bytes = crate::timing::waiting(response.bytes())
+                    .await
+                    .map_err(|err| self.transport_error(&err, "the response body"))?;
+                let answer = whole(&bytes).map_err(|message| self.bad_response(message))?;
+                Ok(Forwarded { content_type, body: Relayed::Whole { bytes, answer } })
+            }
+            Some((decoder, native, client_usage)) => Ok(Forwarded {
+                content_type,
+                body: Relayed::Stream(Relay {
+                    bytes: Box::pin(response.bytes_stream()),
+                    sse: SseDecoder::default(),
+                    decoder,
+                    native,
+                    client_usage,
+                    collector: StreamCollector::default(),
+                    ahead: None,
+                    eof: false,
+                    closed: false,
+                    saw_finish: false,
+                    provider: self.name.clone(),
+                }),
+            }),
+        }
     }
 
     fn transport_error(&self, err: &reqwest::Error, phase: &'static str) -> Error {
@@ -273,6 +384,110 @@ impl StreamState {
                 }
             }
             self.pending.extend(events.into_iter().map(Ok));
+        }
+    }
+}
+
+/// A forwarded stream on its way to the client: the upstream's events relayed as they come
+/// (OpenAI's usage chunk dropped where keel asked for it and the client did not), each read
+/// on the side into `collector` for the trace.
+pub struct Relay {
+    bytes: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    sse: SseDecoder,
+    decoder: Box<dyn Decode>,
+    native: Native,
+    client_usage: bool,
+    /// What the stream amounted to so far.
+    pub collector: StreamCollector,
+    /// A frame read ahead (the first, read before the route is committed to).
+    ahead: Option<Bytes>,
+    eof: bool,
+    closed: bool,
+    saw_finish: bool,
+    provider: String,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay").field("provider", &self.provider).finish_non_exhaustive()
+    }
+}
+
+impl Relay {
+    fn cut(&mut self, message: &str) -> Error {
+        self.closed = true;
+        Error::StreamCut { provider: self.provider.clone(), message: scrub_secrets(message, None) }
+    }
+
+    /// Reads the first frame ahead: a stream that fails before it can still fall over to
+    /// another route, as a translated stream does before its first event.
+    pub async fn prime(&mut self) -> Result<()> {
+        match self.next_frame().await {
+            Some(Ok(first)) => {
+                self.ahead = Some(first);
+                Ok(())
+            }
+            Some(Err(err)) => Err(err),
+            None => Err(Error::StreamCut { provider: self.provider.clone(), message: "the stream ended before its first event".into() }),
+        }
+    }
+
+    /// The next bytes for the client; an error ends the stream (the caller writes it in
+    /// the API's own in-stream shape).
+    pub async fn next_frame(&mut self) -> Option<Result<Bytes>> {
+        if let Some(first) = self.ahead.take() {
+            return Some(Ok(first));
+        }
+        loop {
+            if self.closed {
+                return None;
+            }
+            if self.eof {
+                self.closed = true;
+                if self.saw_finish || self.decoder.done() {
+                    return None;
+                }
+                return Some(Err(self.cut("the stream ended before the answer was complete")));
+            }
+            let mut events = Vec::new();
+            match crate::timing::waiting(self.bytes.next()).await {
+                Some(Ok(chunk)) => self.sse.push(&chunk, &mut events),
+                Some(Err(err)) => return Some(Err(self.cut(&error_chain(&err)))),
+                None => {
+                    self.sse.finish(&mut events);
+                    self.eof = true;
+                }
+            }
+            let mut out = Vec::new();
+            let mut decoded = Vec::new();
+            for event in &events {
+                if event.data.is_empty() {
+                    continue;
+                }
+                decoded.clear();
+                if let Err(message) = self.decoder.on_data(&event.data, &mut decoded) {
+                    return Some(Err(self.cut(&message)));
+                }
+                for item in &decoded {
+                    self.saw_finish |= matches!(item, StreamEvent::Finish(_));
+                    self.collector.push(item);
+                }
+                let usage_only = !decoded.is_empty() && decoded.iter().all(|item| matches!(item, StreamEvent::Usage(_)));
+                if self.native == Native::OpenAiChat && !self.client_usage && usage_only && event.data.contains("\"choices\":[]") {
+                    continue;
+                }
+                if let Some(name) = &event.event {
+                    out.extend_from_slice(b"event: ");
+                    out.extend_from_slice(name.as_bytes());
+                    out.push(b'\n');
+                }
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(event.data.as_bytes());
+                out.extend_from_slice(b"\n\n");
+            }
+            if !out.is_empty() {
+                return Some(Ok(Bytes::from(out)));
+            }
         }
     }
 }

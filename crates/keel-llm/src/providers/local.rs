@@ -27,11 +27,23 @@ pub type LocalFactory<'a> = &'a dyn Fn(&str, &LocalProviderConfig) -> Result<Arc
 pub struct Local {
     name: String,
     backend: Arc<dyn LocalBackend>,
+    /// `max_output_tokens`: a cap on every answer.
+    max_output_tokens: Option<u32>,
 }
 
 impl Local {
-    pub(crate) fn new(name: &str, backend: Arc<dyn LocalBackend>) -> Local {
-        Local { name: name.to_string(), backend }
+    pub(crate) fn new(name: &str, backend: Arc<dyn LocalBackend>, max_output_tokens: Option<u32>) -> Local {
+        Local { name: name.to_string(), backend, max_output_tokens }
+    }
+
+    /// The request with its `max_tokens` held to the provider's cap, when it needs holding.
+    fn capped<'a>(&self, request: &'a ChatRequest) -> std::borrow::Cow<'a, ChatRequest> {
+        match self.max_output_tokens {
+            Some(cap) if request.max_tokens.is_none_or(|asked| asked > cap) => {
+                std::borrow::Cow::Owned(ChatRequest { max_tokens: Some(cap), ..request.clone() })
+            }
+            _ => std::borrow::Cow::Borrowed(request),
+        }
     }
 }
 
@@ -43,7 +55,7 @@ impl Provider for Local {
     /// The engine always streams; a whole answer is its stream collected.
     fn chat<'a>(&'a self, request: &'a ChatRequest, model: &'a str) -> BoxFuture<'a, Result<ChatResponse>> {
         Box::pin(async move {
-            let mut stream = self.backend.chat_stream(model, request).await?;
+            let mut stream = self.backend.chat_stream(model, &self.capped(request)).await?;
             let mut collector = keel_core::chat::StreamCollector::default();
             while let Some(event) = stream.next().await {
                 collector.push(&event?);
@@ -53,7 +65,7 @@ impl Provider for Local {
     }
 
     fn chat_stream<'a>(&'a self, request: &'a ChatRequest, model: &'a str) -> BoxFuture<'a, Result<EventStream>> {
-        self.backend.chat_stream(model, request)
+        self.backend.chat_stream(model, &self.capped(request))
     }
 
     fn embed<'a>(&'a self, request: &'a EmbedRequest, model: &'a str) -> BoxFuture<'a, Result<EmbedResponse>> {

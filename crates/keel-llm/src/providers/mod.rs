@@ -20,7 +20,9 @@ use keel_core::config::{ProviderConfig, ProviderKind};
 use keel_core::{ChatRequest, ChatResponse, EmbedRequest, EmbedResponse, StreamEvent};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::forward::{Forwarded, Native};
 use crate::{Error, Result};
+pub use http::{Relay, set_worker};
 pub use local::{LocalBackend, LocalFactory};
 
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<StreamEvent>> + Send>>;
@@ -46,6 +48,27 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     fn count_tokens<'a>(&'a self, request: &'a ChatRequest, model: &'a str) -> BoxFuture<'a, Result<Option<u64>>> {
         let _ = (request, model);
         Box::pin(async { Ok(None) })
+    }
+
+    /// The wire format this provider speaks, where a client's request in it can be
+    /// forwarded as it is; `None` where keel always translates (Gemini, local models).
+    fn native(&self) -> Option<Native> {
+        None
+    }
+
+    /// Sends a client's body, already naming the upstream model, in the provider's own
+    /// format; `stream` says whether the client asked for a stream and `client_usage`
+    /// whether it asked for OpenAI's usage chunk; `headers` are the client's headers worth
+    /// passing on (Anthropic's `anthropic-beta`).
+    fn forward<'a>(
+        &'a self,
+        body: bytes::Bytes,
+        stream: bool,
+        client_usage: bool,
+        headers: &'a [(String, String)],
+    ) -> BoxFuture<'a, Result<Forwarded>> {
+        let _ = (body, stream, client_usage, headers);
+        Box::pin(async { Err(Error::Unsupported { provider: self.name().to_string(), what: "forwarding" }) })
     }
 
     /// The provider's name in the config.
@@ -83,7 +106,7 @@ impl Upstream {
             ProviderConfig::Anthropic(http) => Box::new(anthropic::Anthropic::new(http::Http::new(name, config, http, env)?)),
             ProviderConfig::Gemini(http) => Box::new(gemini::Gemini::new(http::Http::new(name, config, http, env)?)),
             ProviderConfig::Local(settings) => match local {
-                Some(factory) => Box::new(local::Local::new(name, factory(name, settings)?)),
+                Some(factory) => Box::new(local::Local::new(name, factory(name, settings)?, settings.max_output_tokens)),
                 None => return Err(Error::Unsupported { provider: name.to_string(), what: "local models in this build" }),
             },
         };
@@ -119,6 +142,23 @@ impl Upstream {
             })),
             None => stream,
         })
+    }
+
+    pub fn native(&self) -> Option<Native> {
+        self.provider.native()
+    }
+
+    /// A forwarded call; a stream's permit is held until the relay is dropped.
+    pub async fn forward(
+        &self,
+        body: bytes::Bytes,
+        stream: bool,
+        client_usage: bool,
+        headers: &[(String, String)],
+    ) -> Result<(Forwarded, Option<OwnedSemaphorePermit>)> {
+        let permit = self.permit().await;
+        let forwarded = self.provider.forward(body, stream, client_usage, headers).await?;
+        Ok((forwarded, permit))
     }
 
     pub async fn count_tokens(&self, request: &ChatRequest, model: &str) -> Result<Option<u64>> {

@@ -13,6 +13,7 @@ use futures_util::future::BoxFuture;
 
 use super::http::{Auth, Decode, Http};
 use super::{EventStream, Provider};
+use crate::forward::{Forwarded, Native};
 use crate::{Error, Result};
 use crate::api::openai::{WireToolCall, tool_calls_to_wire};
 
@@ -47,6 +48,24 @@ impl Provider for OpenAi {
             let body = chat_request_to_wire(request, model, true);
             let post = self.http.post(&format!("{}/chat/completions", self.http.base_url), &body, Auth::Bearer)?;
             self.http.stream(post, error_message, Box::new(ChunkDecoder::default())).await
+        })
+    }
+
+    fn native(&self) -> Option<Native> {
+        Some(Native::OpenAiChat)
+    }
+
+    fn forward<'a>(
+        &'a self,
+        body: bytes::Bytes,
+        stream: bool,
+        client_usage: bool,
+        _headers: &'a [(String, String)],
+    ) -> BoxFuture<'a, Result<Forwarded>> {
+        Box::pin(async move {
+            let post = self.http.post_raw(self.http.url("/chat/completions")?, body, Auth::Bearer)?;
+            let relay = stream.then(|| (Box::new(ChunkDecoder::default()) as Box<dyn Decode>, Native::OpenAiChat, client_usage));
+            self.http.forward(post, error_message, relay, chat_response).await
         })
     }
 

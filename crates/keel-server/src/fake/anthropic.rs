@@ -61,6 +61,10 @@ pub(super) fn anthropic_ask(body: &Value) -> Result<Ask, String> {
     }
     for tool in body["tools"].as_array().into_iter().flatten() {
         let name = tool["name"].as_str().ok_or("tools: name is required")?;
+        // Server tools (`web_search_20250305`, …) run at Anthropic and take no schema.
+        if tool["type"].as_str().is_some_and(|kind| kind != "custom") {
+            continue;
+        }
         if !tool["input_schema"].is_object() {
             return Err(format!("tools: input_schema of {name} is required"));
         }

@@ -7,7 +7,8 @@
 //! 503, then fine), `garbage`, `cut` (stream cut half-way), `slow-<ms>`, `hold` (waits for
 //! `POST /fake/release`), `pause-after-tools` (answers at once, except a request carrying tool
 //! results, which waits for `POST /fake/release`), `bad-request`, `cache`/`reason` (report
-//! cached/reasoning tokens);
+//! cached/reasoning tokens), `shell` (a coding agent's turn: runs [`SHELL_PROOF`] through the
+//! client's shell tool — `Bash`, `exec_command`, `shell` — then answers with what it printed);
 //! anything else answers: a JSON document when a schema was asked for, tool calls when tools
 //! were offered, an echo of the last user message otherwise.
 
@@ -204,8 +205,42 @@ pub fn sample(schema: &Value) -> Value {
     }
 }
 
+/// The command a `shell` model asks a coding agent to run: it leaves a file behind, so a
+/// test can see the client really ran it, and prints a line the final answer repeats.
+pub const SHELL_PROOF: &str = "echo keel-shell-ok > keel-proof.txt && cat keel-proof.txt";
+
+/// A call to the client's shell tool, with only the required arguments: the command where
+/// the schema wants one (a string, or an argv array), samples elsewhere.
+fn shell_call(tools: &[(String, Value)]) -> Option<(String, String, String)> {
+    let (name, schema) = tools.iter().find(|(name, _)| {
+        matches!(name.as_str(), "Bash" | "exec_command" | "shell" | "shell_command" | "local_shell")
+    })?;
+    let required: Vec<&str> =
+        schema.get("required").and_then(Value::as_array).map(|r| r.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+    let mut args = serde_json::Map::new();
+    for (prop, prop_schema) in schema.get("properties").and_then(Value::as_object).into_iter().flatten() {
+        if !required.contains(&prop.as_str()) {
+            continue;
+        }
+        let value = if matches!(prop.as_str(), "command" | "cmd") {
+            if prop_schema.get("type").and_then(Value::as_str) == Some("array") {
+                json!(["bash", "-lc", SHELL_PROOF])
+            } else {
+                json!(SHELL_PROOF)
+            }
+        } else {
+            sample(prop_schema)
+        };
+        args.insert(prop.clone(), value);
+    }
+    Some(("call_fake_shell".to_string(), name.clone(), Value::Object(args).to_string()))
+}
+
 fn answer(ask: &Ask) -> Answer {
-    let (reply, mut finish) = if let Some(schema) = &ask.schema {
+    let shell = if ask.model.contains("shell") && ask.tool_results.is_empty() { shell_call(&ask.tools) } else { None };
+    let (reply, mut finish) = if let Some(call) = shell {
+        (Reply::Calls(vec![call]), "tool_calls")
+    } else if let Some(schema) = &ask.schema {
         (Reply::Text(sample(schema).to_string()), "stop")
     } else if !ask.tools.is_empty() && ask.tool_results.is_empty() {
         let chosen: Vec<&(String, Value)> = match &ask.forced_tool {

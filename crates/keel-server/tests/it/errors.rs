@@ -37,18 +37,18 @@ async fn malformed_requests_get_specific_openai_errors() {
     check(&h, chat, "{\"model\": ", expect![[r#"400 invalid_json: the request body is not valid JSON: EOF while parsing a value at line 1 column 10"#]]).await;
     check(&h, chat, "", expect![[r#"400 invalid_json: the request body is empty; send a JSON object"#]]).await;
     check(&h, chat, "  \"text\"", expect![[r#"400 invalid_json: the request body must be a JSON object"#]]).await;
-    check(&h, chat, r#"{"model": "oa"}"#, expect![[r#"400 invalid_request: invalid request: missing field `messages` at line 1 column 15"#]]).await;
+    check(&h, chat, r#"{"model": "ge"}"#, expect![[r#"400 invalid_request: invalid request: missing field `messages` at line 1 column 15"#]]).await;
     check(
         &h,
         chat,
-        r#"{"model": "oa", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}"#,
+        r#"{"model": "ge", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"}"#,
         expect![[r#"400 invalid_request: temperature: invalid type: string "hot", expected f64 at line 1 column 84"#]],
     )
     .await;
     check(
         &h,
         chat,
-        r#"{"model": "oa", "messages": []}"#,
+        r#"{"model": "ge", "messages": []}"#,
         expect![[r#"400 invalid_request: messages: must hold at least one message"#]],
     )
     .await;
@@ -62,35 +62,35 @@ async fn malformed_requests_get_specific_openai_errors() {
     check(
         &h,
         chat,
-        r#"{"model": "oa", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]}"#,
+        r#"{"model": "ge", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]}"#,
         expect![[r#"400 invalid_request: tools[0]: the parameters of `f` must have "type": "object", not "string""#]],
     )
     .await;
     check(
         &h,
         chat,
-        r#"{"model": "oa", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "bad name!", "parameters": {}}}]}"#,
+        r#"{"model": "ge", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "bad name!", "parameters": {}}}]}"#,
         expect![[r#"400 invalid_request: tools[0]: tool name `bad name!` must be 1 to 128 characters of letters, digits, `_`, `-`, `.` or `:`"#]],
     )
     .await;
     check(
         &h,
         chat,
-        r#"{"model": "oa", "messages": [{"role": "user", "content": "x"}], "tool_choice": {"type": "function", "function": {"name": "nope"}}}"#,
+        r#"{"model": "ge", "messages": [{"role": "user", "content": "x"}], "tool_choice": {"type": "function", "function": {"name": "nope"}}}"#,
         expect![[r#"400 invalid_request: tool_choice: names function `nope`, which is not in `tools`"#]],
     )
     .await;
     check(
         &h,
         chat,
-        r#"{"model": "oa", "messages": [{"role": "tool", "content": "x"}]}"#,
+        r#"{"model": "ge", "messages": [{"role": "tool", "content": "x"}]}"#,
         expect![[r#"400 invalid_request: messages[0]: a tool message needs `tool_call_id`"#]],
     )
     .await;
     check(
         &h,
         chat,
-        r#"{"model": "oa", "n": 2, "messages": [{"role": "user", "content": "x"}]}"#,
+        r#"{"model": "ge", "n": 2, "messages": [{"role": "user", "content": "x"}]}"#,
         expect![[r#"400 invalid_request: n: only n = 1 is supported; send several requests instead"#]],
     )
     .await;
@@ -102,7 +102,7 @@ async fn malformed_requests_get_specific_openai_errors() {
     )
     .await;
     check(&h, "/v1/nothing", "{}", expect![[r#"404 not_found: no route for /v1/nothing"#]]).await;
-    check(&h, "/v1/embeddings", r#"{"model": "oa", "input": []}"#, expect![[r#"400 invalid_request: input: must hold at least one item"#]]).await;
+    check(&h, "/v1/embeddings", r#"{"model": "ge", "input": []}"#, expect![[r#"400 invalid_request: input: must hold at least one item"#]]).await;
 }
 
 #[tokio::test]
@@ -113,7 +113,7 @@ async fn malformed_requests_get_specific_anthropic_errors() {
     check(
         &h,
         messages,
-        r#"{"model": "an", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}"#,
+        r#"{"model": "ge", "max_tokens": 5, "messages": [{"role": "system", "content": "x"}]}"#,
         expect![[r#"400 invalid_request_error: messages[0].role: unknown variant `system`, expected `user` or `assistant` at line 1 column 63"#]],
     )
     .await;
@@ -127,7 +127,7 @@ async fn malformed_requests_get_specific_anthropic_errors() {
     check(
         &h,
         messages,
-        r#"{"model": "an", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "tools": [{"name": "web_search", "type": "web_search_20250305"}]}"#,
+        r#"{"model": "ge", "max_tokens": 5, "messages": [{"role": "user", "content": "x"}], "tools": [{"name": "web_search", "type": "web_search_20250305"}]}"#,
         expect![[r#"400 invalid_request_error: tools[0]: `web_search` has no input_schema; Anthropic server tools are not supported through keel"#]],
     )
     .await;

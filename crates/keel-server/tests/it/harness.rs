@@ -53,6 +53,7 @@ pub async fn start_with(options: Options) -> Harness {
     let app = Arc::new(AppState {
         router: Arc::new(router),
         traces: writer.sink(),
+        store: store.clone(),
         metrics: Metrics::default(),
         master_key: options.master_key.map(SecretString::from),
         log_bodies: options.log_bodies,

@@ -2,6 +2,8 @@
 //! upstream, driven over real HTTP.
 
 mod errors;
+mod forward;
 mod harness;
 mod routing;
+mod responses;
 mod translation;

@@ -41,10 +41,11 @@ pub async fn run(config: Option<&Path>, listen: Option<SocketAddr>, pull: bool) 
             Some(Arc::new(agents))
         }
     };
-    let writer = TraceWriter::spawn(store, config.store.trace_buffer);
+    let writer = TraceWriter::spawn(store.clone(), config.store.trace_buffer);
     let app = Arc::new(AppState {
         router,
         traces: writer.sink(),
+        store,
         metrics: Metrics::default(),
         master_key,
         log_bodies: config.store.log_bodies,
@@ -56,25 +57,34 @@ pub async fn run(config: Option<&Path>, listen: Option<SocketAddr>, pull: bool) 
         None => config.server.listen.get_ref().parse().context("server.listen is not a socket address")?,
     };
     raise_fd_limit();
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("could not listen on {addr}"))?;
-    let local = listener.local_addr()?;
+    let workers = worker_count();
+    let listeners = listen_on(addr, workers).await?;
+    let local = listeners[0].local_addr()?;
     tracing::info!(
         listen = %local,
+        workers,
         store = %store_path.display(),
         models = app.router.aliases().count(),
         "keel listening on http://{local}"
     );
     let shutdown = CancellationToken::new();
     tokio::spawn(signalled(shutdown.clone()));
-    // Small JSON answers go out at once rather than waiting on Nagle's algorithm.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
+    let router = keel_server::router(app, config.server.max_body_bytes);
+    let mut threads = Vec::with_capacity(workers);
+    for (index, listener) in listeners.into_iter().enumerate() {
+        threads.push(serve_worker(index, listener.into_std()?, router.clone(), shutdown.clone())?);
+    }
+    let all_done = tokio::task::spawn_blocking(move || {
+        threads.into_iter().map(|thread| thread.join().unwrap_or_else(|_| Err(anyhow::anyhow!("a worker panicked")))).collect::<Vec<_>>()
     });
-    let server = axum::serve(listener, keel_server::router(app, config.server.max_body_bytes))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let drain = Duration::from_secs_f64(config.server.drain_timeout_s);
     let drained = tokio::select! {
-        result = server => { result.context("the server failed")?; true }
+        results = all_done => {
+            for result in results.context("the workers failed")? {
+                result.context("the server failed")?;
+            }
+            true
+        }
         () = async { shutdown.cancelled().await; tokio::time::sleep(drain).await } => false,
     };
     if !drained {
@@ -83,6 +93,58 @@ pub async fn run(config: Option<&Path>, listen: Option<SocketAddr>, pull: bool) 
     let written = writer.shutdown().await;
     tracing::info!(traces_written = written, "keel stopped; every queued trace is on disk");
     Ok(())
+}
+
+/// Serving threads: `KEEL_WORKERS`, else one per core.
+fn worker_count() -> usize {
+    std::env::var("KEEL_WORKERS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
+
+/// One listening socket per worker on the same address (SO_REUSEPORT), so the kernel spreads
+/// connections across workers; a port of 0 is chosen by the first and shared by the rest.
+async fn listen_on(addr: SocketAddr, workers: usize) -> anyhow::Result<Vec<tokio::net::TcpListener>> {
+    let mut listeners = Vec::with_capacity(workers);
+    let mut bound = addr;
+    for _ in 0..workers {
+        let socket = if bound.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+        socket.set_reuseaddr(true)?;
+        #[cfg(unix)]
+        socket.set_reuseport(true)?;
+        socket.bind(bound).with_context(|| format!("could not listen on {addr}"))?;
+        let listener = socket.listen(1024).with_context(|| format!("could not listen on {addr}"))?;
+        bound = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// A serving thread with its own single-threaded runtime: a connection, its handler and the
+/// upstream call it makes (through this worker's own connection pool) stay on one thread,
+/// as in nginx's workers, instead of being handed between threads at every wake-up.
+fn serve_worker(
+    index: usize,
+    listener: std::net::TcpListener,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) -> anyhow::Result<std::thread::JoinHandle<anyhow::Result<()>>> {
+    let thread = std::thread::Builder::new().name(format!("keel-worker-{index}")).spawn(move || {
+        keel_llm::providers::set_worker(index);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            // Small JSON answers go out at once rather than waiting on Nagle's algorithm.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+            Ok(())
+        })
+    })?;
+    Ok(thread)
 }
 
 pub(crate) async fn signalled(shutdown: CancellationToken) {

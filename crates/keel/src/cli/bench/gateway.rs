@@ -1,141 +1,189 @@
-//! `keel bench gateway`: starts a fake upstream and a real `keel serve` (traces on) as child
-//! processes, then measures the same workload sent straight to the upstream and through
-//! keel: latency at one connection, throughput at many, and keel's resident memory.
+//! `keel bench gateway`: keel's proxy hop against nginx's, in one run. nginx serves a fixed
+//! Chat Completions answer as the upstream; a second nginx is a plain reverse proxy in front
+//! of it (keep-alive upstream pool), the reference hop; a real `keel serve` (traces and
+//! metrics on) is the other. wrk drives all three with the same request: latency on one
+//! connection, requests/s on many, in alternating rounds so drift hits every side alike.
+//! LiteLLM joins when its `litellm` command is installed.
 
 use super::*;
 
 #[derive(Debug, clap::Args)]
 pub struct GatewayArgs {
-    /// Sequential requests for the one-connection latency figures.
-    #[arg(long, default_value_t = 5000)]
-    requests: usize,
+    /// Seconds of load per measurement.
+    #[arg(long, default_value_t = 4.0)]
+    duration_s: f64,
+    /// Alternating rounds; each figure is the median over rounds.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Concurrent connections for the throughput figure.
     #[arg(long, default_value_t = 32)]
     connections: usize,
-    /// Seconds of load for the throughput figure.
-    #[arg(long, default_value_t = 5.0)]
-    duration_s: f64,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
 }
 
-struct Children {
-    upstream: Child,
-    keel: Child,
+const ANSWER: &str = r#"{"id":"chatcmpl-bench","object":"chat.completion","created":1,"model":"bench","choices":[{"index":0,"message":{"role":"assistant","content":"hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4}}"#;
+const BODY: &str = r#"{"model":"bench","messages":[{"role":"user","content":"hello"}]}"#;
+
+fn find(program: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/usr/local/sbin".into()])
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
 }
 
-async fn spawn_upstream() -> anyhow::Result<(Child, String)> {
-    let exe = std::env::current_exe()?;
-    let mut child = Command::new(exe)
-        .args(["fake-upstream", "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+async fn wait_for(url: &str, seconds: u64) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    for _ in 0..seconds * 40 {
+        if client.post(url).header("content-type", "application/json").body(BODY).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    bail!("{url} did not answer")
+}
+
+/// An nginx master process, stopped with its workers when dropped (a killed master would
+/// leave its workers running).
+struct Nginx(Child);
+
+impl Drop for Nginx {
+    #[expect(unsafe_code, reason = "kill(2) on a child's pid")]
+    fn drop(&mut self) {
+        if let Some(pid) = self.0.id() {
+            // SAFETY: a plain signal to our own child process.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGTERM);
+            }
+        }
+    }
+}
+
+/// Starts nginx with `server` as its only server block.
+fn nginx(nginx: &PathBuf, dir: &std::path::Path, name: &str, workers: &str, upstream: &str, server: &str) -> anyhow::Result<Nginx> {
+    let prefix = dir.join(name);
+    std::fs::create_dir_all(prefix.join("logs"))?;
+    let conf = format!(
+        "worker_processes {workers};\ndaemon off;\nmaster_process on;\npid {pid};\nerror_log {err} warn;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 10000000;\n{upstream}\n{server}\n}}\n",
+        pid = prefix.join("nginx.pid").display(),
+        err = prefix.join("error.log").display(),
+    );
+    let path = prefix.join("nginx.conf");
+    std::fs::write(&path, conf)?;
+    let child = Command::new(nginx)
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(&path)
+        .stdout(Stdio::null())
         .stderr(Stdio::inherit())
-        .kill_on_drop(true)
         .spawn()
-        .context("could not start the fake upstream")?;
-    let stdout = child.stdout.take().context("no stdout from the fake upstream")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let line = lines.next_line().await?.context("the fake upstream exited")?;
-    let addr = line.strip_prefix("listening on ").context("unexpected output from the fake upstream")?.to_string();
-    Ok((child, addr))
+        .with_context(|| format!("could not start {}", nginx.display()))?;
+    Ok(Nginx(child))
 }
 
-async fn spawn_keel(dir: &std::path::Path, upstream: &str) -> anyhow::Result<(Child, String)> {
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0")?;
-        probe.local_addr()?.port()
-    };
+async fn spawn_keel(dir: &std::path::Path, upstream: u16) -> anyhow::Result<(Child, String)> {
+    let port = free_port()?;
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[store]\npath = \"bench.db\"\n\n[providers.fake]\nkind = \"openai\"\nbase_url = \"http://{upstream}/v1\"\n\n[[models]]\nname = \"bench\"\nroutes = [{{ provider = \"fake\", model = \"bench\" }}]\n"
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[store]\npath = \"bench.db\"\n\n[providers.up]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:{upstream}/v1\"\n\n[[models]]\nname = \"bench\"\nroutes = [{{ provider = \"up\", model = \"bench\" }}]\n"
     );
     let path = dir.join("keel.toml");
     std::fs::write(&path, config)?;
-    let exe = std::env::current_exe()?;
-    let child = Command::new(exe)
+    let child = Command::new(std::env::current_exe()?)
         .arg("--config")
         .arg(&path)
         .arg("serve")
+        .current_dir(dir)
         .env("KEEL_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
         .context("could not start keel serve")?;
-    let addr = format!("127.0.0.1:{port}");
+    Ok((child, format!("http://127.0.0.1:{port}/v1/chat/completions")))
+}
+
+/// LiteLLM's proxy with one worker in front of the same upstream, where `litellm` is installed.
+async fn spawn_litellm(dir: &std::path::Path, upstream: u16) -> Option<(Child, String)> {
+    let litellm = find("litellm")?;
+    let port = free_port().ok()?;
+    let config = format!(
+        "model_list:\n  - model_name: bench\n    litellm_params:\n      model: openai/bench\n      api_base: http://127.0.0.1:{upstream}/v1\n      api_key: none\n"
+    );
+    let path = dir.join("litellm.yaml");
+    std::fs::write(&path, config).ok()?;
+    let child = Command::new(litellm)
+        .arg("--config")
+        .arg(&path)
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--num_workers", "1"])
+        .env("LITELLM_LOG", "ERROR")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .ok()?;
+    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    wait_for(&url, 60).await.ok()?;
+    Some((child, url))
+}
+
+/// One wrk run: (p50 µs, p99 µs, requests/s).
+async fn wrk(wrk: &PathBuf, script: &std::path::Path, url: &str, connections: usize, duration_s: f64) -> anyhow::Result<(f64, f64, f64)> {
+    let threads = connections.clamp(1, 2).to_string();
+    let output = Command::new(wrk)
+        .args(["-t", &threads, "-c", &connections.to_string(), "-d", &format!("{duration_s}s"), "-s"])
+        .arg(script)
+        .arg(url)
+        .output()
+        .await
+        .context("could not run wrk")?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let line = text.lines().find_map(|line| line.strip_prefix("KEEL-BENCH "));
+    let Some(line) = line else { bail!("wrk gave no figures for {url}:\n{text}{}", String::from_utf8_lossy(&output.stderr)) };
+    let figures: Vec<f64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    let [p50, p99, requests, errors, secs] = figures[..] else { bail!("unreadable wrk figures: {line}") };
+    if errors > 0.0 {
+        bail!("{errors} requests to {url} failed or were not 200");
+    }
+    Ok((p50, p99, requests / secs))
+}
+
+const WRK_SCRIPT: &str = r#"wrk.method = "POST"
+wrk.body = '{"model":"bench","messages":[{"role":"user","content":"hello"}]}'
+wrk.headers["Content-Type"] = "application/json"
+done = function(summary, latency, requests)
+  local errors = summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.status + summary.errors.timeout
+  io.write(string.format("KEEL-BENCH %d %d %d %d %f\n", latency:percentile(50), latency:percentile(99), summary.requests, errors, summary.duration / 1e6))
+end
+"#;
+
+/// The self-reported `x-keel-overhead-us` over a short sequential run: (p50, p99).
+async fn self_reported(url: &str) -> anyhow::Result<(u64, u64)> {
     let client = reqwest::Client::new();
-    for _ in 0..200 {
-        if client.get(format!("http://{addr}/health")).send().await.is_ok() {
-            return Ok((child, addr));
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    bail!("keel serve did not come up on {addr}")
-}
-
-const BODY: &str = r#"{"model":"bench","messages":[{"role":"user","content":"hello"}]}"#;
-
-async fn sequential(client: &reqwest::Client, url: &str, n: usize) -> anyhow::Result<(Vec<Duration>, Vec<u64>)> {
-    let mut latencies = Vec::with_capacity(n);
-    let mut overheads = Vec::with_capacity(n);
-    for _ in 0..n {
-        let started = Instant::now();
+    let mut overheads = Vec::new();
+    for _ in 0..1000 {
         let response = client.post(url).header("content-type", "application/json").body(BODY).send().await?;
-        let overhead = response.headers().get("x-keel-overhead-us").and_then(|v| v.to_str().ok()?.parse().ok());
-        let status = response.status();
+        if let Some(value) = response.headers().get("x-keel-overhead-us").and_then(|v| v.to_str().ok()?.parse().ok()) {
+            overheads.push(value);
+        }
         response.bytes().await?;
-        latencies.push(started.elapsed());
-        if !status.is_success() {
-            bail!("{url} answered {status}");
-        }
-        if let Some(overhead) = overhead {
-            overheads.push(overhead);
-        }
     }
-    latencies.sort();
     overheads.sort_unstable();
-    Ok((latencies, overheads))
+    let at = |p: f64| overheads.get(((overheads.len().max(1) - 1) as f64 * p) as usize).copied().unwrap_or(0);
+    Ok((at(0.5), at(0.99)))
 }
 
-async fn throughput(url: &str, connections: usize, duration: Duration) -> anyhow::Result<f64> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(connections).build()?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..connections {
-        let (client, url, stop, done, failed) = (client.clone(), url.to_string(), stop.clone(), done.clone(), failed.clone());
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let result = client.post(&url).header("content-type", "application/json").body(BODY).send().await;
-                match result {
-                    Ok(response) if response.status().is_success() => {
-                        let _ = response.bytes().await;
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }));
-    }
-    // Warm up the connections, then count.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let start_count = done.load(Ordering::Relaxed);
-    let started = Instant::now();
-    tokio::time::sleep(duration).await;
-    let counted = done.load(Ordering::Relaxed) - start_count;
-    let elapsed = started.elapsed();
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        let _ = task.await;
-    }
-    let failures = failed.load(Ordering::Relaxed);
-    if failures > 0 {
-        bail!("{failures} requests to {url} failed during the throughput run");
-    }
-    Ok(counted as f64 / elapsed.as_secs_f64())
+#[derive(Default)]
+struct Side {
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    rps: Vec<f64>,
 }
 
 pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
@@ -145,76 +193,135 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             table::paint("warning:", table::YELLOW)
         );
     }
+    let install = "install them with: apt-get install nginx-light wrk";
+    let nginx_bin = find("nginx").with_context(|| format!("nginx is the reference proxy and the upstream; {install}"))?;
+    let wrk_bin = find("wrk").with_context(|| format!("wrk drives the load; {install}"))?;
     let dir = std::env::temp_dir().join(format!("keel-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let (upstream, upstream_addr) = spawn_upstream().await?;
-    let (keel, keel_addr) = spawn_keel(&dir, &upstream_addr).await?;
-    let mut children = Children { upstream, keel };
-    let keel_pid = children.keel.id().context("keel exited")?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let idle_rss = rss_kib(keel_pid);
+    let script = dir.join("bench.lua");
+    std::fs::write(&script, WRK_SCRIPT)?;
 
-    let direct_url = format!("http://{upstream_addr}/v1/chat/completions");
-    let keel_url = format!("http://{keel_addr}/v1/chat/completions");
-    let client = reqwest::Client::new();
+    let (up_port, proxy_port) = (free_port()?, free_port()?);
+    let up_server = format!(
+        "  server {{\n    listen 127.0.0.1:{up_port};\n    location / {{\n      default_type application/json;\n      return 200 '{ANSWER}';\n    }}\n  }}"
+    );
+    let _upstream = nginx(&nginx_bin, &dir, "upstream", "1", "", &up_server)?;
+    let pool = format!("  upstream up {{ server 127.0.0.1:{up_port}; keepalive 64; }}");
+    let proxy_server = format!(
+        "  server {{\n    listen 127.0.0.1:{proxy_port};\n    location / {{\n      proxy_pass http://up;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}"
+    );
+    let _proxy = nginx(&nginx_bin, &dir, "proxy", "auto", &pool, &proxy_server)?;
+    let direct_url = format!("http://127.0.0.1:{up_port}/v1/chat/completions");
+    let nginx_url = format!("http://127.0.0.1:{proxy_port}/v1/chat/completions");
+    let (mut keel, keel_url) = spawn_keel(&dir, up_port).await?;
+    for url in [&direct_url, &nginx_url, &keel_url] {
+        wait_for(url, 5).await?;
+    }
+    let keel_pid = keel.id().context("keel exited")?;
+    let idle_rss = rss_kib(keel_pid);
+    let litellm = spawn_litellm(&dir, up_port).await;
+
+    let mut targets: Vec<(&str, String)> =
+        vec![("upstream alone", direct_url), ("nginx proxy", nginx_url), ("keel", keel_url.clone())];
+    if let Some((_, url)) = &litellm {
+        targets.push(("LiteLLM", url.clone()));
+    }
+    let mut sides: Vec<Side> = targets.iter().map(|_| Side::default()).collect();
     eprintln!("warming up…");
-    sequential(&client, &direct_url, 200).await?;
-    sequential(&client, &keel_url, 200).await?;
-    eprintln!("latency: {} sequential requests each way on one connection…", args.requests);
-    // Interleave halves so drift in machine load hits both sides alike.
-    let half = args.requests / 2;
-    let (mut direct, _) = sequential(&client, &direct_url, half).await?;
-    let (mut through, mut overheads) = sequential(&client, &keel_url, half).await?;
-    let (d2, _) = sequential(&client, &direct_url, args.requests - half).await?;
-    let (t2, o2) = sequential(&client, &keel_url, args.requests - half).await?;
-    direct.extend(d2);
-    through.extend(t2);
-    overheads.extend(o2);
-    direct.sort();
-    through.sort();
-    overheads.sort_unstable();
-    let duration = Duration::from_secs_f64(args.duration_s);
-    eprintln!("throughput: {} connections for {:.0} s each way…", args.connections, args.duration_s);
-    let direct_rps = throughput(&direct_url, args.connections, duration).await?;
-    let keel_rps = throughput(&keel_url, args.connections, duration).await?;
+    for (_, url) in &targets {
+        wrk(&wrk_bin, &script, url, args.connections, 1.0).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Latency first, every side in turn, then throughput: a throughput run leaves keel's trace
+    // writer a backlog that would otherwise be written during the next side's latency run.
+    for round in 1..=args.rounds {
+        eprintln!("latency, round {round}/{}: {:.0} s per side on one connection…", args.rounds, args.duration_s);
+        for ((_, url), side) in targets.iter().zip(&mut sides) {
+            let (p50, p99, _) = wrk(&wrk_bin, &script, url, 1, args.duration_s).await?;
+            side.p50.push(p50);
+            side.p99.push(p99);
+        }
+    }
+    for round in 1..=args.rounds {
+        eprintln!("throughput, round {round}/{}: {:.0} s per side on {} connections…", args.rounds, args.duration_s, args.connections);
+        for ((_, url), side) in targets.iter().zip(&mut sides) {
+            let (_, _, rps) = wrk(&wrk_bin, &script, url, args.connections, args.duration_s).await?;
+            side.rps.push(rps);
+            // Let a backlog of traces reach the disk before the next side runs.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+    }
+    let (self50, self99) = self_reported(&keel_url).await?;
     let loaded_rss = rss_kib(keel_pid);
-    let _ = children.keel.start_kill();
-    let _ = children.upstream.start_kill();
-    let _ = children.keel.wait().await;
+    let _ = keel.start_kill();
+    let _ = keel.wait().await;
+    drop(litellm);
     let _ = std::fs::remove_dir_all(&dir);
 
-    let (d50, d99) = (percentile(&direct, 0.50), percentile(&direct, 0.99));
-    let (k50, k99) = (percentile(&through, 0.50), percentile(&through, 0.99));
-    let added50 = us(k50) - us(d50);
-    let added99 = us(k99) - us(d99);
-    let self50 = overheads.get(overheads.len() / 2).copied().unwrap_or(0);
-    let self99 = overheads.get(overheads.len() * 99 / 100).copied().unwrap_or(0);
-    let idle_mb = idle_rss.map(|kib| kib as f64 / 1024.0);
-    let loaded_mb = loaded_rss.map(|kib| kib as f64 / 1024.0);
+    let figures: Vec<(f64, f64, f64)> =
+        sides.into_iter().map(|side| (median(side.p50), median(side.p99), median(side.rps))).collect();
+    let (d50, d99, _) = figures[0];
+    let added = |i: usize| (figures[i].0 - d50, figures[i].1 - d99);
+    let (n50, n99) = added(1);
+    let (k50, k99) = added(2);
+    let (nrps, krps) = (figures[1].2, figures[2].2);
+    let ratio50 = k50 / n50.max(1.0);
+    let ratio99 = k99 / n99.max(1.0);
+    let rps_ratio = krps / nrps;
     if args.json {
+        let sides: serde_json::Map<String, serde_json::Value> = targets
+            .iter()
+            .zip(&figures)
+            .enumerate()
+            .map(|(i, ((name, _), (p50, p99, rps)))| {
+                let (a50, a99) = added(i);
+                (name.to_string(), json!({"p50_us": p50, "p99_us": p99, "rps": rps, "added_p50_us": a50, "added_p99_us": a99}))
+            })
+            .collect();
         let report = json!({
-            "requests": args.requests,
-            "connections": args.connections,
-            "direct": {"p50_us": us(d50), "p99_us": us(d99), "rps": direct_rps},
-            "keel": {"p50_us": us(k50), "p99_us": us(k99), "rps": keel_rps, "self_reported_overhead_p50_us": self50, "self_reported_overhead_p99_us": self99,
-                     "rss_idle_mb": idle_mb, "rss_after_load_mb": loaded_mb},
-            "added_p50_us": added50,
-            "added_p99_us": added99,
-            "rps_ratio": keel_rps / direct_rps,
-            "latency_p50_ratio": us(k50) / us(d50),
+            "connections": args.connections, "rounds": args.rounds, "duration_s": args.duration_s,
+            "sides": sides,
+            "keel_vs_nginx": {"added_p50_ratio": ratio50, "added_p99_ratio": ratio99, "rps_ratio": rps_ratio},
+            "keel_self_reported_overhead_us": {"p50": self50, "p99": self99},
+            "keel_rss_mb": {"idle": idle_rss.map(|k| k as f64 / 1024.0), "after_load": loaded_rss.map(|k| k as f64 / 1024.0)},
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
+    let mut rows = Vec::new();
+    for (i, ((name, _), (p50, p99, rps))) in targets.iter().zip(&figures).enumerate() {
+        let (a50, a99) = added(i);
+        let added_cell = |a: f64| if i == 0 { Cell::num("-") } else { Cell::num(format!("+{a:.0}")) };
+        rows.push(vec![
+            Cell::new(*name),
+            Cell::num(format!("{p50:.0}")),
+            added_cell(a50),
+            Cell::num(format!("{p99:.0}")),
+            added_cell(a99),
+            Cell::num(format!("{rps:.0}")),
+        ]);
+    }
+    print!("{}", table::render(&["SIDE", "P50 µs", "ADDED", "P99 µs", "ADDED", &format!("REQ/S @{}", args.connections)], &rows));
     let verdict = |ok: bool| if ok { Cell::new("yes").color(table::GREEN) } else { Cell::new("no").color(table::RED) };
-    let rows = vec![
-        vec![Cell::new("p50 latency, 1 conn (µs)"), Cell::num(format!("{:.0}", us(d50))), Cell::num(format!("{:.0}", us(k50))), Cell::num(format!("+{added50:.0}")), Cell::num(format!("{:.2}x", us(k50) / us(d50))), Cell::new("added ≤ 50"), verdict(added50 <= 50.0)],
-        vec![Cell::new("p99 latency, 1 conn (µs)"), Cell::num(format!("{:.0}", us(d99))), Cell::num(format!("{:.0}", us(k99))), Cell::num(format!("+{added99:.0}")), Cell::num(format!("{:.2}x", us(k99) / us(d99))), Cell::new("added ≤ 250"), verdict(added99 <= 250.0)],
-        vec![Cell::new(format!("requests/s, {} conns", args.connections)), Cell::num(format!("{direct_rps:.0}")), Cell::num(format!("{keel_rps:.0}")), Cell::num(""), Cell::num(format!("{:.2}x", keel_rps / direct_rps)), Cell::new("≥ 15000"), verdict(keel_rps >= 15_000.0)],
-        vec![Cell::new("keel self-reported overhead (µs)"), Cell::num("-"), Cell::num(format!("p50 {self50} / p99 {self99}")), Cell::num(""), Cell::num(""), Cell::new(""), Cell::new("")],
-        vec![Cell::new("keel resident memory (MB)"), Cell::num("-"), Cell::num(format!("idle {:.1} / loaded {:.1}", idle_mb.unwrap_or(0.0), loaded_mb.unwrap_or(0.0))), Cell::num(""), Cell::num(""), Cell::new("idle ≤ 40"), verdict(idle_mb.is_some_and(|mb| mb <= 40.0))],
+    let targets_rows = vec![
+        vec![Cell::new("added p50, keel / nginx"), Cell::num(format!("{ratio50:.2}x")), Cell::new("≤ 2x"), verdict(ratio50 <= 2.0)],
+        vec![Cell::new("added p99, keel / nginx"), Cell::num(format!("{ratio99:.2}x")), Cell::new("≤ 3x"), verdict(ratio99 <= 3.0)],
+        vec![Cell::new(format!("requests/s @{}, keel / nginx", args.connections)), Cell::num(format!("{rps_ratio:.2}x")), Cell::new("≥ 0.6x"), verdict(rps_ratio >= 0.6)],
+        vec![Cell::new("keel's own time, x-keel-overhead-us"), Cell::num(format!("p50 {self50} / p99 {self99} µs")), Cell::new(""), Cell::new("")],
+        vec![
+            Cell::new("keel resident memory"),
+            Cell::num(format!("idle {:.1} / loaded {:.1} MB", idle_rss.unwrap_or(0) as f64 / 1024.0, loaded_rss.unwrap_or(0) as f64 / 1024.0)),
+            Cell::new("idle ≤ 40 MB"),
+            verdict(idle_rss.is_some_and(|kib| kib as f64 / 1024.0 <= 40.0)),
+        ],
     ];
-    print!("{}", table::render(&["METRIC", "DIRECT", "THROUGH KEEL", "ADDED", "RATIO", "TARGET", "MET"], &rows));
-    println!("{}", table::paint("direct = the same fake upstream called without keel, in the same run; traces on", table::DIM));
+    print!("{}", table::render(&["TARGET", "MEASURED", "GOAL", "MET"], &targets_rows));
+    println!(
+        "{}",
+        table::paint(
+            &format!("medians of {} alternating rounds of {:.0} s; wrk, nginx and keel share this machine's cores; traces on", args.rounds, args.duration_s),
+            table::DIM
+        )
+    );
     Ok(())
 }
