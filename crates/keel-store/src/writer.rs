@@ -95,9 +95,8 @@ impl TraceWriter {
 }
 
 /// Puts the calling thread in the idle scheduling class: trace writing is background work,
-/// and a request's thread that wakes up takes the CPU from it at once (a merely niced thread
-/// still keeps its time slice, measured as most of keel's p99 at one connection). Where the
-/// class is refused, the thread is niced instead.
+/// and a request's thread that wakes up takes the CPU from it at once, where a merely niced
+/// thread can keep its time slice. Where the class is refused, the thread is niced instead.
 #[expect(unsafe_code, reason = "sched_setscheduler and setpriority are plain libc calls on the calling thread")]
 fn background_priority() {
     #[cfg(target_os = "linux")]
