@@ -16,8 +16,9 @@ pub struct AgentDef {
     pub name: String,
     /// A model alias of keel's gateway (`local` runs offline).
     pub model: String,
-    /// The system prompt; `{{name}}` placeholders are filled from the run's variables.
-    pub instructions: String,
+    /// The system prompt: a text whose `{{name}}` placeholders are filled from the run's
+    /// variables, or `{ prompt = "support", label = "production" }` from the prompt registry.
+    pub instructions: Instructions,
     #[serde(default)]
     pub description: Option<String>,
     /// The folder file tools and `shell` work in, relative to the agent file.
@@ -428,11 +429,55 @@ impl AgentDef {
     }
 
     /// The instructions with `{{name}}` placeholders filled; a placeholder with no value is
-    /// an error naming it.
-    pub fn render_instructions(&self, vars: &BTreeMap<String, String>) -> Result<String, Error> {
-        fill(&self.instructions, |key| vars.get(key).cloned()).map_err(|key| {
-            Error::Definition(format!("the instructions use {{{{{key}}}}}, which has no value (pass --var {key}=...)"))
-        })
+    /// an error naming it. A registry prompt is resolved in `store` (its label read now) and
+    /// rendered with the run's variables: its system (and developer) messages, or its text.
+    pub fn render_instructions(&self, vars: &BTreeMap<String, String>, store: &std::sync::Arc<keel_store::Store>) -> Result<String, Error> {
+        let (name, label, version) = match &self.instructions {
+            Instructions::Text(text) => {
+                return fill(text, |key| vars.get(key).cloned()).map_err(|key| {
+                    Error::Definition(format!("the instructions use {{{{{key}}}}}, which has no value (pass --var {key}=...)"))
+                });
+            }
+            Instructions::Prompt { prompt, label, version } => (prompt, label, version),
+        };
+        let registry = keel_eval::Registry::new(store.clone(), std::time::Duration::ZERO);
+        let ask = keel_eval::Ask { name, version: *version, label: label.as_deref(), sticky: None };
+        let bad = |err: keel_eval::Error| Error::Definition(format!("instructions: {err}"));
+        let resolved = registry.resolve(&ask).map_err(bad)?;
+        let values = vars.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect();
+        let messages = resolved.def.render(&values).map_err(bad)?;
+        let system: Vec<&str> = match &resolved.def.text {
+            Some(_) => messages.iter().filter_map(|m| m["content"].as_str()).collect(),
+            None => messages
+                .iter()
+                .filter(|m| matches!(m["role"].as_str(), Some("system" | "developer")))
+                .filter_map(|m| m["content"].as_str())
+                .collect(),
+        };
+        if system.is_empty() {
+            return Err(Error::Definition(format!("instructions: prompt `{name}` has no system message to use as instructions")));
+        }
+        Ok(system.join("\n\n"))
+    }
+}
+
+/// An agent's system prompt: written in the agent file, or a prompt of the registry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Instructions {
+    Text(String),
+    Prompt {
+        prompt: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        label: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<u32>,
+    },
+}
+
+impl From<&str> for Instructions {
+    fn from(text: &str) -> Self {
+        Instructions::Text(text.to_string())
     }
 }
 
@@ -558,11 +603,24 @@ mod tests {
     #[test]
     fn instructions_fill_placeholders_and_name_missing_ones() {
         let def = AgentDef::parse("name = \"a\"\nmodel = \"m\"\ninstructions = \"Hi {{ user }}, today is {{day}}.\"\n").unwrap();
+        let dir = std::env::temp_dir().join(format!("keel-def-test-{}", std::process::id()));
+        let store = std::sync::Arc::new(keel_store::Store::open(&dir.join("t.db")).unwrap());
         let mut vars = BTreeMap::new();
         vars.insert("user".to_string(), "Ada".to_string());
-        let err = def.render_instructions(&vars).unwrap_err().to_string();
+        let err = def.render_instructions(&vars, &store).unwrap_err().to_string();
         assert!(err.contains("{{day}}"), "{err}");
         vars.insert("day".to_string(), "Monday".to_string());
-        assert_eq!(def.render_instructions(&vars).unwrap(), "Hi Ada, today is Monday.");
+        assert_eq!(def.render_instructions(&vars, &store).unwrap(), "Hi Ada, today is Monday.");
+
+        // From the registry: the label is read when the run starts.
+        let def = AgentDef::parse("name = \"a\"\nmodel = \"m\"\ninstructions = { prompt = \"helper\", label = \"production\" }\n").unwrap();
+        let err = def.render_instructions(&vars, &store).unwrap_err().to_string();
+        assert!(err.contains("no prompt `helper`"), "{err}");
+        let body = r#"{"messages": [{"role": "system", "content": "You help {{ user }}."}, {"role": "user", "content": "x"}]}"#;
+        let version = store.push_prompt("helper", body, "").unwrap();
+        assert!(def.render_instructions(&vars, &store).unwrap_err().to_string().contains("no label `production`"));
+        store.set_prompt_label("helper", "production", version).unwrap();
+        assert_eq!(def.render_instructions(&vars, &store).unwrap(), "You help Ada.");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -12,7 +12,7 @@ pub(crate) mod schema;
 pub mod tools;
 pub mod workflow;
 
-pub use definition::{AgentDef, Approval, Budget, HandoffSpec, McpServerSpec, McpToolSpec, MemorySpec, Mode, ToolSpec};
+pub use definition::{AgentDef, Approval, Budget, HandoffSpec, Instructions, McpServerSpec, McpToolSpec, MemorySpec, Mode, ToolSpec};
 pub use mcp::McpServer;
 pub use memory::Memory;
 pub use model::{ChatModel, Reply, Scripted};

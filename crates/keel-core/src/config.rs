@@ -27,6 +27,28 @@ pub struct Config {
     pub prices: BTreeMap<String, Price>,
     #[serde(default)]
     pub agents: AgentsConfig,
+    #[serde(default)]
+    pub prompts: PromptsConfig,
+}
+
+/// The prompt registry as `keel serve` reads it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptsConfig {
+    /// Seconds a label or split read from the store is used before it is read again: how
+    /// long a label moved by another process (`keel prompts label`) can go unseen.
+    #[serde(default = "default_prompt_cache_ttl")]
+    pub cache_ttl_s: f64,
+}
+
+impl Default for PromptsConfig {
+    fn default() -> Self {
+        PromptsConfig { cache_ttl_s: default_prompt_cache_ttl() }
+    }
+}
+
+fn default_prompt_cache_ttl() -> f64 {
+    2.0
 }
 
 /// Where `keel serve` finds the agents it runs over HTTP.

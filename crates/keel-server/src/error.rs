@@ -107,6 +107,20 @@ impl ApiError {
         }
     }
 
+    /// A prompt registry error: an unknown prompt, version or label is missing (404, named),
+    /// a missing variable or a bad definition is the client's; the store's is keel's.
+    pub fn from_prompt(err: &keel_eval::Error, format: Format) -> ApiError {
+        use keel_eval::Error as E;
+        match err {
+            E::NotFound(_) => ApiError::new(StatusCode::NOT_FOUND, "prompt_not_found", err.to_string(), format),
+            E::MissingVariable(_) => ApiError::bad_request("missing_variable", err.to_string(), format),
+            E::Invalid(_) => ApiError::bad_request("invalid_prompt", err.to_string(), format),
+            E::Store(keel_store::Error::NotFound(_)) => ApiError::new(StatusCode::NOT_FOUND, "prompt_not_found", err.to_string(), format),
+            E::Store(keel_store::Error::Invalid(_)) => ApiError::bad_request("invalid_prompt", err.to_string(), format),
+            E::Store(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", err.to_string(), format),
+        }
+    }
+
     pub fn from_llm(err: &keel_llm::Error, format: Format) -> ApiError {
         let status = StatusCode::from_u16(err.status()).unwrap_or(StatusCode::BAD_GATEWAY);
         ApiError { status, message: err.to_string(), code: err.code(), format, retry_after: err.retry_after() }

@@ -12,6 +12,7 @@ use keel_llm::{Native, RawRequest, Relay, Relayed, RouteInfo};
 use std::time::Duration;
 
 use crate::handlers::{self, Call, Outcome};
+use crate::prompts::PromptUse;
 use crate::{ApiError, App, Format};
 
 /// Client headers passed on to Anthropic: the betas a client opted into.
@@ -26,6 +27,7 @@ pub(crate) async fn forward(
     native: Native,
     format: Format,
     endpoint: &'static str,
+    prompt: Option<&PromptUse>,
 ) -> Option<Response> {
     let request = RawRequest::parse(bytes.clone()).ok()?;
     if !request.has_items("messages") || !app.router.forwards(&request.model, native) {
@@ -36,6 +38,7 @@ pub(crate) async fn forward(
         .filter_map(|name| Some((name.to_string(), headers.get(*name)?.to_str().ok()?.to_string())))
         .collect();
     let mut call = Call::new(app, endpoint, &request.model, request.stream, bytes);
+    call.prompt = prompt.cloned();
     let (result, info) = app.router.forward(&request, native, &passed).await;
     call.mark_overhead();
     let id = call.id.clone();

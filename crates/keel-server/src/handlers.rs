@@ -19,6 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::metrics::CallMetrics;
+use crate::prompts::PromptUse;
 use crate::{ApiError, App, Format};
 
 pub(crate) fn new_id() -> String {
@@ -71,6 +72,8 @@ pub(crate) struct Call {
     created_ms: i64,
     request_body: Option<String>,
     overhead: Duration,
+    /// The registry prompt the request was rendered from.
+    pub(crate) prompt: Option<PromptUse>,
 }
 
 #[derive(Default)]
@@ -96,6 +99,7 @@ impl Call {
             created_ms: keel_core::now_ms(),
             request_body: app.log_bodies.then(|| String::from_utf8_lossy(body).into_owned()),
             overhead: Duration::ZERO,
+            prompt: None,
         }
     }
 
@@ -157,6 +161,9 @@ impl Call {
             error: outcome.error.map(|(_, message)| message),
             request_body: self.request_body.take(),
             response_body: outcome.response_body,
+            prompt_name: self.prompt.as_ref().map(|p| p.name.clone()),
+            prompt_version: self.prompt.as_ref().map(|p| p.version),
+            prompt_arm: self.prompt.as_ref().and_then(|p| p.arm.clone()),
         }
     }
 
@@ -202,7 +209,14 @@ pub async fn chat_completions(State(app): State<App>, headers: HeaderMap, body: 
         Ok(bytes) => bytes,
         Err(err) => return err.into_response(),
     };
-    if let Some(response) = crate::forward::forward(&app, &bytes, &headers, Native::OpenAiChat, format, "chat.completions").await {
+    let (bytes, prompt) = match crate::prompts::apply(&app, &bytes, &headers, format) {
+        Ok(Some((rendered, prompt))) => (rendered, Some(prompt)),
+        Ok(None) => (bytes, None),
+        Err(err) => return err.into_response(),
+    };
+    if let Some(response) =
+        crate::forward::forward(&app, &bytes, &headers, Native::OpenAiChat, format, "chat.completions", prompt.as_ref()).await
+    {
         return response;
     }
     let request = match parse_bytes::<openai::WireChatRequest>(&bytes, format).and_then(|wire| {
@@ -211,7 +225,7 @@ pub async fn chat_completions(State(app): State<App>, headers: HeaderMap, body: 
         Ok(request) => request,
         Err(err) => return err.into_response(),
     };
-    chat(app, request, bytes, format, "chat.completions").await
+    chat(app, request, bytes, format, "chat.completions", prompt).await
 }
 
 pub async fn messages(State(app): State<App>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
@@ -220,7 +234,14 @@ pub async fn messages(State(app): State<App>, headers: HeaderMap, body: Result<B
         Ok(bytes) => bytes,
         Err(err) => return err.into_response(),
     };
-    if let Some(response) = crate::forward::forward(&app, &bytes, &headers, Native::AnthropicMessages, format, "messages").await {
+    let (bytes, prompt) = match crate::prompts::apply(&app, &bytes, &headers, format) {
+        Ok(Some((rendered, prompt))) => (rendered, Some(prompt)),
+        Ok(None) => (bytes, None),
+        Err(err) => return err.into_response(),
+    };
+    if let Some(response) =
+        crate::forward::forward(&app, &bytes, &headers, Native::AnthropicMessages, format, "messages", prompt.as_ref()).await
+    {
         return response;
     }
     let request = match parse_bytes::<anthropic::WireMessagesRequest>(&bytes, format).and_then(|wire| {
@@ -229,7 +250,7 @@ pub async fn messages(State(app): State<App>, headers: HeaderMap, body: Result<B
         Ok(request) => request,
         Err(err) => return err.into_response(),
     };
-    chat(app, request, bytes, format, "messages").await
+    chat(app, request, bytes, format, "messages", prompt).await
 }
 
 /// Anthropic's `count_tokens`: exact when the alias's first route is an Anthropic model,
@@ -263,8 +284,9 @@ pub(crate) fn response_to_wire(response: &ChatResponse, call_id: &str, alias: &s
     }
 }
 
-async fn chat(app: App, request: ChatRequest, bytes: Bytes, format: Format, endpoint: &'static str) -> Response {
+async fn chat(app: App, request: ChatRequest, bytes: Bytes, format: Format, endpoint: &'static str, prompt: Option<PromptUse>) -> Response {
     let mut call = Call::new(&app, endpoint, &request.model, request.stream, &bytes);
+    call.prompt = prompt;
     if request.stream {
         let (opened, info) = app.router.chat_stream(&request).await;
         call.mark_overhead();

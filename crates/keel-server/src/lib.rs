@@ -12,6 +12,7 @@ mod forward;
 pub mod fake;
 mod handlers;
 pub mod metrics;
+pub mod prompts;
 mod responses;
 
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub struct AppState {
     pub agents: Option<Arc<agents::Agents>>,
     /// The RAG collections served under `/v1/rag`.
     pub rag: Arc<keel_rag::Collections>,
+    /// The prompt registry, read through its cache.
+    pub prompts: Arc<keel_eval::Registry>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -75,6 +78,9 @@ pub fn router(app: App, max_body_bytes: usize) -> axum::Router {
         .route("/v1/runs/{id}", get(agents::show))
         .route("/v1/runs/{id}/approvals", post(agents::decide))
         .route("/v1/rag/{collection}/query", post(rag::query))
+        .route("/v1/prompts", get(prompts::list))
+        .route("/v1/prompts/{name}", get(prompts::get))
+        .route("/v1/prompts/{name}/render", post(prompts::render))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
@@ -134,8 +140,12 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn health() -> impl IntoResponse {
-    axum::Json(serde_json::json!({"status": "ok"}))
+/// `ok`, or `degraded` with the reason while the prompt registry serves cached copies.
+async fn health(State(app): State<App>) -> impl IntoResponse {
+    match app.prompts.health() {
+        None => axum::Json(serde_json::json!({"status": "ok"})),
+        Some(why) => axum::Json(serde_json::json!({"status": "degraded", "prompts": why})),
+    }
 }
 
 async fn metrics_text(State(app): State<App>) -> impl IntoResponse {

@@ -3,6 +3,7 @@
 //! off the request path.
 
 mod memory;
+mod prompts;
 mod responses;
 mod runs;
 mod writer;
@@ -14,6 +15,7 @@ use rusqlite::{Connection, params};
 use serde::Serialize;
 
 pub use memory::MemoryRecord;
+pub use prompts::{LATEST, PromptSummary, PromptVersion, Selector};
 pub use responses::StoredResponse;
 pub use runs::{RunRecord, SpanRecord, StepRecord, CHECKPOINT_FORMAT};
 pub use writer::{TraceSink, TraceWriter};
@@ -36,6 +38,12 @@ pub enum Error {
     NoRun(String),
     #[error("no memory {0}")]
     NoMemory(String),
+    /// A prompt, version or label that does not exist; the text names it.
+    #[error("{0}")]
+    NotFound(String),
+    /// A value the store refuses (a reserved or malformed label); the text says why.
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// The schema version this keel writes; migrations run from any older one.
@@ -133,6 +141,31 @@ CREATE TABLE responses (
     output TEXT NOT NULL,
     body TEXT NOT NULL
 );
+", "
+CREATE TABLE prompts (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    message TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE prompt_labels (
+    name TEXT NOT NULL,
+    label TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (name, label)
+);
+CREATE TABLE prompt_splits (
+    name TEXT PRIMARY KEY,
+    arms TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+ALTER TABLE traces ADD COLUMN prompt_name TEXT;
+ALTER TABLE traces ADD COLUMN prompt_version INTEGER;
+ALTER TABLE traces ADD COLUMN prompt_arm TEXT;
+CREATE INDEX traces_prompt ON traces (prompt_name, prompt_version);
 "];
 
 /// One model call as keel saw it.
@@ -160,6 +193,10 @@ pub struct Trace {
     pub error: Option<String>,
     pub request_body: Option<String>,
     pub response_body: Option<String>,
+    /// The registry prompt the request was rendered from, its version and A/B arm.
+    pub prompt_name: Option<String>,
+    pub prompt_version: Option<u32>,
+    pub prompt_arm: Option<String>,
 }
 
 /// Rewrites a trace body before it is stored (PII redaction, which the binary plugs in from
@@ -190,7 +227,10 @@ impl Store {
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(err)?;
         conn.pragma_update(None, "journal_mode", "WAL").map_err(err)?;
         conn.pragma_update(None, "synchronous", "NORMAL").map_err(err)?;
-        // Fewer, larger checkpoints: the trace writer commits often.
+        // Fewer, larger checkpoints: the trace writer commits often, and each checkpoint ends
+        // in fsyncs, which on a virtual disk stall the whole machine (requests in flight
+        // included) for a while whatever their size. SQLite's default of 1000 pages tripled
+        // the stalls' share of `keel bench gateway`'s latency on the development VM.
         conn.pragma_update(None, "wal_autocheckpoint", 8192).map_err(err)?;
         let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(err)?;
         if version > SCHEMA_VERSION {
@@ -222,10 +262,13 @@ impl Store {
     /// Writes traces in one transaction.
     pub fn insert_traces(&self, traces: &[Trace]) -> Result<()> {
         let redactor = *self.redactor.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let body = |b: &Option<String>| match (b, redactor) {
-            (Some(b), Some(redact)) => Some(redact(b)),
-            (other, _) => other.clone(),
-        };
+        fn body(b: &Option<String>, redactor: Option<Redactor>) -> Option<std::borrow::Cow<'_, str>> {
+            let b = b.as_deref()?;
+            Some(match redactor {
+                Some(redact) => std::borrow::Cow::Owned(redact(b)),
+                None => std::borrow::Cow::Borrowed(b),
+            })
+        }
         let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let tx = conn.transaction().map_err(|e| self.err(e))?;
         {
@@ -233,8 +276,9 @@ impl Store {
                 .prepare_cached(
                     "INSERT INTO traces (id, created_ms, endpoint, alias, provider, model, status, stream, attempts,
                      latency_ms, ttft_ms, overhead_us, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_usd,
-                     finish_reason, error, request_body, response_body)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21)",
+                     finish_reason, error, request_body, response_body, prompt_name, prompt_version, prompt_arm)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21,
+                     ?22, ?23, ?24)",
                 )
                 .map_err(|e| self.err(e))?;
             for t in traces {
@@ -258,8 +302,11 @@ impl Store {
                     t.cost_usd,
                     t.finish_reason,
                     t.error,
-                    body(&t.request_body),
-                    body(&t.response_body),
+                    body(&t.request_body, redactor),
+                    body(&t.response_body, redactor),
+                    t.prompt_name,
+                    t.prompt_version,
+                    t.prompt_arm,
                 ])
                 .map_err(|e| self.err(e))?;
             }
@@ -281,7 +328,7 @@ impl Store {
         let sql = format!(
             "SELECT id, created_ms, endpoint, alias, provider, model, status, stream, attempts, latency_ms, ttft_ms,
              overhead_us, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_usd, finish_reason, error,
-             request_body, response_body FROM traces {tail}"
+             request_body, response_body, prompt_name, prompt_version, prompt_arm FROM traces {tail}"
         );
         let mut stmt = conn.prepare(&sql).map_err(|e| self.err(e))?;
         let rows = stmt
@@ -308,6 +355,9 @@ impl Store {
                     error: row.get(18)?,
                     request_body: row.get(19)?,
                     response_body: row.get(20)?,
+                    prompt_name: row.get(21)?,
+                    prompt_version: row.get(22)?,
+                    prompt_arm: row.get(23)?,
                 })
             })
             .map_err(|e| self.err(e))?;

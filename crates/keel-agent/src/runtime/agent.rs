@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::Error;
-use crate::definition::{AgentDef, Approval, Budget};
+use crate::definition::{AgentDef, Approval, Budget, Instructions};
 use crate::tools::ToolBox;
 
 /// An agent ready to run: its definition, its tools and its workspace.
@@ -169,7 +169,7 @@ impl Agent {
 impl AgentBuilder {
     /// The system prompt; `{{name}}` placeholders are filled from the run's variables.
     pub fn instructions(mut self, text: &str) -> Self {
-        self.def.instructions = text.into();
+        self.def.instructions = Instructions::Text(text.into());
         self
     }
 

@@ -85,7 +85,7 @@ impl Runner {
     }
 
     async fn start_as(&self, id: String, agent: &Agent, input: &str, vars: &BTreeMap<String, String>, parent: TraceParent) -> Result<Outcome, Error> {
-        let mut system = agent.def.render_instructions(vars)?;
+        let mut system = agent.def.render_instructions(vars, &self.store)?;
         let mut remembered = None;
         let user = agent.def.memory.as_ref().and_then(|spec| vars.get(&spec.user_var)).cloned();
         if let Some(spec) = agent.def.memory.as_ref().filter(|spec| spec.recall > 0) {
@@ -105,7 +105,7 @@ impl Runner {
             .map_err(|e| Error::Definition(format!("could not create the workspace {}: {e}", agent.workspace.display())))?;
         let mut systems = BTreeMap::new();
         for (name, member) in &agent.team {
-            systems.insert(name.clone(), member.def.render_instructions(vars)?);
+            systems.insert(name.clone(), member.def.render_instructions(vars, &self.store)?);
         }
         let created_ms = now_ms();
         let started = Started {

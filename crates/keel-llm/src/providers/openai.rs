@@ -65,7 +65,7 @@ impl Provider for OpenAi {
         Box::pin(async move {
             let post = self.http.post_raw(self.http.url("/chat/completions")?, body, Auth::Bearer)?;
             let relay = stream.then(|| (Box::new(ChunkDecoder::default()) as Box<dyn Decode>, Native::OpenAiChat, client_usage));
-            self.http.forward(post, error_message, relay, chat_response).await
+            self.http.forward(post, error_message, relay, forwarded_summary).await
         })
     }
 
@@ -311,6 +311,47 @@ fn chat_response(body: &[u8]) -> Result<ChatResponse, String> {
         id: wire.id,
         model: wire.model,
         message,
+        finish_reason,
+        usage: wire.usage.unwrap_or_default().canonical(),
+    })
+}
+
+/// What the trace needs from a forwarded answer (id, model, finish reason, usage), read
+/// without copying its text or tool calls: the client gets the bytes as they came, and the
+/// trace keeps them whole. The JSON is still checked all through.
+fn forwarded_summary(body: &[u8]) -> Result<ChatResponse, String> {
+    #[derive(Deserialize)]
+    struct Summary {
+        #[serde(default)]
+        id: String,
+        #[serde(default)]
+        model: String,
+        choices: Vec<SummaryChoice>,
+        usage: Option<UpstreamUsage>,
+    }
+    #[derive(Deserialize)]
+    struct SummaryChoice {
+        message: SummaryMessage,
+        finish_reason: Option<String>,
+    }
+    #[derive(Deserialize)]
+    struct SummaryMessage {
+        #[serde(default)]
+        tool_calls: Option<Vec<serde::de::IgnoredAny>>,
+    }
+    let wire: Summary = serde_json::from_slice(body).map_err(|err| err.to_string())?;
+    let Some(choice) = wire.choices.into_iter().next() else {
+        return Err("the response has no choices".into());
+    };
+    let finish_reason = match choice.finish_reason.as_deref() {
+        Some(reason) => finish_reason_from_str(reason),
+        None if choice.message.tool_calls.is_some_and(|calls| !calls.is_empty()) => FinishReason::ToolCalls,
+        None => FinishReason::Stop,
+    };
+    Ok(ChatResponse {
+        id: wire.id,
+        model: wire.model,
+        message: Message::new(Role::Assistant, Vec::new()),
         finish_reason,
         usage: wire.usage.unwrap_or_default().canonical(),
     })

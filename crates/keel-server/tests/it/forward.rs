@@ -106,3 +106,25 @@ async fn an_alias_that_mixes_kinds_is_translated() {
     let reply = h.post("/v1/chat/completions", &json!({"model": "oa", "messages": [{"role": "user", "content": "hi"}]})).await;
     assert_eq!(reply.json["model"], "gpt-4o-mini", "a forwarded answer is the upstream's own");
 }
+
+#[tokio::test]
+async fn a_whole_forwarded_answer_leaves_its_usage_and_finish_reason_on_the_trace() {
+    let mut h = harness::start("").await;
+    let tools = json!([{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"]}}}]);
+    let reply = h
+        .post("/v1/chat/completions", &json!({"model": "oa", "tools": tools, "messages": [{"role": "user", "content": "look it up"}]}))
+        .await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.json["choices"][0]["message"]["tool_calls"][0]["function"]["name"], "lookup");
+    let reply = h.post("/v1/chat/completions", &json!({"model": "oa", "messages": [{"role": "user", "content": "say it"}]})).await;
+    assert_eq!(reply.status, 200, "{}", reply.text);
+    let traces = h.traces().await;
+    let mut reasons: Vec<&str> = traces.iter().filter_map(|t| t.finish_reason.as_deref()).collect();
+    reasons.sort_unstable();
+    assert_eq!(reasons, ["stop", "tool_calls"]);
+    for trace in &traces {
+        assert!(trace.input_tokens > 0 && trace.output_tokens > 0 && trace.cost_usd.is_some(), "{trace:?}");
+        let stored: Value = serde_json::from_str(trace.response_body.as_deref().unwrap()).unwrap();
+        assert_eq!(stored["model"], "gpt-4o-mini", "the trace keeps the upstream's answer as it came");
+    }
+}

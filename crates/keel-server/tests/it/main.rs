@@ -4,6 +4,7 @@
 mod errors;
 mod forward;
 mod harness;
+mod prompts;
 mod routing;
 mod responses;
 mod translation;

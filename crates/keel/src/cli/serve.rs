@@ -51,6 +51,7 @@ pub async fn run(config: Option<&Path>, listen: Option<SocketAddr>, pull: bool) 
         log_bodies: config.store.log_bodies,
         agents,
         rag: collections,
+        prompts: Arc::new(keel_eval::Registry::new(store.clone(), Duration::from_secs_f64(config.prompts.cache_ttl_s.max(0.0)))),
     });
     let addr: SocketAddr = match listen {
         Some(addr) => addr,

@@ -1,0 +1,24 @@
+//! keel's improvement loop: the prompt registry (versions, labels, A/B splits, rendering).
+
+pub mod prompt;
+pub mod registry;
+
+pub use prompt::{Format, PromptConfig, PromptDef, PromptMessage};
+pub use registry::{Ask, PRODUCTION, Registry, Resolved};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A prompt, version or label that does not exist; the text names it.
+    #[error("{0}")]
+    NotFound(String),
+    /// A template reads a variable the caller did not give; the text names it.
+    #[error("{0}")]
+    MissingVariable(String),
+    /// A definition, split or label keel cannot use; the text says why.
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] keel_store::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
