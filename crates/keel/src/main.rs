@@ -107,6 +107,12 @@ enum Command {
         #[command(subcommand)]
         command: cli::memory::MemoryCommand,
     },
+    /// The prompt registry: push versions, label them (`production` is the default), split
+    /// traffic between labels for A/B tests, show, diff and render them.
+    Prompts {
+        #[command(subcommand)]
+        command: cli::prompts::PromptsCommand,
+    },
     /// RAG: ingest documents into a collection, search it, measure retrieval quality.
     Rag {
         #[command(subcommand)]
@@ -185,6 +191,7 @@ fn main() -> std::process::ExitCode {
             Command::Workflow { command } => cli::agents::workflow(config, command).await,
             Command::Runs { command } => cli::agents::runs(config, command).await,
             Command::Memory { command } => cli::memory::run(config, command).await,
+            Command::Prompts { command } => cli::prompts::run(config, command),
             Command::Rag { command } => cli::rag::run(config, command).await,
             Command::Mcp { command } => cli::mcp::run(config, command).await,
             Command::FakeUpstream { listen, key } => cli::gateway::fake_upstream(listen, key).await,

@@ -244,13 +244,17 @@ pub fn traces(config: Option<&Path>, as_json: bool, limit: usize, id: Option<&st
                 Cell::num(t.input_tokens.to_string()),
                 Cell::num(t.output_tokens.to_string()),
                 Cell::num(t.cost_usd.map_or("-".into(), |c| format!("${c:.6}"))),
+                Cell::new(match (&t.prompt_name, t.prompt_version) {
+                    (Some(name), Some(version)) => format!("{name}@{version}"),
+                    _ => "-".to_string(),
+                }),
                 Cell::new(error).color(table::RED),
             ]
         })
         .collect();
     print!(
         "{}",
-        table::render(&["TIME (UTC)", "ENDPOINT", "ALIAS", "ROUTE", "STATUS", "MS", "TTFT", "IN", "OUT", "COST", "ERROR"], &rows)
+        table::render(&["TIME (UTC)", "ENDPOINT", "ALIAS", "ROUTE", "STATUS", "MS", "TTFT", "IN", "OUT", "COST", "PROMPT", "ERROR"], &rows)
     );
     Ok(())
 }

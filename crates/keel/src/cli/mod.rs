@@ -8,6 +8,7 @@ pub mod gateway;
 pub mod guard;
 pub mod mcp;
 pub mod memory;
+pub mod prompts;
 pub mod rag;
 pub mod redteam;
 pub mod serve;

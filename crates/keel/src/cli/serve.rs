@@ -45,13 +45,16 @@ pub async fn run(config: Option<&Path>, listen: Option<SocketAddr>, pull: bool) 
     let app = Arc::new(AppState {
         router,
         traces: writer.sink(),
-        store,
+        store: store.clone(),
         metrics: Metrics::default(),
         master_key,
         log_bodies: config.store.log_bodies,
         agents,
         rag: collections,
-        prompts: Arc::new(keel_eval::Registry::new(store.clone(), Duration::from_secs_f64(config.prompts.cache_ttl_s.max(0.0)))),
+        prompts: Arc::new(keel_eval::Registry::new(
+            store.clone(),
+            Duration::try_from_secs_f64(config.prompts.cache_ttl_s.max(0.0)).unwrap_or(Duration::from_secs(86_400)),
+        )),
     });
     let addr: SocketAddr = match listen {
         Some(addr) => addr,

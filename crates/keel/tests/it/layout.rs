@@ -55,6 +55,7 @@ fn the_crates_are_layered_one_way() {
     }
     assert_eq!(keel_deps(&ws, "keel-store"), set(&["keel-core"]), "keel-store stands on keel-core alone");
     assert_eq!(keel_deps(&ws, "keel-guard"), set(&["keel-core"]), "keel-guard stands on keel-core alone");
+    assert_eq!(keel_deps(&ws, "keel-eval"), set(&["keel-core", "keel-store"]), "keel-eval stands on keel-core and keel-store");
     assert!(!ws.deps["keel-rag"].contains("keel-llm"), "keel-rag reaches models through its traits, not keel-llm");
     assert!(!ws.deps["keel-llm"].iter().any(|d| d.starts_with("llama") || d == "keel-local"), "keel-llm links no llama.cpp");
     for (name, deps) in &ws.deps {

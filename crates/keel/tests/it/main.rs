@@ -4,6 +4,7 @@ mod agents;
 mod cli;
 mod layout;
 mod mcp;
+mod prompts;
 mod shutdown;
 
 use std::path::{Path, PathBuf};
