@@ -46,11 +46,16 @@ struct Entry<T> {
     value: T,
 }
 
+/// A split's arms: (label, weight).
+type Arms = Vec<(String, u32)>;
+/// What was read for a (name, version or label), `None` where nothing was there.
+type Versions = HashMap<(String, Key), Entry<Option<Arc<Resolved>>>>;
+
 pub struct Registry {
     store: Arc<Store>,
     ttl: Duration,
-    versions: Mutex<HashMap<(String, Key), Entry<Option<Arc<Resolved>>>>>,
-    splits: Mutex<HashMap<String, Entry<Option<Vec<(String, u32)>>>>>,
+    versions: Mutex<Versions>,
+    splits: Mutex<HashMap<String, Entry<Option<Arms>>>>,
     /// Why the last read failed, while cached copies are being served instead.
     failing: Mutex<Option<String>>,
 }
@@ -138,7 +143,7 @@ impl Registry {
         }
     }
 
-    fn split(&self, name: &str) -> Result<Option<Vec<(String, u32)>>> {
+    fn split(&self, name: &str) -> Result<Option<Arms>> {
         let stale = {
             let splits = self.splits.lock().unwrap_or_else(|p| p.into_inner());
             match splits.get(name) {
