@@ -214,9 +214,12 @@ pub async fn chat_completions(State(app): State<App>, headers: HeaderMap, body: 
         Ok(None) => (bytes, None),
         Err(err) => return err.into_response(),
     };
-    if let Some(response) =
+    if let Some(mut response) =
         crate::forward::forward(&app, &bytes, &headers, Native::OpenAiChat, format, "chat.completions", prompt.as_ref()).await
     {
+        if let Some(prompt) = &prompt {
+            prompt.mark(&mut response);
+        }
         return response;
     }
     let request = match parse_bytes::<openai::WireChatRequest>(&bytes, format).and_then(|wire| {
@@ -239,9 +242,12 @@ pub async fn messages(State(app): State<App>, headers: HeaderMap, body: Result<B
         Ok(None) => (bytes, None),
         Err(err) => return err.into_response(),
     };
-    if let Some(response) =
+    if let Some(mut response) =
         crate::forward::forward(&app, &bytes, &headers, Native::AnthropicMessages, format, "messages", prompt.as_ref()).await
     {
+        if let Some(prompt) = &prompt {
+            prompt.mark(&mut response);
+        }
         return response;
     }
     let request = match parse_bytes::<anthropic::WireMessagesRequest>(&bytes, format).and_then(|wire| {
@@ -285,6 +291,15 @@ pub(crate) fn response_to_wire(response: &ChatResponse, call_id: &str, alias: &s
 }
 
 async fn chat(app: App, request: ChatRequest, bytes: Bytes, format: Format, endpoint: &'static str, prompt: Option<PromptUse>) -> Response {
+    let used = prompt.clone();
+    let mut response = call_model(app, request, bytes, format, endpoint, prompt).await;
+    if let Some(prompt) = &used {
+        prompt.mark(&mut response);
+    }
+    response
+}
+
+async fn call_model(app: App, request: ChatRequest, bytes: Bytes, format: Format, endpoint: &'static str, prompt: Option<PromptUse>) -> Response {
     let mut call = Call::new(&app, endpoint, &request.model, request.stream, &bytes);
     call.prompt = prompt;
     if request.stream {

@@ -19,12 +19,24 @@ use crate::{ApiError, App, Format};
 /// The header that keeps one session on one arm of a split when the request has no `user`.
 pub const SESSION_HEADER: &str = "x-keel-session-id";
 
+/// The response header that names the prompt version a request was rendered from.
+pub const PROMPT_HEADER: &str = "x-keel-prompt";
+
 /// The registry prompt a request was rendered from, for its trace.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct PromptUse {
     pub(crate) name: String,
     pub(crate) version: u32,
     pub(crate) arm: Option<String>,
+}
+
+impl PromptUse {
+    /// Names the version (`support@3`) on the response.
+    pub(crate) fn mark(&self, response: &mut Response) {
+        if let Ok(value) = axum::http::HeaderValue::from_str(&format!("{}@{}", self.name, self.version)) {
+            response.headers_mut().insert(PROMPT_HEADER, value);
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -48,8 +60,11 @@ pub(crate) fn apply(app: &App, bytes: &Bytes, headers: &HeaderMap, format: Forma
     }
     let Ok(mut body) = serde_json::from_slice::<Map<String, Value>>(bytes) else { return Ok(None) };
     let Some(reference) = body.remove("prompt") else { return Ok(None) };
-    if body.contains_key("messages") {
-        return Err(ApiError::bad_request("invalid_request", "send `prompt` or `messages`, not both", format));
+    // The SDKs require `messages`: an empty list beside `prompt` counts as none.
+    match body.remove("messages") {
+        None => {}
+        Some(Value::Array(messages)) if messages.is_empty() => {}
+        Some(_) => return Err(ApiError::bad_request("invalid_request", "send `prompt` or `messages`, not both", format)),
     }
     let reference: PromptRef = match reference {
         Value::String(name) => PromptRef { name, label: None, version: None, variables: Map::new() },

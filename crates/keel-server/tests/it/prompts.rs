@@ -36,6 +36,7 @@ async fn a_chat_request_can_name_a_prompt_instead_of_messages() {
     // The lane (an OpenAI alias) and the translated path (a Gemini alias) both render it.
     let reply = h.post("/v1/chat/completions", &json!({"prompt": {"name": "support", "variables": vars()}})).await;
     assert_eq!(reply.status, 200, "{}", reply.text);
+    assert_eq!(reply.header("x-keel-prompt"), "support@1");
     let (_, upstream) = h.last_upstream();
     assert_eq!(upstream["model"], "gpt-4o-mini", "the prompt's config names the alias");
     assert_eq!(upstream["temperature"], 0.25);
@@ -56,8 +57,9 @@ async fn a_chat_request_can_name_a_prompt_instead_of_messages() {
     assert_eq!(upstream["generationConfig"]["temperature"], 0.9, "the request's own fields win: {upstream}");
 
     // Anthropic's entry point: system messages become `system`.
-    let reply = h.post("/v1/messages", &json!({"model": "an", "prompt": {"name": "support", "label": "production", "variables": vars()}})).await;
-    assert_eq!(reply.status, 200, "{}", reply.text);
+    let reply = h.post("/v1/messages", &json!({"model": "an", "messages": [], "prompt": {"name": "support", "label": "production", "variables": vars()}})).await;
+    assert_eq!(reply.status, 200, "an empty `messages` beside `prompt` is none: {}", reply.text);
+    assert_eq!(reply.header("x-keel-prompt"), "support@1");
     let (path, upstream) = h.last_upstream();
     assert_eq!(path, "/v1/messages");
     assert_eq!(upstream["system"], "You help Acme customers. Be extra kind.");
