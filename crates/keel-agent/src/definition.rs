@@ -462,7 +462,7 @@ impl AgentDef {
 }
 
 /// An agent's system prompt: written in the agent file, or a prompt of the registry.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Instructions {
     Text(String),
@@ -473,6 +473,37 @@ pub enum Instructions {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         version: Option<u32>,
     },
+}
+
+/// A text, or a table read strictly, so a misspelt key is named rather than reported as
+/// "no variant matched".
+impl<'de> Deserialize<'de> for Instructions {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct FromRegistry {
+            prompt: String,
+            #[serde(default)]
+            label: Option<String>,
+            #[serde(default)]
+            version: Option<u32>,
+        }
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = Instructions;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a text, or { prompt = \"NAME\", label = \"LABEL\" } from the prompt registry")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<Instructions, E> {
+                Ok(Instructions::Text(text.to_string()))
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(self, map: M) -> Result<Instructions, M::Error> {
+                let FromRegistry { prompt, label, version } = FromRegistry::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(Instructions::Prompt { prompt, label, version })
+            }
+        }
+        deserializer.deserialize_any(Visit)
+    }
 }
 
 impl From<&str> for Instructions {
@@ -616,6 +647,8 @@ mod tests {
         let def = AgentDef::parse("name = \"a\"\nmodel = \"m\"\ninstructions = { prompt = \"helper\", label = \"production\" }\n").unwrap();
         let err = def.render_instructions(&vars, &store).unwrap_err().to_string();
         assert!(err.contains("no prompt `helper`"), "{err}");
+        let err = AgentDef::parse("name = \"a\"\nmodel = \"m\"\ninstructions = { promt = \"helper\" }\n").unwrap_err().to_string();
+        assert!(err.contains("unknown field `promt`"), "{err}");
         let body = r#"{"messages": [{"role": "system", "content": "You help {{ user }}."}, {"role": "user", "content": "x"}]}"#;
         let version = store.push_prompt("helper", body, "").unwrap();
         assert!(def.render_instructions(&vars, &store).unwrap_err().to_string().contains("no label `production`"));
