@@ -110,11 +110,22 @@ def test_claude_code_runs_a_shell_tool_turn(keel_server, tmp_path):
 
 
 def test_claude_code_prints_the_local_models_answer(keel_server, tmp_path):
-    _, (stdout, output) = claude(
-        keel_server, tmp_path, "local-long", "What is the capital of France?",
-        "--system-prompt", "You are a helpful assistant. Answer in one short sentence.",
-        "--tools", "",
-    )
+    # Claude Code samples the 135M model, which now and then rambles to the alias's output
+    # cap; Claude Code then stops with an error of its own ("exceeded the ... output token
+    # maximum") rather than printing. That is the model's draw, not keel's: ask again.
+    for attempt in range(3):
+        tries = tmp_path / f"try-{attempt}"
+        tries.mkdir()
+        try:
+            _, (stdout, output) = claude(
+                keel_server, tries, "local-long", "What is the capital of France?",
+                "--system-prompt", "You are a helpful assistant. Answer in one short sentence.",
+                "--tools", "",
+            )
+            break
+        except AssertionError as err:
+            if "output token maximum" not in str(err) or attempt == 2:
+                raise
     # The 135M model's facts are its own (and Claude Code samples it); what must hold is that
     # Claude Code prints the answer the local model gave, as keel's trace recorded it.
     rows = []
