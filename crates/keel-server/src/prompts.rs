@@ -54,8 +54,17 @@ struct PromptRef {
 /// Where a chat request names a registry prompt, the request with the prompt rendered into
 /// its messages; `None` for a request that does not (left exactly as it came).
 pub(crate) fn apply(app: &App, bytes: &Bytes, headers: &HeaderMap, format: Format) -> Result<Option<(Bytes, PromptUse)>, ApiError> {
-    // The common case costs one scan of the body, not a parse.
+    // The common case costs one scan of the body, not a parse; a body that only mentions
+    // "prompt" inside (a tool's parameter, as Claude Code's are) is split at its top level
+    // without building a tree.
     if !bytes.windows(8).any(|window| window == b"\"prompt\"") {
+        return Ok(None);
+    }
+    #[derive(Deserialize)]
+    struct TopLevel {
+        prompt: Option<serde::de::IgnoredAny>,
+    }
+    if !serde_json::from_slice::<TopLevel>(bytes).is_ok_and(|top| top.prompt.is_some()) {
         return Ok(None);
     }
     let Ok(mut body) = serde_json::from_slice::<Map<String, Value>>(bytes) else { return Ok(None) };

@@ -302,11 +302,7 @@ fn chat_response(body: &[u8]) -> Result<ChatResponse, String> {
         .into_iter()
         .map(|call| ToolCall { id: call.id, name: call.function.name, arguments: call.function.arguments })
         .collect();
-    let finish_reason = match choice.finish_reason.as_deref() {
-        Some(reason) => finish_reason_from_str(reason),
-        None if !message.tool_calls.is_empty() => FinishReason::ToolCalls,
-        None => FinishReason::Stop,
-    };
+    let finish_reason = finish_reason_or_default(choice.finish_reason.as_deref(), !message.tool_calls.is_empty());
     Ok(ChatResponse {
         id: wire.id,
         model: wire.model,
@@ -314,6 +310,16 @@ fn chat_response(body: &[u8]) -> Result<ChatResponse, String> {
         finish_reason,
         usage: wire.usage.unwrap_or_default().canonical(),
     })
+}
+
+/// The answer's finish reason; where the upstream gives none, tool calls mean it stopped to
+/// call them, else it stopped.
+fn finish_reason_or_default(reason: Option<&str>, called_tools: bool) -> FinishReason {
+    match reason {
+        Some(reason) => finish_reason_from_str(reason),
+        None if called_tools => FinishReason::ToolCalls,
+        None => FinishReason::Stop,
+    }
 }
 
 /// What the trace needs from a forwarded answer (id, model, finish reason, usage), read
@@ -343,11 +349,8 @@ fn forwarded_summary(body: &[u8]) -> Result<ChatResponse, String> {
     let Some(choice) = wire.choices.into_iter().next() else {
         return Err("the response has no choices".into());
     };
-    let finish_reason = match choice.finish_reason.as_deref() {
-        Some(reason) => finish_reason_from_str(reason),
-        None if choice.message.tool_calls.is_some_and(|calls| !calls.is_empty()) => FinishReason::ToolCalls,
-        None => FinishReason::Stop,
-    };
+    let called = choice.message.tool_calls.is_some_and(|calls| !calls.is_empty());
+    let finish_reason = finish_reason_or_default(choice.finish_reason.as_deref(), called);
     Ok(ChatResponse {
         id: wire.id,
         model: wire.model,
