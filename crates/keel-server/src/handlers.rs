@@ -204,59 +204,53 @@ pub(crate) fn unix_secs() -> u64 {
 }
 
 pub async fn chat_completions(State(app): State<App>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    let format = Format::OpenAi;
-    let bytes = match body_bytes(body, format) {
-        Ok(bytes) => bytes,
-        Err(err) => return err.into_response(),
-    };
-    let (bytes, prompt) = match crate::prompts::apply(&app, &bytes, &headers, format) {
-        Ok(Some((rendered, prompt))) => (rendered, Some(prompt)),
-        Ok(None) => (bytes, None),
-        Err(err) => return err.into_response(),
-    };
-    if let Some(mut response) =
-        crate::forward::forward(&app, &bytes, &headers, Native::OpenAiChat, format, "chat.completions", prompt.as_ref()).await
-    {
-        if let Some(prompt) = &prompt {
-            prompt.mark(&mut response);
-        }
-        return response;
-    }
-    let request = match parse_bytes::<openai::WireChatRequest>(&bytes, format).and_then(|wire| {
-        openai::chat_request_from_wire(wire).map_err(|err| ApiError::from_llm(&err, format))
-    }) {
-        Ok(request) => request,
-        Err(err) => return err.into_response(),
-    };
-    chat(app, request, bytes, format, "chat.completions", prompt).await
+    chat_entry(app, &headers, body, Format::OpenAi, Native::OpenAiChat, "chat.completions", |bytes, format| {
+        parse_bytes::<openai::WireChatRequest>(bytes, format)
+            .and_then(|wire| openai::chat_request_from_wire(wire).map_err(|err| ApiError::from_llm(&err, format)))
+    })
+    .await
 }
 
 pub async fn messages(State(app): State<App>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
-    let format = Format::Anthropic;
+    chat_entry(app, &headers, body, Format::Anthropic, Native::AnthropicMessages, "messages", |bytes, format| {
+        parse_bytes::<anthropic::WireMessagesRequest>(bytes, format)
+            .and_then(|wire| anthropic::messages_request_from_wire(wire).map_err(|err| ApiError::from_llm(&err, format)))
+    })
+    .await
+}
+
+/// Both chat entry points: a registry prompt rendered in, then the same-format lane where
+/// it applies, else the translated path (`parse` reads the API's request); the prompt's
+/// version is named on whatever answer comes back.
+async fn chat_entry(
+    app: App,
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    format: Format,
+    native: Native,
+    endpoint: &'static str,
+    parse: fn(&Bytes, Format) -> Result<ChatRequest, ApiError>,
+) -> Response {
     let bytes = match body_bytes(body, format) {
         Ok(bytes) => bytes,
         Err(err) => return err.into_response(),
     };
-    let (bytes, prompt) = match crate::prompts::apply(&app, &bytes, &headers, format) {
+    let (bytes, prompt) = match crate::prompts::apply(&app, &bytes, headers, format) {
         Ok(Some((rendered, prompt))) => (rendered, Some(prompt)),
         Ok(None) => (bytes, None),
         Err(err) => return err.into_response(),
     };
-    if let Some(mut response) =
-        crate::forward::forward(&app, &bytes, &headers, Native::AnthropicMessages, format, "messages", prompt.as_ref()).await
-    {
-        if let Some(prompt) = &prompt {
-            prompt.mark(&mut response);
-        }
-        return response;
-    }
-    let request = match parse_bytes::<anthropic::WireMessagesRequest>(&bytes, format).and_then(|wire| {
-        anthropic::messages_request_from_wire(wire).map_err(|err| ApiError::from_llm(&err, format))
-    }) {
-        Ok(request) => request,
-        Err(err) => return err.into_response(),
+    let mut response = match crate::forward::forward(&app, &bytes, headers, native, format, endpoint, prompt.as_ref()).await {
+        Some(response) => response,
+        None => match parse(&bytes, format) {
+            Ok(request) => chat(app, request, bytes, format, endpoint, prompt.clone()).await,
+            Err(err) => err.into_response(),
+        },
     };
-    chat(app, request, bytes, format, "messages", prompt).await
+    if let Some(prompt) = &prompt {
+        prompt.mark(&mut response);
+    }
+    response
 }
 
 /// Anthropic's `count_tokens`: exact when the alias's first route is an Anthropic model,
@@ -291,15 +285,6 @@ pub(crate) fn response_to_wire(response: &ChatResponse, call_id: &str, alias: &s
 }
 
 async fn chat(app: App, request: ChatRequest, bytes: Bytes, format: Format, endpoint: &'static str, prompt: Option<PromptUse>) -> Response {
-    let used = prompt.clone();
-    let mut response = call_model(app, request, bytes, format, endpoint, prompt).await;
-    if let Some(prompt) = &used {
-        prompt.mark(&mut response);
-    }
-    response
-}
-
-async fn call_model(app: App, request: ChatRequest, bytes: Bytes, format: Format, endpoint: &'static str, prompt: Option<PromptUse>) -> Response {
     let mut call = Call::new(&app, endpoint, &request.model, request.stream, &bytes);
     call.prompt = prompt;
     if request.stream {
