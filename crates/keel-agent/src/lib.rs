@@ -8,7 +8,6 @@ pub mod memory;
 pub mod model;
 pub mod rag;
 pub mod runtime;
-pub(crate) mod schema;
 pub mod tools;
 pub mod workflow;
 

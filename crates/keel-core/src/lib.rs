@@ -4,6 +4,7 @@
 pub mod chat;
 pub mod config;
 pub mod label;
+pub mod schema;
 
 pub use chat::{
     ChatRequest, ChatResponse, ContentPart, EmbedInput, EmbedRequest, EmbedResponse, FinishReason,

@@ -1,10 +1,20 @@
-//! keel's improvement loop: the prompt registry (versions, labels, A/B splits, rendering).
+//! keel's improvement loop: the prompt registry (versions, labels, A/B splits, rendering),
+//! datasets read from files, eval files (keel's TOML, promptfoo's YAML), scorers and judges,
+//! and eval runs that resume and cache.
 
+pub mod dataset;
+pub mod model;
 pub mod prompt;
 pub mod registry;
+pub mod run;
+pub mod score;
+pub mod spec;
 
 pub use prompt::{Format, PromptConfig, PromptDef, PromptMessage};
+pub use model::{Answer, CallMade, Model};
 pub use registry::{Ask, PRODUCTION, Registry, Resolved};
+pub use run::{Options, Outcome, Progress, Summary};
+pub use spec::Spec;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

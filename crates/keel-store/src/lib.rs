@@ -2,6 +2,7 @@
 //! and the Responses API's stored responses, and the batching writer that keeps trace writes
 //! off the request path.
 
+mod evals;
 mod memory;
 mod prompts;
 mod responses;
@@ -14,6 +15,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
+pub use evals::{Change, DatasetRow, DatasetVersion, EvalResult, EvalRunRecord};
 pub use memory::MemoryRecord;
 pub use prompts::{LATEST, PromptSummary, PromptVersion, Selector};
 pub use responses::StoredResponse;
@@ -166,6 +168,63 @@ ALTER TABLE traces ADD COLUMN prompt_name TEXT;
 ALTER TABLE traces ADD COLUMN prompt_version INTEGER;
 ALTER TABLE traces ADD COLUMN prompt_arm TEXT;
 CREATE INDEX traces_prompt ON traces (prompt_name, prompt_version);
+", "
+CREATE TABLE datasets (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    message TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    rows INTEGER NOT NULL,
+    PRIMARY KEY (name, version)
+);
+CREATE TABLE dataset_rows (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    idx INTEGER NOT NULL,
+    input TEXT NOT NULL,
+    expected TEXT,
+    metadata TEXT NOT NULL,
+    trace_id TEXT,
+    PRIMARY KEY (name, version, idx)
+);
+CREATE TABLE eval_runs (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    key TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    cells INTEGER NOT NULL,
+    summary TEXT
+);
+CREATE INDEX eval_runs_key ON eval_runs (key);
+CREATE TABLE eval_results (
+    run_id TEXT NOT NULL,
+    cell TEXT NOT NULL,
+    prompt TEXT NOT NULL,
+    target TEXT NOT NULL,
+    row_idx INTEGER NOT NULL,
+    repeat INTEGER NOT NULL,
+    vars TEXT NOT NULL,
+    output TEXT,
+    error TEXT,
+    pass INTEGER NOT NULL,
+    score REAL NOT NULL,
+    grades TEXT NOT NULL,
+    latency_ms REAL NOT NULL,
+    input_tokens INTEGER NOT NULL,
+    output_tokens INTEGER NOT NULL,
+    cost_usd REAL,
+    cached INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (run_id, cell)
+);
+CREATE TABLE eval_cache (
+    key TEXT PRIMARY KEY,
+    response TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
 "];
 
 /// One model call as keel saw it.
@@ -197,6 +256,22 @@ pub struct Trace {
     pub prompt_name: Option<String>,
     pub prompt_version: Option<u32>,
     pub prompt_arm: Option<String>,
+}
+
+/// Which traces a listing or a copy into a dataset takes; `None` fields do not filter.
+#[derive(Debug, Clone, Default)]
+pub struct TraceFilter {
+    /// The alias the client asked for, or the upstream model that answered.
+    pub model: Option<String>,
+    pub prompt: Option<String>,
+    pub prompt_version: Option<u32>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// `Some(true)`: successful calls only; `Some(false)`: failed ones only.
+    pub ok: Option<bool>,
+    /// Text that the request or the response body contains.
+    pub search: Option<String>,
+    pub limit: usize,
 }
 
 /// Rewrites a trace body before it is stored (PII redaction, which the binary plugs in from
@@ -316,14 +391,57 @@ impl Store {
 
     /// The most recent traces, newest first.
     pub fn recent_traces(&self, limit: usize) -> Result<Vec<Trace>> {
-        self.query_traces("ORDER BY created_ms DESC, rowid DESC LIMIT ?1", limit.min(i64::MAX as usize) as i64)
+        self.query_traces("ORDER BY created_ms DESC, rowid DESC LIMIT ?1", [limit.min(i64::MAX as usize) as i64])
     }
 
     pub fn trace(&self, id: &str) -> Result<Option<Trace>> {
-        Ok(self.query_traces("WHERE id = ?1", id)?.into_iter().next())
+        Ok(self.query_traces("WHERE id = ?1", [id])?.into_iter().next())
     }
 
-    fn query_traces(&self, tail: &str, param: impl rusqlite::ToSql) -> Result<Vec<Trace>> {
+    /// The traces `filter` selects, newest first.
+    pub fn find_traces(&self, filter: &TraceFilter) -> Result<Vec<Trace>> {
+        let mut clauses = Vec::new();
+        let mut values: Vec<rusqlite::types::Value> = Vec::new();
+        use rusqlite::types::Value as V;
+        // Each `?` of a clause is its one value's numbered parameter.
+        fn add(clauses: &mut Vec<String>, values: &mut Vec<V>, clause: &str, value: V) {
+            values.push(value);
+            clauses.push(clause.replace('?', &format!("?{}", values.len())));
+        }
+        if let Some(model) = &filter.model {
+            add(&mut clauses, &mut values, "(alias = ? OR model = ?)", V::Text(model.clone()));
+        }
+        if let Some(name) = &filter.prompt {
+            add(&mut clauses, &mut values, "prompt_name = ?", V::Text(name.clone()));
+        }
+        if let Some(version) = filter.prompt_version {
+            add(&mut clauses, &mut values, "prompt_version = ?", V::Integer(i64::from(version)));
+        }
+        if let Some(since) = filter.since_ms {
+            add(&mut clauses, &mut values, "created_ms >= ?", V::Integer(since));
+        }
+        if let Some(until) = filter.until_ms {
+            add(&mut clauses, &mut values, "created_ms < ?", V::Integer(until));
+        }
+        match filter.ok {
+            Some(true) => clauses.push("status < 400 AND error IS NULL".into()),
+            Some(false) => clauses.push("(status >= 400 OR error IS NOT NULL)".into()),
+            None => {}
+        }
+        if let Some(text) = &filter.search {
+            let pattern = format!("%{}%", text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+            add(&mut clauses, &mut values, "(request_body LIKE ? ESCAPE '\\' OR response_body LIKE ? ESCAPE '\\')", V::Text(pattern));
+        }
+        let mut tail = String::new();
+        if !clauses.is_empty() {
+            tail = format!("WHERE {}", clauses.join(" AND "));
+        }
+        values.push(V::Integer(filter.limit.min(i64::MAX as usize) as i64));
+        tail.push_str(&format!(" ORDER BY created_ms DESC, rowid DESC LIMIT ?{}", values.len()));
+        self.query_traces(&tail, rusqlite::params_from_iter(values))
+    }
+
+    fn query_traces(&self, tail: &str, params: impl rusqlite::Params) -> Result<Vec<Trace>> {
         let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let sql = format!(
             "SELECT id, created_ms, endpoint, alias, provider, model, status, stream, attempts, latency_ms, ttft_ms,
@@ -332,7 +450,7 @@ impl Store {
         );
         let mut stmt = conn.prepare(&sql).map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([param], |row| {
+            .query_map(params, |row| {
                 Ok(Trace {
                     id: row.get(0)?,
                     created_ms: row.get(1)?,

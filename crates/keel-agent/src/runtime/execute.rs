@@ -12,7 +12,7 @@ use super::{Agent, Flagged, Live, Outcome, RunEvent, RunStatus, Runner, Spent, S
 use crate::Error;
 use crate::definition::Budget;
 use crate::memory::Memory;
-use crate::schema;
+use keel_core::schema;
 use crate::tools::{Entry, ToolContext, ToolKind};
 
 /// What was decided about a call before it runs.

@@ -22,7 +22,8 @@ use tokio::sync::mpsc::UnboundedSender;
 use crate::definition::{Approval, Budget};
 use crate::memory::Memory;
 use crate::model::ChatModel;
-use crate::{Error, schema};
+use crate::Error;
+use keel_core::schema;
 
 pub use agent::{Agent, AgentBuilder};
 use execute::{Decided, Executed};

@@ -337,7 +337,7 @@ impl State {
         let read = serde_json::from_str::<serde_json::Value>(text.trim())
             .map_err(|e| format!("its answer is not JSON ({e})"))
             .and_then(|answer| answer.get("value").cloned().ok_or_else(|| "its answer has no \"value\"".to_string()))
-            .and_then(|value| crate::schema::validate(&extract.schema, &value).map(|()| value).map_err(|e| format!("its value does not match the schema: {e}")));
+            .and_then(|value| keel_core::schema::validate(&extract.schema, &value).map(|()| value).map_err(|e| format!("its value does not match the schema: {e}")));
         match read {
             Ok(value) => {
                 self.values.insert(id.to_string(), (value, label, Vec::new()));

@@ -17,7 +17,8 @@ use serde_json::{Map, Value, json};
 use crate::definition::Budget;
 use crate::runtime::{Agent, Lease, RunStatus, Runner, run_id};
 use keel_core::now_ms;
-use crate::{Error, schema};
+use crate::Error;
+use keel_core::schema;
 
 mod expr;
 

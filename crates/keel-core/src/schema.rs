@@ -1,12 +1,12 @@
-//! Checks tool arguments against the tool's JSON Schema: the keywords tool schemas use
-//! (`type` incl. lists, `properties`, `required`, `additionalProperties`, `items`, `enum`,
-//! `const`, `minimum`/`maximum`, `minLength`/`maxLength`, `minItems`/`maxItems`, `anyOf`,
-//! `oneOf`, `allOf`). The first violation comes back with its JSON pointer, so the model can
-//! fix its call.
+//! Checks a value against a JSON Schema (tool arguments, structured answers, eval outputs):
+//! the keywords such schemas use (`type` incl. lists, `properties`, `required`,
+//! `additionalProperties`, `items`, `enum`, `const`, `minimum`/`maximum`,
+//! `minLength`/`maxLength`, `minItems`/`maxItems`, `anyOf`, `oneOf`, `allOf`, local `$ref`).
+//! The first violation comes back with its JSON pointer, so a model can fix its call.
 
 use serde_json::Value;
 
-pub(crate) fn validate(schema: &Value, value: &Value) -> Result<(), String> {
+pub fn validate(schema: &Value, value: &Value) -> Result<(), String> {
     check(schema, schema, value, "")
 }
 

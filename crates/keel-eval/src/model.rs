@@ -1,0 +1,128 @@
+//! How an eval reaches models: the binary plugs keel's gateway in behind [`Model`] (keel-eval
+//! links no provider code), and [`Cached`] wraps it with the response cache, keyed by the
+//! exact request.
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use keel_store::Store;
+
+/// A tool call the model made.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CallMade {
+    pub name: String,
+    /// Its arguments, parsed (a text that is not JSON stays a JSON string).
+    pub arguments: Value,
+}
+
+/// What a target answered.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Answer {
+    pub text: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<CallMade>,
+    /// The upstream model that answered.
+    #[serde(default)]
+    pub model: String,
+    #[serde(default)]
+    pub finish_reason: String,
+    #[serde(default)]
+    pub input_tokens: u64,
+    #[serde(default)]
+    pub output_tokens: u64,
+    #[serde(default)]
+    pub cost_usd: Option<f64>,
+    pub latency_ms: f64,
+    /// Served from the response cache (not stored in it).
+    #[serde(default, skip_serializing)]
+    pub cached: bool,
+}
+
+pub trait Model: Send + Sync {
+    /// Sends an OpenAI Chat Completions body (its `model` is a keel alias) and returns the
+    /// answer; the error is text for the eval's report.
+    fn chat<'a>(&'a self, body: &'a Value) -> BoxFuture<'a, Result<Answer, String>>;
+    /// Embeds `texts` through embedding alias `alias`.
+    fn embed<'a>(&'a self, alias: &'a str, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, String>>;
+}
+
+/// The cache key of a request: a SHA-256 of its exact JSON.
+pub fn request_key(body: &Value) -> String {
+    let digest = Sha256::digest(body.to_string().as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A [`Model`] whose successful chat answers are kept in the store's response cache; errors
+/// are never cached. `enabled: false` (`--no-cache`) neither reads nor writes it.
+pub struct Cached<'a> {
+    pub inner: &'a dyn Model,
+    pub store: &'a Store,
+    pub enabled: bool,
+}
+
+impl Model for Cached<'_> {
+    fn chat<'a>(&'a self, body: &'a Value) -> BoxFuture<'a, Result<Answer, String>> {
+        Box::pin(async move {
+            if !self.enabled {
+                return self.inner.chat(body).await;
+            }
+            let key = request_key(body);
+            if let Some(found) = self.store.cached_response(&key).ok().flatten().and_then(|text| serde_json::from_str::<Answer>(&text).ok()) {
+                return Ok(Answer { cached: true, ..found });
+            }
+            let answer = self.inner.chat(body).await?;
+            if let Ok(text) = serde_json::to_string(&answer) {
+                if let Err(err) = self.store.cache_response(&key, &text) {
+                    tracing::warn!("could not cache an eval answer: {err}");
+                }
+            }
+            Ok(answer)
+        })
+    }
+
+    fn embed<'a>(&'a self, alias: &'a str, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, String>> {
+        self.inner.embed(alias, texts)
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// A model that answers every chat with one text (or echoes the last message) and
+    /// records what it was sent.
+    #[derive(Default)]
+    pub struct Scripted {
+        pub reply: Option<String>,
+        pub sent: Mutex<Vec<Value>>,
+    }
+
+    impl Scripted {
+        pub fn answering(reply: &str) -> Scripted {
+            Scripted { reply: Some(reply.into()), sent: Mutex::new(Vec::new()) }
+        }
+
+        pub fn bodies(&self) -> Vec<Value> {
+            self.sent.lock().unwrap().clone()
+        }
+    }
+
+    impl Model for Scripted {
+        fn chat<'a>(&'a self, body: &'a Value) -> BoxFuture<'a, Result<Answer, String>> {
+            self.sent.lock().unwrap().push(body.clone());
+            let text = self.reply.clone().unwrap_or_else(|| {
+                body["messages"].as_array().and_then(|m| m.last()).and_then(|m| m["content"].as_str()).unwrap_or("").to_string()
+            });
+            Box::pin(async move { Ok(Answer { text, latency_ms: 1.0, ..Answer::default() }) })
+        }
+
+        fn embed<'a>(&'a self, _: &'a str, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, String>> {
+            let vectors = texts.iter().map(|t| vec![t.len() as f32, 1.0]).collect();
+            Box::pin(async move { Ok(vectors) })
+        }
+    }
+}
