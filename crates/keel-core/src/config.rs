@@ -29,6 +29,45 @@ pub struct Config {
     pub agents: AgentsConfig,
     #[serde(default)]
     pub prompts: PromptsConfig,
+    #[serde(default)]
+    pub evals: EvalsConfig,
+}
+
+/// Evals that `keel serve` runs on live traffic.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalsConfig {
+    /// `[[evals.online]]`: scorers run on a sample of finished calls, off the request path;
+    /// their scores are stored with the traces.
+    #[serde(default)]
+    pub online: Vec<OnlineEval>,
+}
+
+/// One online evaluator: an assertion (an eval file's `type`, `value`, `threshold`, ...)
+/// applied to a sample of the calls that match its filter.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OnlineEval {
+    /// The score's name on the trace.
+    pub name: String,
+    /// Share of matching calls scored, 0 to 1.
+    #[serde(default = "default_sample_rate")]
+    pub sample_rate: f64,
+    /// Only calls to this model alias.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Only calls rendered from this registry prompt.
+    #[serde(default)]
+    pub prompt: Option<String>,
+    /// The judge alias for model-graded assertions.
+    #[serde(default)]
+    pub judge: Option<String>,
+    /// The assertion, as in an eval file: `{ type = "llm-rubric", value = "..." }`.
+    pub assert: serde_json::Value,
+}
+
+fn default_sample_rate() -> f64 {
+    1.0
 }
 
 /// The prompt registry as `keel serve` reads it.
@@ -516,6 +555,21 @@ impl Config {
                         column: None,
                     });
                 }
+        }
+        let aliases: std::collections::BTreeSet<&str> = self.models.iter().map(|m| m.name.get_ref().as_str()).collect();
+        for online in &self.evals.online {
+            let fail = |message: String| Err(ConfigError { message: format!("evals.online `{}`: {message}", online.name), line: None, column: None });
+            if !(0.0..=1.0).contains(&online.sample_rate) {
+                return fail(format!("sample_rate is a share from 0 to 1, not {}", online.sample_rate));
+            }
+            if !online.assert.get("type").is_some_and(serde_json::Value::is_string) {
+                return fail("assert needs a `type`, e.g. assert = { type = \"llm-rubric\", value = \"is polite\" }".into());
+            }
+            for (what, alias) in [("model", &online.model), ("judge", &online.judge)] {
+                if let Some(alias) = alias.as_deref().filter(|a| !aliases.contains(a)) {
+                    return fail(format!("{what} `{alias}` is not a configured model alias"));
+                }
+            }
         }
         Ok(())
     }

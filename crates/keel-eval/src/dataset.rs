@@ -186,7 +186,7 @@ fn conversation(request: &Value) -> Vec<Value> {
         }
     }
     match request.get("messages").or_else(|| request.get("input")) {
-        Some(Value::Array(items)) => messages.extend(items.iter().cloned()),
+        Some(Value::Array(items)) => messages.extend(items.iter().flat_map(crate::finetune::to_openai)),
         Some(Value::String(text)) => messages.push(serde_json::json!({"role": "user", "content": text})),
         _ => {}
     }

@@ -2,7 +2,9 @@
 //! datasets read from files, eval files (keel's TOML, promptfoo's YAML), scorers and judges,
 //! and eval runs that resume and cache.
 
+pub mod compare;
 pub mod dataset;
+pub mod finetune;
 pub mod model;
 pub mod prompt;
 pub mod registry;

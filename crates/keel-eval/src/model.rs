@@ -62,24 +62,33 @@ pub struct Cached<'a> {
     pub enabled: bool,
 }
 
+impl Cached<'_> {
+    /// The answer to `body`; `sample` > 0 keys a separate answer for the same request (an
+    /// eval's repeats are samples of their own, not copies of the first).
+    pub async fn sample(&self, body: &Value, sample: u32) -> Result<Answer, String> {
+        if !self.enabled {
+            return self.inner.chat(body).await;
+        }
+        let mut key = request_key(body);
+        if sample > 0 {
+            key.push_str(&format!("#{sample}"));
+        }
+        if let Some(found) = self.store.cached_response(&key).ok().flatten().and_then(|text| serde_json::from_str::<Answer>(&text).ok()) {
+            return Ok(Answer { cached: true, ..found });
+        }
+        let answer = self.inner.chat(body).await?;
+        if let Ok(text) = serde_json::to_string(&answer) {
+            if let Err(err) = self.store.cache_response(&key, &text) {
+                tracing::warn!("could not cache an eval answer: {err}");
+            }
+        }
+        Ok(answer)
+    }
+}
+
 impl Model for Cached<'_> {
     fn chat<'a>(&'a self, body: &'a Value) -> BoxFuture<'a, Result<Answer, String>> {
-        Box::pin(async move {
-            if !self.enabled {
-                return self.inner.chat(body).await;
-            }
-            let key = request_key(body);
-            if let Some(found) = self.store.cached_response(&key).ok().flatten().and_then(|text| serde_json::from_str::<Answer>(&text).ok()) {
-                return Ok(Answer { cached: true, ..found });
-            }
-            let answer = self.inner.chat(body).await?;
-            if let Ok(text) = serde_json::to_string(&answer) {
-                if let Err(err) = self.store.cache_response(&key, &text) {
-                    tracing::warn!("could not cache an eval answer: {err}");
-                }
-            }
-            Ok(answer)
-        })
+        Box::pin(self.sample(body, 0))
     }
 
     fn embed<'a>(&'a self, alias: &'a str, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, String>> {

@@ -207,10 +207,6 @@ fn request(spec: &Spec, cell: Cell) -> Result<Value> {
     for (key, value) in &target.config {
         body.insert(key.clone(), value.clone());
     }
-    if spec.repeat > 1 && cell.repeat > 0 {
-        // Each repeat is its own sample, not the first one's cached answer.
-        body.insert("metadata".into(), serde_json::json!({"keel_eval_repeat": cell.repeat.to_string()}));
-    }
     Ok(Value::Object(body))
 }
 
@@ -236,7 +232,7 @@ async fn run_cell(spec: &Spec, cell: Cell, model: &Cached<'_>, run_id: &str) -> 
         }
     };
     let started = Instant::now();
-    let answer: Answer = match model.chat(&body).await {
+    let answer: Answer = match model.sample(&body, cell.repeat).await {
         Ok(answer) => answer,
         Err(err) => {
             result.error = Some(err);

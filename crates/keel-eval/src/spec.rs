@@ -325,6 +325,12 @@ impl Default for Spec {
 /// Reads the eval file at `path` (TOML, or YAML by its extension), resolving registry prompts
 /// and datasets in `store` to the versions they name now.
 pub fn load(path: &Path, store: &Store) -> Result<Loaded> {
+    load_at(path, store, None)
+}
+
+/// [`load`] with every registry prompt read at `label` instead of the version or label the
+/// file names: the baseline of `keel eval run --baseline LABEL`.
+pub fn load_at(path: &Path, store: &Store, label: Option<&str>) -> Result<Loaded> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
     let raw: RawSpec = if is_yaml(path) {
         serde_yaml_ng::from_str(&text).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?
@@ -333,15 +339,15 @@ pub fn load(path: &Path, store: &Store) -> Result<Loaded> {
     };
     let base = path.parent().unwrap_or(Path::new("."));
     let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("eval").to_string();
-    compile(raw, base, name, store)
+    compile(raw, base, name, store, label)
 }
 
-fn compile(raw: RawSpec, base: &Path, name: String, store: &Store) -> Result<Loaded> {
+fn compile(raw: RawSpec, base: &Path, name: String, store: &Store, label: Option<&str>) -> Result<Loaded> {
     let ignored: Vec<String> = raw.other.keys().cloned().collect();
     let mut spec = Spec { name, description: raw.description, ..Spec::default() };
 
     for (idx, prompt) in raw.prompts.map(OneOrMany::into_vec).unwrap_or_default().into_iter().enumerate() {
-        spec.prompts.push(compile_prompt(prompt, idx, base, store)?);
+        spec.prompts.push(compile_prompt(prompt, idx, base, store, label)?);
     }
     if spec.prompts.is_empty() {
         // Without prompts each test's `messages` variable is the conversation sent.
@@ -448,17 +454,20 @@ fn compile(raw: RawSpec, base: &Path, name: String, store: &Store) -> Result<Loa
     Ok(Loaded { spec, ignored })
 }
 
-fn compile_prompt(prompt: RawPrompt, idx: usize, base: &Path, store: &Store) -> Result<PromptSpec> {
+fn compile_prompt(prompt: RawPrompt, idx: usize, base: &Path, store: &Store, at_label: Option<&str>) -> Result<PromptSpec> {
     let item = match prompt {
         RawPrompt::Text(text) => PromptItem { id: None, label: None, raw: Some(text), registry: None, text: None, messages: None },
         RawPrompt::Item(item) => item,
     };
     let label = item.label.or(item.id);
     if let Some(reference) = item.registry {
-        let (name, selector) = match reference.split_once('@') {
+        let (name, mut selector) = match reference.split_once('@') {
             Some((name, tail)) => (name, tail.parse::<u32>().map_or_else(|_| Selector::Label(tail.to_string()), Selector::Version)),
             None => (reference.as_str(), Selector::Label(crate::PRODUCTION.to_string())),
         };
+        if let Some(label) = at_label {
+            selector = Selector::Label(label.to_string());
+        }
         let found = store.prompt(name, &selector)?.ok_or_else(|| {
             Error::NotFound(match &selector {
                 Selector::Version(v) => format!("prompt `{name}` has no version {v}"),
@@ -466,7 +475,11 @@ fn compile_prompt(prompt: RawPrompt, idx: usize, base: &Path, store: &Store) -> 
             })
         })?;
         let def = PromptDef::from_json(&found.body)?;
-        let id = label.unwrap_or_else(|| format!("{name}@{}", found.version));
+        // The id names the version, so a baseline's table and the candidate's differ.
+        let id = match label {
+            Some(label) => format!("{label} ({name}@{})", found.version),
+            None => format!("{name}@{}", found.version),
+        };
         return Ok(PromptSpec { id, def, registry: Some((name.to_string(), found.version)) });
     }
     let def = match (item.raw, item.text, item.messages) {

@@ -84,6 +84,25 @@ pub struct EvalResult {
     pub created_ms: i64,
 }
 
+/// A score on a trace: a person's feedback, an API client's, or an online evaluator's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Score {
+    pub id: String,
+    pub trace_id: String,
+    pub name: String,
+    /// Numeric scores, and booleans as 1 or 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// Categorical scores (and booleans as `true`/`false`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
+    /// `feedback` (an API client or `keel feedback`) or `online:NAME` (an evaluator).
+    pub source: String,
+    pub created_ms: i64,
+}
+
 fn json_text(value: &Value) -> String {
     value.to_string()
 }
@@ -338,6 +357,47 @@ impl Store {
                     cost_usd: row.get(15)?,
                     cached: row.get(16)?,
                     created_ms: row.get(17)?,
+                })
+            })
+            .map_err(|e| self.err(e))?;
+        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+    }
+
+    pub fn add_score(&self, score: &Score) -> Result<()> {
+        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        conn.prepare_cached(
+            "INSERT INTO scores (id, trace_id, name, value, label, comment, source, created_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![score.id, score.trace_id, score.name, score.value, score.label, score.comment, score.source, score.created_ms])
+        })
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
+    /// The scores of these traces, oldest first.
+    pub fn scores(&self, trace_ids: &[&str]) -> Result<Vec<Score>> {
+        if trace_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let marks = (1..=trace_ids.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT id, trace_id, name, value, label, comment, source, created_ms FROM scores WHERE trace_id IN ({marks}) ORDER BY created_ms, rowid"
+            ))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(trace_ids), |row| {
+                Ok(Score {
+                    id: row.get(0)?,
+                    trace_id: row.get(1)?,
+                    name: row.get(2)?,
+                    value: row.get(3)?,
+                    label: row.get(4)?,
+                    comment: row.get(5)?,
+                    source: row.get(6)?,
+                    created_ms: row.get(7)?,
                 })
             })
             .map_err(|e| self.err(e))?;

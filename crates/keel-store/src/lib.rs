@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
-pub use evals::{Change, DatasetRow, DatasetVersion, EvalResult, EvalRunRecord};
+pub use evals::{Change, DatasetRow, DatasetVersion, EvalResult, EvalRunRecord, Score};
 pub use memory::MemoryRecord;
 pub use prompts::{LATEST, PromptSummary, PromptVersion, Selector};
 pub use responses::StoredResponse;
@@ -225,6 +225,17 @@ CREATE TABLE eval_cache (
     response TEXT NOT NULL,
     created_ms INTEGER NOT NULL
 );
+CREATE TABLE scores (
+    id TEXT PRIMARY KEY,
+    trace_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value REAL,
+    label TEXT,
+    comment TEXT,
+    source TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE INDEX scores_trace ON scores (trace_id, name);
 "];
 
 /// One model call as keel saw it.
@@ -271,6 +282,10 @@ pub struct TraceFilter {
     pub ok: Option<bool>,
     /// Text that the request or the response body contains.
     pub search: Option<String>,
+    /// Only traces with a score of this name at least this value (feedback or online evals).
+    pub min_score: Option<(String, f64)>,
+    /// Only traces that carry a score (of any name).
+    pub scored: bool,
     pub limit: usize,
 }
 
@@ -427,6 +442,15 @@ impl Store {
             Some(true) => clauses.push("status < 400 AND error IS NULL".into()),
             Some(false) => clauses.push("(status >= 400 OR error IS NOT NULL)".into()),
             None => {}
+        }
+        if let Some((name, min)) = &filter.min_score {
+            values.push(V::Text(name.clone()));
+            values.push(V::Real(*min));
+            let (n, m) = (values.len() - 1, values.len());
+            clauses.push(format!("id IN (SELECT trace_id FROM scores WHERE name = ?{n} AND value >= ?{m})"));
+        }
+        if filter.scored {
+            clauses.push("id IN (SELECT trace_id FROM scores)".into());
         }
         if let Some(text) = &filter.search {
             let pattern = format!("%{}%", text.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
