@@ -118,6 +118,12 @@ impl Call {
     }
 
     fn trace(&mut self, outcome: Outcome) -> Trace {
+        let trace = self.build_trace(outcome);
+        crate::evals::consider(&self.app, &trace);
+        trace
+    }
+
+    fn build_trace(&mut self, outcome: Outcome) -> Trace {
         let cost = if outcome.info.model.is_empty() {
             None
         } else {

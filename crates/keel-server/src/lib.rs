@@ -7,6 +7,7 @@ pub mod agents;
 pub mod mcp;
 pub mod rag;
 pub mod error;
+pub mod evals;
 mod forward;
 #[cfg(feature = "fake-upstream")]
 pub mod fake;
@@ -47,6 +48,8 @@ pub struct AppState {
     pub rag: Arc<keel_rag::Collections>,
     /// The prompt registry, read through its cache.
     pub prompts: Arc<keel_eval::Registry>,
+    /// `[[evals.online]]`: evaluators that score a sample of finished calls.
+    pub online: evals::Online,
 }
 
 impl std::fmt::Debug for AppState {
@@ -78,6 +81,7 @@ pub fn router(app: App, max_body_bytes: usize) -> axum::Router {
         .route("/v1/runs/{id}", get(agents::show))
         .route("/v1/runs/{id}/approvals", post(agents::decide))
         .route("/v1/rag/{collection}/query", post(rag::query))
+        .route("/v1/feedback", post(evals::feedback))
         .route("/v1/prompts", get(prompts::list))
         .route("/v1/prompts/{name}", get(prompts::get))
         .route("/v1/prompts/{name}/render", post(prompts::render))

@@ -113,6 +113,32 @@ enum Command {
         #[command(subcommand)]
         command: cli::prompts::PromptsCommand,
     },
+    /// Datasets for evals: versioned rows from JSONL/CSV files, by hand, or copied from
+    /// production traces (PII redacted); every change makes a new immutable version.
+    Datasets {
+        #[command(subcommand)]
+        command: cli::evals::DatasetsCommand,
+    },
+    /// Evals: run an eval file (keel TOML or promptfoo YAML) over prompts × models × test
+    /// cases with deterministic and LLM-judge scorers; cached, resumable, CI exit codes.
+    Eval {
+        #[command(subcommand)]
+        command: cli::evals::EvalCommand,
+    },
+    /// Export data: fine-tuning JSONL from scored traces and passing eval cells.
+    Export {
+        #[command(subcommand)]
+        command: cli::evals::ExportCommand,
+    },
+    /// Score a trace (as `POST /v1/feedback` does): VALUE is a number, true/false or a
+    /// category. Scores show in `keel traces` and filter exports (`--min-score NAME=VALUE`).
+    Feedback {
+        trace: String,
+        name: String,
+        value: String,
+        #[arg(long)]
+        comment: Option<String>,
+    },
     /// RAG: ingest documents into a collection, search it, measure retrieval quality.
     Rag {
         #[command(subcommand)]
@@ -146,22 +172,6 @@ enum Command {
     },
 }
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing(matches!(cli.command, Command::Serve { .. }));
@@ -192,6 +202,10 @@ fn main() -> std::process::ExitCode {
             Command::Runs { command } => cli::agents::runs(config, command).await,
             Command::Memory { command } => cli::memory::run(config, command).await,
             Command::Prompts { command } => cli::prompts::run(config, command),
+            Command::Datasets { command } => cli::evals::datasets(config, command),
+            Command::Eval { command } => cli::evals::eval(config, command).await,
+            Command::Export { command } => cli::evals::export(config, command),
+            Command::Feedback { trace, name, value, comment } => cli::evals::feedback(config, &trace, &name, &value, comment),
             Command::Rag { command } => cli::rag::run(config, command).await,
             Command::Mcp { command } => cli::mcp::run(config, command).await,
             Command::FakeUpstream { listen, key } => cli::gateway::fake_upstream(listen, key).await,
@@ -199,6 +213,9 @@ fn main() -> std::process::ExitCode {
     });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) if err.downcast_ref::<cli::Exit>().is_some() => {
+            std::process::ExitCode::from(err.downcast_ref::<cli::Exit>().map_or(1, |exit| exit.0))
+        }
         Err(err) => {
             eprintln!("{} {err:#}", table::paint("error:", table::RED));
             std::process::ExitCode::FAILURE

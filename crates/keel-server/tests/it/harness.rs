@@ -60,6 +60,7 @@ pub async fn start_with(options: Options) -> Harness {
         agents: None,
         rag: Arc::new(keel_rag::Collections::new(dir.join("rag"))),
         prompts: Arc::new(keel_eval::Registry::new(store.clone(), std::time::Duration::from_secs_f64(config.prompts.cache_ttl_s))),
+        online: keel_server::evals::Online::new(&config.evals.online).unwrap(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -2,6 +2,7 @@
 //! upstream, driven over real HTTP.
 
 mod errors;
+mod feedback;
 mod forward;
 mod harness;
 mod prompts;

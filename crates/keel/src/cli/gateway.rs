@@ -216,14 +216,40 @@ pub fn traces(config: Option<&Path>, as_json: bool, limit: usize, id: Option<&st
     let store = Store::open(&path)?;
     if let Some(id) = id {
         let trace = store.trace(id)?.ok_or_else(|| anyhow!("no trace with id {id} in {}", path.display()))?;
-        println!("{}", serde_json::to_string_pretty(&trace)?);
+        let mut value = serde_json::to_value(&trace)?;
+        value["scores"] = serde_json::to_value(store.scores(&[id])?)?;
+        println!("{}", serde_json::to_string_pretty(&value)?);
         return Ok(());
     }
     let traces = store.recent_traces(limit)?;
+    let ids: Vec<&str> = traces.iter().map(|t| t.id.as_str()).collect();
+    let mut scores: std::collections::HashMap<String, Vec<keel_store::Score>> = std::collections::HashMap::new();
+    for score in store.scores(&ids)? {
+        scores.entry(score.trace_id.clone()).or_default().push(score);
+    }
     if as_json {
-        println!("{}", serde_json::to_string_pretty(&traces)?);
+        let mut out = Vec::new();
+        for trace in &traces {
+            let mut value = serde_json::to_value(trace)?;
+            value["scores"] = serde_json::to_value(scores.get(&trace.id).cloned().unwrap_or_default())?;
+            out.push(value);
+        }
+        println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
+    // Each trace's latest score per name, as `name=value`.
+    let score_text = |id: &str| -> String {
+        let mut latest: std::collections::BTreeMap<&str, String> = std::collections::BTreeMap::new();
+        for s in scores.get(id).into_iter().flatten() {
+            let value = match (s.value, &s.label) {
+                (_, Some(label)) if s.value.is_none() || label == "true" || label == "false" => label.clone(),
+                (Some(v), _) => format!("{v:.2}").trim_end_matches('0').trim_end_matches('.').to_string(),
+                _ => "-".to_string(),
+            };
+            latest.insert(&s.name, value);
+        }
+        if latest.is_empty() { "-".into() } else { latest.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ") }
+    };
     if traces.is_empty() {
         println!("no traces yet in {}", path.display());
         return Ok(());
@@ -248,13 +274,14 @@ pub fn traces(config: Option<&Path>, as_json: bool, limit: usize, id: Option<&st
                     (Some(name), Some(version)) => format!("{name}@{version}"),
                     _ => "-".to_string(),
                 }),
+                Cell::new(score_text(&t.id)),
                 Cell::new(error).color(table::RED),
             ]
         })
         .collect();
     print!(
         "{}",
-        table::render(&["TIME (UTC)", "ENDPOINT", "ALIAS", "ROUTE", "STATUS", "MS", "TTFT", "IN", "OUT", "COST", "PROMPT", "ERROR"], &rows)
+        table::render(&["TIME (UTC)", "ENDPOINT", "ALIAS", "ROUTE", "STATUS", "MS", "TTFT", "IN", "OUT", "COST", "PROMPT", "SCORES", "ERROR"], &rows)
     );
     Ok(())
 }

@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod bench;
 pub mod detector;
+pub mod evals;
 pub mod gateway;
 pub mod guard;
 pub mod mcp;
@@ -12,3 +13,16 @@ pub mod prompts;
 pub mod rag;
 pub mod redteam;
 pub mod serve;
+
+/// An error that ends the process with this exit code, its message already printed (an eval
+/// that missed a threshold exits with 100).
+#[derive(Debug)]
+pub struct Exit(pub u8);
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit code {}", self.0)
+    }
+}
+
+impl std::error::Error for Exit {}

@@ -42,6 +42,7 @@ pub async fn run(config: Option<&Path>, listen: Option<SocketAddr>, pull: bool) 
         }
     };
     let writer = TraceWriter::spawn(store.clone(), config.store.trace_buffer);
+    let online = keel_server::evals::Online::new(&config.evals.online).map_err(anyhow::Error::msg)?;
     let app = Arc::new(AppState {
         router,
         traces: writer.sink(),
@@ -55,6 +56,7 @@ pub async fn run(config: Option<&Path>, listen: Option<SocketAddr>, pull: bool) 
             store.clone(),
             Duration::try_from_secs_f64(config.prompts.cache_ttl_s.max(0.0)).unwrap_or(Duration::from_secs(86_400)),
         )),
+        online,
     });
     let addr: SocketAddr = match listen {
         Some(addr) => addr,

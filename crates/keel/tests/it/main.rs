@@ -2,6 +2,7 @@
 
 mod agents;
 mod cli;
+mod evals;
 mod layout;
 mod mcp;
 mod prompts;
@@ -18,6 +19,16 @@ pub fn keel() -> Command {
 
 pub fn run(args: &[&str], dir: &Path) -> Output {
     keel().args(args).current_dir(dir).env("KEEL_HOME", dir.join("home")).output().unwrap()
+}
+
+/// A child process killed when the test ends, pass or panic, so no `keel serve` outlives it.
+pub struct Stopped(pub std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 pub fn temp_dir(name: &str) -> PathBuf {

@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::process::{Output, Stdio};
 
-use crate::{run, temp_dir};
+use crate::{Stopped, run, temp_dir};
 
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
@@ -147,14 +147,4 @@ async fn ask(client: &reqwest::Client, base: &str, fake: &keel_server::fake::Fak
     let reply = client.post(format!("{base}/v1/chat/completions")).json(&serde_json::json!({"prompt": "greet"})).send().await.unwrap();
     assert_eq!(reply.status(), 200);
     fake.requests_seen().pop().unwrap().1["messages"][0]["content"].as_str().unwrap().to_string()
-}
-
-/// A child process killed when the test ends, passed or not.
-struct Stopped(std::process::Child);
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

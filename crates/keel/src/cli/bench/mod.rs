@@ -3,6 +3,7 @@
 
 mod agent;
 mod ann;
+mod eval;
 mod gateway;
 mod local;
 mod pii;
@@ -21,6 +22,7 @@ use clap::Subcommand;
 
 pub use agent::{AgentArgs, agent};
 pub use ann::{AnnArgs, ann};
+pub use eval::{EvalArgs, eval};
 pub use gateway::{GatewayArgs, gateway};
 pub use local::{EmbedArgs, LocalArgs, embed, local};
 pub use pii::{PiiArgs, pii};
@@ -87,6 +89,10 @@ pub enum BenchCommand {
     Ann(AnnArgs),
     /// The guard's policy decision per tool call (labels, declared policies, Rule of Two).
     Guard(crate::cli::guard::BenchArgs),
+    /// `keel eval run` against promptfoo on one promptfoo config (20,000 cases, two
+    /// deterministic assertions each, a fake upstream): wall time, cases/s, peak memory, and
+    /// the fully cached re-run.
+    Eval(EvalArgs),
     /// PII detection: span-level precision, recall and F2 per entity type against
     /// presidio-analyzer on the same labelled sentences, and scan throughput.
     Pii(PiiArgs),
@@ -101,6 +107,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Agent(args) => agent(args).await,
         BenchCommand::Ann(args) => ann(args).await,
         BenchCommand::Guard(args) => crate::cli::guard::bench(args),
+        BenchCommand::Eval(args) => eval(args).await,
         BenchCommand::Pii(args) => pii(args).await,
     }
 }
