@@ -55,34 +55,75 @@ pub fn request_key(body: &Value) -> String {
 }
 
 /// A [`Model`] whose successful chat answers are kept in the store's response cache; errors
-/// are never cached. `enabled: false` (`--no-cache`) neither reads nor writes it.
+/// are never cached. `enabled: false` (`--no-cache`) neither reads nor writes it. Answers
+/// can be read ahead in bulk ([`Cached::preload`]); new ones are written in batches
+/// ([`Cached::flush`], and when it is dropped).
 pub struct Cached<'a> {
-    pub inner: &'a dyn Model,
-    pub store: &'a Store,
-    pub enabled: bool,
+    inner: &'a dyn Model,
+    store: &'a Store,
+    enabled: bool,
+    preloaded: std::collections::HashMap<String, String>,
+    pending: std::sync::Mutex<Vec<(String, String)>>,
 }
 
-impl Cached<'_> {
+impl<'a> Cached<'a> {
+    pub fn new(inner: &'a dyn Model, store: &'a Store, enabled: bool) -> Cached<'a> {
+        Cached { inner, store, enabled, preloaded: Default::default(), pending: Default::default() }
+    }
+
+    fn key(body: &Value, sample: u32) -> String {
+        let mut key = request_key(body);
+        if sample > 0 {
+            key.push_str(&format!("#{sample}"));
+        }
+        key
+    }
+
+    /// Reads the cached answers of these requests (body, sample) in a few queries.
+    pub fn preload<'b>(&mut self, requests: impl Iterator<Item = (&'b Value, u32)>) {
+        if !self.enabled {
+            return;
+        }
+        let keys: Vec<String> = requests.map(|(body, sample)| Cached::key(body, sample)).collect();
+        match self.store.cached_responses(&keys) {
+            Ok(found) => self.preloaded = found,
+            Err(err) => tracing::warn!("could not read the eval cache: {err}"),
+        }
+    }
+
+    /// Writes the answers cached since the last flush, in one transaction.
+    pub fn flush(&self) {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Err(err) = self.store.cache_responses(&pending) {
+            tracing::warn!("could not cache {} eval answers: {err}", pending.len());
+        }
+    }
+
     /// The answer to `body`; `sample` > 0 keys a separate answer for the same request (an
     /// eval's repeats are samples of their own, not copies of the first).
     pub async fn sample(&self, body: &Value, sample: u32) -> Result<Answer, String> {
         if !self.enabled {
             return self.inner.chat(body).await;
         }
-        let mut key = request_key(body);
-        if sample > 0 {
-            key.push_str(&format!("#{sample}"));
-        }
-        if let Some(found) = self.store.cached_response(&key).ok().flatten().and_then(|text| serde_json::from_str::<Answer>(&text).ok()) {
+        let key = Cached::key(body, sample);
+        let text = match self.preloaded.get(&key) {
+            Some(text) => Some(text.clone()),
+            None => self.store.cached_response(&key).ok().flatten(),
+        };
+        if let Some(found) = text.and_then(|text| serde_json::from_str::<Answer>(&text).ok()) {
             return Ok(Answer { cached: true, ..found });
         }
         let answer = self.inner.chat(body).await?;
         if let Ok(text) = serde_json::to_string(&answer) {
-            if let Err(err) = self.store.cache_response(&key, &text) {
-                tracing::warn!("could not cache an eval answer: {err}");
-            }
+            self.pending.lock().unwrap_or_else(|p| p.into_inner()).push((key, text));
         }
         Ok(answer)
+    }
+}
+
+impl Drop for Cached<'_> {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 

@@ -158,23 +158,47 @@ pub async fn run(store: &Store, spec: &Spec, model: &dyn Model, options: &Option
     let done: HashSet<String> = store.eval_results(&run.id)?.into_iter().filter(|r| r.error.is_none()).map(|r| r.cell).collect();
     let todo: Vec<Cell> = cells.iter().copied().filter(|c| !done.contains(&c.key())).collect();
     let resumed = cells.len() - todo.len();
-    let cached = Cached { inner: model, store, enabled: options.cache };
+    let mut cached = Cached::new(model, store, options.cache);
+    let bodies: Vec<Option<Value>> = todo.iter().map(|cell| request(spec, *cell).ok()).collect();
+    cached.preload(todo.iter().zip(&bodies).filter_map(|(cell, body)| Some((body.as_ref()?, cell.repeat))));
+    drop(bodies);
     let mut tally = Progress { done: resumed, total: cells.len(), resumed, ..Progress::default() };
     (options.progress)(tally);
     let concurrency = options.concurrency.max(1);
     let mut results = futures_util::stream::iter(todo.into_iter().map(|cell| run_cell(spec, cell, &cached, &run.id))).buffer_unordered(concurrency);
     let mut failure = None;
-    while let Some(result) = results.next().await {
-        if let Err(err) = store.insert_eval_result(&result) {
-            failure = Some(err);
+    // Finished cells are written in batches (a kill loses at most the last batch, which a
+    // resume redoes), with the answers cached meanwhile.
+    let mut batch: Vec<EvalResult> = Vec::new();
+    let mut flushed = Instant::now();
+    let write = |batch: &mut Vec<EvalResult>, cached: &Cached<'_>| -> Result<()> {
+        cached.flush();
+        store.insert_eval_results(batch)?;
+        batch.clear();
+        Ok(())
+    };
+    loop {
+        let next = results.next().await;
+        let done = next.is_none();
+        if let Some(result) = next {
+            tally.done += 1;
+            tally.passed += usize::from(result.pass);
+            if !result.cached {
+                tally.cost_usd += result.cost_usd.unwrap_or(0.0);
+            }
+            batch.push(result);
+        }
+        if done || batch.len() >= 256 || flushed.elapsed() >= std::time::Duration::from_millis(200) {
+            if let Err(err) = write(&mut batch, &cached) {
+                failure = Some(err);
+                break;
+            }
+            flushed = Instant::now();
+            (options.progress)(tally);
+        }
+        if done {
             break;
         }
-        tally.done += 1;
-        tally.passed += usize::from(result.pass);
-        if !result.cached {
-            tally.cost_usd += result.cost_usd.unwrap_or(0.0);
-        }
-        (options.progress)(tally);
     }
     drop(results);
     if let Some(err) = failure {
@@ -409,7 +433,7 @@ assert = [{ type = "contains", value = "milk" }]
         };
         store.create_eval_run(&record).unwrap();
         for cell in [Cell { prompt: 0, target: 0, test: 0, repeat: 0 }, Cell { prompt: 0, target: 0, test: 1, repeat: 0 }] {
-            let cached = Cached { inner: &model, store: &store, enabled: false };
+            let cached = Cached::new(&model, &store, false);
             store.insert_eval_result(&run_cell(&spec, cell, &cached, "killed").await).unwrap();
         }
         assert_eq!(model.bodies().len(), 2);

@@ -294,37 +294,53 @@ impl Store {
 
     /// Stores a finished cell; storing a cell again replaces it.
     pub fn insert_eval_result(&self, r: &EvalResult) -> Result<()> {
-        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        conn.prepare_cached(
-            "INSERT OR REPLACE INTO eval_results (run_id, cell, prompt, target, row_idx, repeat, vars, output, error, pass,
-             score, grades, latency_ms, input_tokens, output_tokens, cost_usd, cached, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
-        )
-        .and_then(|mut stmt| {
-            stmt.execute(params![
-                r.run_id,
-                r.cell,
-                r.prompt,
-                r.target,
-                r.row,
-                r.repeat,
-                r.vars,
-                r.output,
-                r.error,
-                r.pass,
-                r.score,
-                r.grades,
-                r.latency_ms,
-                r.input_tokens as i64,
-                r.output_tokens as i64,
-                r.cost_usd,
-                r.cached,
-                r.created_ms
-            ])
-        })
-        .map_err(|e| self.err(e))?;
-        conn.execute("UPDATE eval_runs SET updated_ms = ?2 WHERE id = ?1", params![r.run_id, keel_core::now_ms()]).map_err(|e| self.err(e))?;
-        Ok(())
+        self.insert_eval_results(std::slice::from_ref(r))
+    }
+
+    /// Stores finished cells in one transaction (a cell stored again replaces itself).
+    pub fn insert_eval_results(&self, results: &[EvalResult]) -> Result<()> {
+        if results.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO eval_results (run_id, cell, prompt, target, row_idx, repeat, vars, output, error, pass,
+                     score, grades, latency_ms, input_tokens, output_tokens, cost_usd, cached, created_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                )
+                .map_err(|e| self.err(e))?;
+            for r in results {
+                stmt.execute(params![
+                    r.run_id,
+                    r.cell,
+                    r.prompt,
+                    r.target,
+                    r.row,
+                    r.repeat,
+                    r.vars,
+                    r.output,
+                    r.error,
+                    r.pass,
+                    r.score,
+                    r.grades,
+                    r.latency_ms,
+                    r.input_tokens as i64,
+                    r.output_tokens as i64,
+                    r.cost_usd,
+                    r.cached,
+                    r.created_ms
+                ])
+                .map_err(|e| self.err(e))?;
+            }
+        }
+        let runs: std::collections::BTreeSet<&str> = results.iter().map(|r| r.run_id.as_str()).collect();
+        for run in runs {
+            tx.execute("UPDATE eval_runs SET updated_ms = ?2 WHERE id = ?1", params![run, keel_core::now_ms()]).map_err(|e| self.err(e))?;
+        }
+        tx.commit().map_err(|e| self.err(e))
     }
 
     /// Run `run_id`'s finished cells, in the order they were stored.
@@ -412,13 +428,46 @@ impl Store {
             .map_err(|e| self.err(e))
     }
 
+    /// The cached answers of these keys (those that have one), read in a few queries.
+    pub fn cached_responses(&self, keys: &[String]) -> Result<std::collections::HashMap<String, String>> {
+        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut found = std::collections::HashMap::new();
+        for chunk in keys.chunks(500) {
+            let marks = (1..=chunk.len()).map(|i| format!("?{i}")).collect::<Vec<_>>().join(", ");
+            let mut stmt = conn.prepare(&format!("SELECT key, response FROM eval_cache WHERE key IN ({marks})")).map_err(|e| self.err(e))?;
+            let rows = stmt
+                .query_map(rusqlite::params_from_iter(chunk), |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))
+                .map_err(|e| self.err(e))?;
+            for row in rows {
+                let (key, response) = row.map_err(|e| self.err(e))?;
+                found.insert(key, response);
+            }
+        }
+        Ok(found)
+    }
+
     /// Caches a successful answer (errors are never cached: the caller does not call this).
     pub fn cache_response(&self, key: &str, response: &str) -> Result<()> {
-        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        conn.prepare_cached("INSERT OR REPLACE INTO eval_cache (key, response, created_ms) VALUES (?1, ?2, ?3)")
-            .and_then(|mut stmt| stmt.execute(params![key, response, keel_core::now_ms()]))
-            .map_err(|e| self.err(e))?;
-        Ok(())
+        self.cache_responses(&[(key.to_string(), response.to_string())])
+    }
+
+    /// Caches answers in one transaction.
+    pub fn cache_responses(&self, entries: &[(String, String)]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        {
+            let mut stmt = tx
+                .prepare_cached("INSERT OR REPLACE INTO eval_cache (key, response, created_ms) VALUES (?1, ?2, ?3)")
+                .map_err(|e| self.err(e))?;
+            let now = keel_core::now_ms();
+            for (key, response) in entries {
+                stmt.execute(params![key, response, now]).map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
     }
 }
 

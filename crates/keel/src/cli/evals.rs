@@ -552,7 +552,7 @@ pub async fn eval(config: Option<&Path>, command: EvalCommand) -> anyhow::Result
             for judge in &judges {
                 gateway.router.alias(judge)?;
             }
-            let cached = keel_eval::model::Cached { inner: &gateway, store: &store, enabled: true };
+            let cached = keel_eval::model::Cached::new(&gateway, &store, true);
             let check = keel_eval::compare::judge_check(&cached, &judges, &rubric, &cases).await;
             if json {
                 println!("{}", serde_json::to_string_pretty(&check)?);
@@ -787,7 +787,7 @@ async fn comparison(
     let comparison = keel_eval::compare::compare(&pairs);
     let pairwise = match judge {
         Some((model, judges, rubric)) => {
-            let cached = keel_eval::model::Cached { inner: model, store, enabled: true };
+            let cached = keel_eval::model::Cached::new(model, store, true);
             Some(keel_eval::compare::pairwise(&cached, judges, rubric, &pairs).await)
         }
         None => None,
