@@ -46,6 +46,12 @@ pub trait Model: Send + Sync {
     fn chat<'a>(&'a self, body: &'a Value) -> BoxFuture<'a, Result<Answer, String>>;
     /// Embeds `texts` through embedding alias `alias`.
     fn embed<'a>(&'a self, alias: &'a str, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, String>>;
+    /// Runs the agent defined in `file` on `input` with `vars` through keel's agent runtime;
+    /// the answer carries the run's final output and every tool call it made, in order.
+    fn agent<'a>(&'a self, file: &'a str, input: &'a str, vars: &'a serde_json::Map<String, Value>) -> BoxFuture<'a, Result<Answer, String>> {
+        let _ = (input, vars);
+        Box::pin(async move { Err(format!("agent target {file}: this caller runs no agents (`keel eval run` does)")) })
+    }
 }
 
 /// The cache key of a request: a SHA-256 of its exact JSON.
@@ -134,6 +140,11 @@ impl Model for Cached<'_> {
 
     fn embed<'a>(&'a self, alias: &'a str, texts: &'a [String]) -> BoxFuture<'a, Result<Vec<Vec<f32>>, String>> {
         self.inner.embed(alias, texts)
+    }
+
+    /// Agent runs are never cached: their tools act on the world.
+    fn agent<'a>(&'a self, file: &'a str, input: &'a str, vars: &'a serde_json::Map<String, Value>) -> BoxFuture<'a, Result<Answer, String>> {
+        self.inner.agent(file, input, vars)
     }
 }
 

@@ -305,7 +305,9 @@ async fn score(kind: &str, assertion: &Assertion, case: &Case<'_>) -> Result<Out
         "trajectory" => trajectory(value, &case.answer.tool_calls),
         "similar" => {
             let expected = text_value(value, kind)?;
-            let alias = judge_alias(assertion, case, "similar").unwrap_or_else(|_| "local-embed".into());
+            // The embedding model: the assertion's `provider`, else keel's local one (the
+            // eval's judge is a chat model, not an embedder).
+            let alias = named_provider(assertion)?.unwrap_or_else(|| "local-embed".into());
             let texts = [output.to_string(), expected];
             let vectors = case.model.embed(&alias, &texts).await.map_err(|e| format!("`similar` through `{alias}`: {e}"))?;
             let [a, b] = vectors.as_slice() else { return Err(format!("`similar`: `{alias}` returned {} vectors for 2 texts", vectors.len())) };
@@ -550,13 +552,17 @@ fn trajectory(value: Option<Value>, made: &[CallMade]) -> Result<Outcome, String
     Outcome::bool(problems.is_empty(), format!("the path {names:?} fits"), problems.join("; "))
 }
 
-fn judge_alias(assertion: &Assertion, case: &Case<'_>, kind: &str) -> Result<String, String> {
-    let named = match &assertion.provider {
+/// The alias an assertion's `provider` names, if it names one.
+fn named_provider(assertion: &Assertion) -> Result<Option<String>, String> {
+    Ok(match &assertion.provider {
         Some(Value::String(alias)) => Some(crate::spec::alias_of(alias)?),
         Some(Value::Object(o)) => o.get("id").and_then(Value::as_str).map(crate::spec::alias_of).transpose()?,
         _ => None,
-    };
-    named.or_else(|| case.judge.map(str::to_string)).ok_or_else(|| {
+    })
+}
+
+fn judge_alias(assertion: &Assertion, case: &Case<'_>, kind: &str) -> Result<String, String> {
+    named_provider(assertion)?.or_else(|| case.judge.map(str::to_string)).ok_or_else(|| {
         format!("`{kind}` needs a judge: set `provider` on the assertion or `judge = \"ALIAS\"` in the eval file")
     })
 }

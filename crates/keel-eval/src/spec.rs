@@ -55,8 +55,13 @@ pub struct PromptSpec {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TargetSpec {
     pub id: String,
-    /// The model alias keel calls.
+    /// The model alias keel calls (empty for an agent target).
     pub alias: String,
+    /// An agent file run through keel's agent runtime instead of one model call: it gets the
+    /// rendered prompt's last user message as its input and the test's variables as its
+    /// `--var`s; its tool calls are graded by `tool-call` and `trajectory`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
     /// Request fields set on every call (temperature, max_tokens, ...).
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub config: Map<String, Value>,
@@ -176,6 +181,9 @@ struct ProviderItem {
     /// keel: the model alias (instead of a promptfoo `id`).
     #[serde(default)]
     model: Option<String>,
+    /// keel: an agent file (relative to the eval file) run through the agent runtime.
+    #[serde(default)]
+    agent: Option<String>,
     #[serde(default)]
     label: Option<String>,
     #[serde(default)]
@@ -358,8 +366,18 @@ fn compile(raw: RawSpec, base: &Path, name: String, store: &Store, label: Option
     for provider in raw.providers.map(OneOrMany::into_vec).unwrap_or_default() {
         let (id, label, config) = match provider {
             RawProvider::Id(id) => (id, None, Map::new()),
+            RawProvider::Item(ProviderItem { agent: Some(file), label, .. }) => {
+                let path = base.join(&file);
+                if !path.is_file() {
+                    return Err(Error::Invalid(format!("agent target `{file}`: no such file ({})", path.display())));
+                }
+                let id = label.unwrap_or_else(|| path.file_stem().map_or(file.clone(), |s| s.to_string_lossy().to_string()));
+                let agent = Some(path.canonicalize().unwrap_or(path).to_string_lossy().to_string());
+                spec.targets.push(TargetSpec { id, alias: String::new(), agent, config: Map::new() });
+                continue;
+            }
             RawProvider::Item(item) => {
-                let id = item.model.or(item.id).ok_or_else(|| Error::Invalid("a target needs `model` (an alias) or `id`".into()))?;
+                let id = item.model.or(item.id).ok_or_else(|| Error::Invalid("a target needs `model` (an alias), `agent` (a file) or `id`".into()))?;
                 (id, item.label, item.config)
             }
         };
@@ -375,7 +393,7 @@ fn compile(raw: RawSpec, base: &Path, name: String, store: &Store, label: Option
             };
             request.insert(key, value);
         }
-        spec.targets.push(TargetSpec { id: label.unwrap_or_else(|| alias.clone()), alias, config: request });
+        spec.targets.push(TargetSpec { id: label.unwrap_or_else(|| alias.clone()), alias, agent: None, config: request });
     }
     if spec.targets.is_empty() {
         return Err(Error::Invalid("the eval names no targets: add `providers` (or `[[targets]]`) with a model alias".into()));

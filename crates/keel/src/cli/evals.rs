@@ -481,6 +481,64 @@ fn gateway(router: Router) -> Gateway {
     Gateway { router: std::sync::Arc::new(router) }
 }
 
+/// The router for model calls, and keel's agent runtime for agent targets.
+struct EvalModel {
+    gateway: Gateway,
+    store: std::sync::Arc<Store>,
+}
+
+impl Model for EvalModel {
+    fn chat<'a>(&'a self, body: &'a Value) -> futures_util::future::BoxFuture<'a, Result<keel_eval::Answer, String>> {
+        self.gateway.chat(body)
+    }
+
+    fn embed<'a>(&'a self, alias: &'a str, texts: &'a [String]) -> futures_util::future::BoxFuture<'a, Result<Vec<Vec<f32>>, String>> {
+        self.gateway.embed(alias, texts)
+    }
+
+    fn agent<'a>(
+        &'a self,
+        file: &'a str,
+        input: &'a str,
+        vars: &'a serde_json::Map<String, Value>,
+    ) -> futures_util::future::BoxFuture<'a, Result<keel_eval::Answer, String>> {
+        Box::pin(async move {
+            let agent = keel_agent::Agent::load(Path::new(file)).map_err(|e| format!("{file}: {e}"))?;
+            let vars: std::collections::BTreeMap<String, String> =
+                vars.iter().map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string))).collect();
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+            let runner = keel_agent::Runner::new(self.store.clone(), self.gateway.router.clone()).with_rag_root(crate::cli::rag::root()).with_events(tx);
+            let started = Instant::now();
+            let outcome = runner.start(&agent, input, &vars).await.map_err(|e| e.to_string())?;
+            drop(runner);
+            let mut tool_calls = Vec::new();
+            // Every event of the run was sent before it returned.
+            while let Ok(event) = rx.try_recv() {
+                if let keel_agent::RunEvent::ModelCall { tool_calls: calls, .. } = event {
+                    tool_calls.extend(calls.into_iter().map(|call| keel_eval::CallMade {
+                        name: call.name,
+                        arguments: serde_json::from_str(&call.arguments).unwrap_or(Value::String(call.arguments)),
+                    }));
+                }
+            }
+            match outcome.status {
+                keel_agent::RunStatus::Completed => Ok(keel_eval::Answer {
+                    text: outcome.output.unwrap_or_default(),
+                    tool_calls,
+                    model: agent.def.model.clone(),
+                    finish_reason: "stop".into(),
+                    input_tokens: outcome.usage.input_tokens,
+                    output_tokens: outcome.usage.output_tokens,
+                    cost_usd: Some(outcome.cost_usd),
+                    latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+                    cached: false,
+                }),
+                status => Err(format!("run {} ended {status:?}: {}", outcome.run_id, outcome.reason.unwrap_or_default())),
+            }
+        })
+    }
+}
+
 /// The concurrency the targets' providers allow: the smallest sum of `max_concurrency` over
 /// a target's routes (8 for a provider that sets none), at most 64.
 fn default_concurrency(config: &keel_core::config::Config, aliases: &[&str]) -> usize {
@@ -674,11 +732,18 @@ async fn run(config: Option<&Path>, args: RunArgs) -> anyhow::Result<()> {
     crate::local::ensure_models(&settings.config, args.pull).await?;
     let router = crate::local::router(&settings.config)?;
     for target in &spec.targets {
-        router.alias(&target.alias).map_err(|e| anyhow::anyhow!("target `{}`: {e}", target.id))?;
+        match &target.agent {
+            Some(file) => {
+                keel_agent::Agent::load(Path::new(file)).with_context(|| format!("agent target `{}`", target.id))?;
+            }
+            None => {
+                router.alias(&target.alias).map_err(|e| anyhow::anyhow!("target `{}`: {e}", target.id))?;
+            }
+        }
     }
-    let aliases: Vec<&str> = spec.targets.iter().map(|t| t.alias.as_str()).collect();
+    let aliases: Vec<&str> = spec.targets.iter().filter(|t| t.agent.is_none()).map(|t| t.alias.as_str()).collect();
     let concurrency = args.concurrency.or(spec.concurrency).unwrap_or_else(|| default_concurrency(&settings.config, &aliases));
-    let gateway = gateway(router);
+    let gateway = EvalModel { gateway: gateway(router), store: std::sync::Arc::new(Store::open(store.path())?) };
     let bar = std::io::stderr().is_terminal() && !args.json;
     let started = Instant::now();
     let progress = move |p: keel_eval::Progress| {

@@ -531,3 +531,93 @@ async fn promptfoo_and_keel_agree_on_the_example_config() {
     assert_eq!(ours, theirs, "keel and promptfoo give each case the same verdict");
     assert_eq!(ours.values().filter(|pass| !**pass).count(), 1, "the refund case fails in both: {ours:?}");
 }
+
+/// An eval on the embedded defaults: SmolLM2 answers, SmolLM2 judges (its verdict held to the
+/// schema by the grammar), and the local embedding model scores similarity.
+#[test]
+fn an_eval_on_the_local_model_is_judged_by_it() {
+    let dir = temp_dir("eval-local");
+    std::fs::write(
+        dir.join("local.toml"),
+        r#"
+judge = "local"
+[[prompts]]
+text = "Answer in a few words: {{ question }}"
+[[targets]]
+model = "local"
+config = { max_tokens = 24, temperature = 0 }
+[[tests]]
+vars = { question = "What is the capital of France?" }
+assert = [
+  { type = "llm-rubric", value = "The answer names a city." },
+  { type = "similar", value = "Paris is the capital of France.", threshold = 0.0 },
+]
+"#,
+    )
+    .unwrap();
+    let out = crate::keel()
+        .args(["eval", "run", "local.toml", "--json"])
+        .current_dir(&dir)
+        .env("KEEL_HOME", dir.join("home"))
+        .env("KEEL_MODELS_DIR", crate::cli::real_models_dir())
+        .output()
+        .unwrap();
+    assert!(matches!(out.status.code(), Some(0 | 100)), "it ran (pass or fail is the model's): {}", stderr(&out));
+    let run = json(&out)["run_id"].as_str().unwrap().to_string();
+    let shown = crate::keel().args(["eval", "show", &run, "--json"]).current_dir(&dir).env("KEEL_HOME", dir.join("home")).output().unwrap();
+    let grades = json(&shown)["cells"][0]["grades"].clone();
+    let judged = grades[0]["reason"].as_str().unwrap();
+    assert!(judged.starts_with("local: "), "the judge answered in the verdict schema: {grades}");
+    let similarity = grades[1]["score"].as_f64().unwrap();
+    assert!(grades[1]["reason"].as_str().unwrap().contains("cosine") && similarity > 0.0 && similarity <= 1.0 + 1e-6, "{grades}");
+}
+
+/// An agent as an eval target: it runs through keel's agent runtime (its tool really runs),
+/// and its path is graded by `tool-call` and `trajectory`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_is_evaluated_by_its_answer_and_its_tool_calls() {
+    let (dir, _fake) = setup("eval-agent", &[("brain", "gpt-4o-mini")]).await;
+    std::fs::write(
+        dir.join("clerk.toml"),
+        r#"
+name = "clerk"
+model = "brain"
+instructions = "You file entries with the record tool."
+workspace = "ws"
+
+[tools.record]
+description = "Record an entry in the ledger"
+command = ["sh", "-c", "cat >> \"$KEEL_WORKSPACE/effects.log\"; echo >> \"$KEEL_WORKSPACE/effects.log\"; echo recorded"]
+parameters = { type = "object", properties = { entry = { type = "string" } }, required = ["entry"] }
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("agent-eval.toml"),
+        r#"
+[[prompts]]
+text = "record {{ item }}"
+[[targets]]
+agent = "clerk.toml"
+[[tests]]
+vars = { item = "the refund" }
+assert = [
+  { type = "tool-call", value = ["record"] },
+  { type = "trajectory", value = { tools = ["record"], max_steps = 2 } },
+  { type = "not-trajectory", value = { tools = ["delete"] } },
+]
+"#,
+    )
+    .unwrap();
+    let out = keel(&dir, &["eval", "run", "agent-eval.toml", "--json"]).await;
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let summary = json(&out);
+    assert_eq!((summary["passed"].as_u64(), summary["groups"][0]["target"].as_str()), (Some(1), Some("clerk")), "{summary}");
+    assert_eq!(std::fs::read_to_string(dir.join("ws/effects.log")).unwrap().lines().count(), 1, "the tool ran once");
+    let out = keel(&dir, &["eval", "run", "agent-eval.toml", "--json"]).await;
+    assert!(out.status.success());
+    assert_eq!(std::fs::read_to_string(dir.join("ws/effects.log")).unwrap().lines().count(), 2, "agent runs are never cached");
+    std::fs::write(dir.join("missing.toml"), "[[targets]]\nagent = \"nope.toml\"\n[[tests]]\nvars = {}\n").unwrap();
+    let out = keel(&dir, &["eval", "run", "missing.toml"]).await;
+    assert!(out.status.code() == Some(1) && stderr(&out).contains("nope.toml"), "{}", stderr(&out));
+}
