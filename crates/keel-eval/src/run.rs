@@ -203,7 +203,7 @@ pub async fn run(store: &Store, spec: &Spec, model: &dyn Model, options: &Option
     }
     drop(results);
     if let Some(err) = failure {
-        return Err(err.into());
+        return Err(err);
     }
     let mut summary = summarize(spec, &store.eval_results(&run.id)?);
     summary.run_id = run.id.clone();

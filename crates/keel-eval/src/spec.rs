@@ -257,10 +257,10 @@ fn read_ref(base: &Path, reference: &str) -> Result<(PathBuf, String)> {
 
 fn prompt_from_text(text: &str) -> Result<PromptDef> {
     // promptfoo writes chat prompts as a JSON list of messages.
-    if text.trim_start().starts_with('[') {
-        if let Ok(messages) = serde_json::from_str::<Vec<PromptMessage>>(text) {
-            return PromptDef::parse(&serde_json::json!({ "messages": messages }).to_string(), Some(crate::Format::Json));
-        }
+    if text.trim_start().starts_with('[')
+        && let Ok(messages) = serde_json::from_str::<Vec<PromptMessage>>(text)
+    {
+        return PromptDef::parse(&serde_json::json!({ "messages": messages }).to_string(), Some(crate::Format::Json));
     }
     PromptDef::parse(&serde_json::json!({ "text": text }).to_string(), Some(crate::Format::Json))
 }
@@ -416,11 +416,9 @@ fn compile(raw: RawSpec, base: &Path, name: String, store: &Store, label: Option
         let mut assert = default.assert.clone();
         assert.extend(test.assert);
         let mut expected = test.expected;
-        if from_file {
-            if let Some(Value::String(text)) = &expected {
-                assert.push(assertion_from_text(text));
-                expected = None;
-            }
+        if from_file && let Some(Value::String(text)) = &expected {
+            assert.push(assertion_from_text(text));
+            expected = None;
         }
         Ok(TestSpec { description: test.description, vars, expected, assert, threshold: test.threshold.or(default.threshold), trace_id: None })
     };
@@ -534,10 +532,10 @@ fn vars_of(vars: Option<Value>, base: &Path) -> Result<Map<String, Value>> {
         Some(other) => return Err(Error::Invalid(format!("`vars` must be an object, not {other}"))),
     };
     for value in map.values_mut() {
-        if let Value::String(text) = value {
-            if let Some(reference) = text.strip_prefix("file://") {
-                *value = Value::String(read_ref(base, reference)?.1);
-            }
+        if let Value::String(text) = value
+            && let Some(reference) = text.strip_prefix("file://")
+        {
+            *value = Value::String(read_ref(base, reference)?.1);
         }
     }
     Ok(map)

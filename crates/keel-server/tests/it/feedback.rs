@@ -47,7 +47,7 @@ async fn feedback_and_online_evals_score_traces() {
     for (value, stored) in [(json!(true), (Some(1.0), Some("true"))), (json!(0.25), (Some(0.25), None)), (json!("wrong-tone"), (None, Some("wrong-tone")))] {
         let reply = h.post("/v1/feedback", &json!({"trace_id": trace, "name": "user", "value": value, "comment": "from the app"})).await;
         assert_eq!(reply.status, 201, "{}", reply.text);
-        let last = h.store.scores(&[&trace]).unwrap().into_iter().filter(|s| s.name == "user").last().unwrap();
+        let last = h.store.scores(&[&trace]).unwrap().into_iter().rfind(|s| s.name == "user").unwrap();
         assert_eq!((last.value, last.label.as_deref(), last.source.as_str()), (stored.0, stored.1, "feedback"));
     }
 

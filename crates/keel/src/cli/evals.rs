@@ -297,7 +297,7 @@ fn read_rows(file: &str) -> anyhow::Result<Vec<DatasetRow>> {
     } else {
         std::fs::read_to_string(file).with_context(|| format!("could not read {file}"))?
     };
-    Ok(dataset::parse_file(file, &text).with_context(|| format!("{file}"))?)
+    dataset::parse_file(file, &text).with_context(|| file.to_string())
 }
 
 fn json_arg(text: &str, what: &str) -> anyhow::Result<Value> {

@@ -355,10 +355,10 @@ fn openai_chat_format_errors(line: &Value) -> Vec<String> {
             Some(Value::Null) | None if role == "assistant" && calls.is_some() => {}
             other => errors.push(format!("missing_content on {role}: {other:?}")),
         }
-        if let Some(weight) = m.get("weight") {
-            if role != "assistant" || !(weight == 0 || weight == 1) {
-                errors.push("weight must be 0 or 1 on an assistant message".into());
-            }
+        if let Some(weight) = m.get("weight")
+            && (role != "assistant" || !(weight == 0 || weight == 1))
+        {
+            errors.push("weight must be 0 or 1 on an assistant message".into());
         }
         for call in calls.into_iter().flatten() {
             let ok = call["id"].is_string()
@@ -457,6 +457,7 @@ async fn scored_traces_and_passing_cells_become_fine_tuning_data() {
 /// verdict for every case. Skipped where promptfoo is not installed, unless
 /// KEEL_REQUIRE_PROMPTFOO is set (scripts/test sets it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::print_stderr, reason = "says why the test did nothing where promptfoo is not installed")]
 async fn promptfoo_and_keel_agree_on_the_example_config() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let modules = root.join("tests/evals/node_modules");
