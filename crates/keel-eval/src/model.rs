@@ -35,6 +35,10 @@ pub struct Answer {
     #[serde(default)]
     pub cost_usd: Option<f64>,
     pub latency_ms: f64,
+    /// What the answer was written from (a RAG target's retrieved passages), for the
+    /// `context-faithfulness` judge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<String>,
     /// Served from the response cache (not stored in it).
     #[serde(default, skip_serializing)]
     pub cached: bool,
@@ -51,6 +55,12 @@ pub trait Model: Send + Sync {
     fn agent<'a>(&'a self, file: &'a str, input: &'a str, vars: &'a serde_json::Map<String, Value>) -> BoxFuture<'a, Result<Answer, String>> {
         let _ = (input, vars);
         Box::pin(async move { Err(format!("agent target {file}: this caller runs no agents (`keel eval run` does)")) })
+    }
+    /// Answers `question` from RAG collection `collection` with writer alias `model` (keel's
+    /// `rag ask`); the answer's `context` holds the passages it was given.
+    fn rag<'a>(&'a self, collection: &'a str, model: &'a str, question: &'a str) -> BoxFuture<'a, Result<Answer, String>> {
+        let _ = (model, question);
+        Box::pin(async move { Err(format!("RAG target {collection}: this caller has no collections (`keel eval run` does)")) })
     }
 }
 
@@ -145,6 +155,10 @@ impl Model for Cached<'_> {
     /// Agent runs are never cached: their tools act on the world.
     fn agent<'a>(&'a self, file: &'a str, input: &'a str, vars: &'a serde_json::Map<String, Value>) -> BoxFuture<'a, Result<Answer, String>> {
         self.inner.agent(file, input, vars)
+    }
+
+    fn rag<'a>(&'a self, collection: &'a str, model: &'a str, question: &'a str) -> BoxFuture<'a, Result<Answer, String>> {
+        self.inner.rag(collection, model, question)
     }
 }
 

@@ -160,7 +160,7 @@ pub async fn run(store: &Store, spec: &Spec, model: &dyn Model, options: &Option
     let resumed = cells.len() - todo.len();
     let mut cached = Cached::new(model, store, options.cache);
     let bodies: Vec<Option<Value>> =
-        todo.iter().map(|cell| if spec.targets[cell.target].agent.is_some() { None } else { request(spec, *cell).ok() }).collect();
+        todo.iter().map(|cell| if spec.targets[cell.target].agent.is_some() || spec.targets[cell.target].rag.is_some() { None } else { request(spec, *cell).ok() }).collect();
     cached.preload(todo.iter().zip(&bodies).filter_map(|(cell, body)| Some((body.as_ref()?, cell.repeat))));
     drop(bodies);
     let mut tally = Progress { done: resumed, total: cells.len(), resumed, ..Progress::default() };
@@ -257,17 +257,19 @@ async fn run_cell(spec: &Spec, cell: Cell, model: &Cached<'_>, run_id: &str) -> 
         }
     };
     let started = Instant::now();
-    let reply = match &spec.targets[cell.target].agent {
-        Some(file) => {
-            // The agent's input: the rendered prompt's last user message.
-            let input = body["messages"]
-                .as_array()
-                .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
-                .map(|m| m["content"].as_str().map_or_else(|| m["content"].to_string(), str::to_string))
-                .unwrap_or_default();
-            model.agent(file, &input, &test.vars).await
-        }
-        None => model.sample(&body, cell.repeat).await,
+    // An agent's input and a RAG question: the rendered prompt's last user message.
+    let last_user = || {
+        body["messages"]
+            .as_array()
+            .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+            .map(|m| m["content"].as_str().map_or_else(|| m["content"].to_string(), str::to_string))
+            .unwrap_or_default()
+    };
+    let target = &spec.targets[cell.target];
+    let reply = match (&target.agent, &target.rag) {
+        (Some(file), _) => model.agent(file, &last_user(), &test.vars).await,
+        (None, Some(collection)) => model.rag(collection, &target.alias, &last_user()).await,
+        (None, None) => model.sample(&body, cell.repeat).await,
     };
     let answer: Answer = match reply {
         Ok(answer) => answer,

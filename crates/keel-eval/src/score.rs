@@ -618,7 +618,8 @@ fn judge_prompt(kind: &str, value: Option<&str>, case: &Case<'_>) -> Result<(Str
                 value
                     .map(str::to_string)
                     .or_else(|| case.vars.get("context").map(|c| c.as_str().map_or_else(|| c.to_string(), str::to_string)))
-                    .ok_or("`context-faithfulness` needs the context as its `value` or a `context` variable")?
+                    .or_else(|| case.answer.context.clone())
+                    .ok_or("`context-faithfulness` needs the context: its `value`, a `context` variable, or a RAG target's passages")?
             ),
             "Decide whether every claim in the output is supported by the context. score is the share of supported claims; pass is true when all are.".into(),
         ),
@@ -822,5 +823,34 @@ mod tests {
         .unwrap();
         let graded = super::grade(&script, &case).await;
         assert!(graded.pass && graded.reason == "thanked", "{graded:?}");
+    }
+
+    #[tokio::test]
+    async fn each_judged_type_shows_the_judge_what_it_grades_against() {
+        let model = Scripted::answering(r#"{"reason": "ok", "score": 0.4, "pass": false}"#);
+        let mut a = answer("Paris, the capital.");
+        a.context = Some("[1] Paris is the capital of France.".into());
+        let vars = json!({"question": "What is the capital of France?"}).as_object().unwrap().clone();
+        let expected = json!("Paris");
+        let case = Case { answer: &a, vars: &vars, expected: Some(&expected), judge: Some("judge"), model: &model };
+        for (kind, shows) in [
+            ("factuality", "Reference answer:\nParis"),
+            ("model-graded-closedqa", "Criterion:\nParis"),
+            ("answer-relevance", "Question:\nWhat is the capital of France?"),
+            ("context-faithfulness", "Context:\n[1] Paris is the capital of France."),
+        ] {
+            let assertion: Assertion = serde_json::from_value(json!({"type": kind, "threshold": 0.3})).unwrap();
+            let graded = grade(&assertion, &case).await;
+            assert!(graded.pass && graded.score == 0.4, "{kind}: a threshold decides over the judge's pass: {graded:?}");
+            let sent = model.bodies().pop().unwrap();
+            let user = sent["messages"][1]["content"].as_str().unwrap().to_string();
+            assert!(user.contains(shows) && user.contains("<output>\nParis, the capital.\n</output>"), "{kind}: {user}");
+        }
+        let none = Case { answer: &answer("x"), vars: &Map::new(), expected: None, judge: Some("judge"), model: &model };
+        let missing = grade(&serde_json::from_value(json!({"type": "factuality"})).unwrap(), &none).await;
+        assert!(!missing.pass && missing.reason.contains("reference answer"), "{missing:?}");
+        let no_judge = Case { judge: None, ..none };
+        let graded = grade(&serde_json::from_value(json!({"type": "llm-rubric", "value": "x"})).unwrap(), &no_judge).await;
+        assert!(graded.reason.contains("needs a judge"), "{graded:?}");
     }
 }

@@ -62,6 +62,10 @@ pub struct TargetSpec {
     /// `--var`s; its tool calls are graded by `tool-call` and `trajectory`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<String>,
+    /// A RAG collection answered from (`keel rag ask`) with `alias` as the writer; the
+    /// passages it retrieved are the answer's context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rag: Option<String>,
     /// Request fields set on every call (temperature, max_tokens, ...).
     #[serde(default, skip_serializing_if = "Map::is_empty")]
     pub config: Map<String, Value>,
@@ -184,6 +188,9 @@ struct ProviderItem {
     /// keel: an agent file (relative to the eval file) run through the agent runtime.
     #[serde(default)]
     agent: Option<String>,
+    /// keel: a RAG collection answered from, `model` writing the answer.
+    #[serde(default)]
+    rag: Option<String>,
     #[serde(default)]
     label: Option<String>,
     #[serde(default)]
@@ -373,7 +380,13 @@ fn compile(raw: RawSpec, base: &Path, name: String, store: &Store, label: Option
                 }
                 let id = label.unwrap_or_else(|| path.file_stem().map_or(file.clone(), |s| s.to_string_lossy().to_string()));
                 let agent = Some(path.canonicalize().unwrap_or(path).to_string_lossy().to_string());
-                spec.targets.push(TargetSpec { id, alias: String::new(), agent, config: Map::new() });
+                spec.targets.push(TargetSpec { id, alias: String::new(), agent, rag: None, config: Map::new() });
+                continue;
+            }
+            RawProvider::Item(ProviderItem { rag: Some(collection), model, label, .. }) => {
+                let model = model.ok_or_else(|| Error::Invalid(format!("RAG target `{collection}` needs `model`, the alias that writes the answer")))?;
+                let id = label.unwrap_or_else(|| format!("rag:{collection}"));
+                spec.targets.push(TargetSpec { id, alias: model, agent: None, rag: Some(collection), config: Map::new() });
                 continue;
             }
             RawProvider::Item(item) => {
@@ -393,7 +406,7 @@ fn compile(raw: RawSpec, base: &Path, name: String, store: &Store, label: Option
             };
             request.insert(key, value);
         }
-        spec.targets.push(TargetSpec { id: label.unwrap_or_else(|| alias.clone()), alias, agent: None, config: request });
+        spec.targets.push(TargetSpec { id: label.unwrap_or_else(|| alias.clone()), alias, agent: None, rag: None, config: request });
     }
     if spec.targets.is_empty() {
         return Err(Error::Invalid("the eval names no targets: add `providers` (or `[[targets]]`) with a model alias".into()));

@@ -55,6 +55,7 @@ impl Model for RouterModel {
                 output_tokens: response.usage.output_tokens,
                 cost_usd: self.router.prices.cost(&info.model, &response.usage),
                 latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+                context: None,
                 cached: false,
             })
         })

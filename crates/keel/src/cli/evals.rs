@@ -481,10 +481,16 @@ fn gateway(router: Router) -> Gateway {
     Gateway { router: std::sync::Arc::new(router) }
 }
 
-/// The router for model calls, and keel's agent runtime for agent targets.
+/// An opened RAG collection and the models its queries use.
+type OpenCollection = std::sync::Arc<(std::sync::Mutex<keel_rag::Collection>, crate::cli::rag::Setup)>;
+
+/// The router for model calls, keel's agent runtime for agent targets, and RAG collections
+/// (each opened once) for RAG targets.
 struct EvalModel {
     gateway: Gateway,
     store: std::sync::Arc<Store>,
+    config: Option<std::path::PathBuf>,
+    collections: tokio::sync::Mutex<std::collections::HashMap<String, OpenCollection>>,
 }
 
 impl Model for EvalModel {
@@ -531,10 +537,43 @@ impl Model for EvalModel {
                     output_tokens: outcome.usage.output_tokens,
                     cost_usd: Some(outcome.cost_usd),
                     latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+                    context: None,
                     cached: false,
                 }),
                 status => Err(format!("run {} ended {status:?}: {}", outcome.run_id, outcome.reason.unwrap_or_default())),
             }
+        })
+    }
+
+    fn rag<'a>(&'a self, collection: &'a str, model: &'a str, question: &'a str) -> futures_util::future::BoxFuture<'a, Result<keel_eval::Answer, String>> {
+        Box::pin(async move {
+            let opened = {
+                let mut open = self.collections.lock().await;
+                match open.get(collection) {
+                    Some(found) => found.clone(),
+                    None => {
+                        let (c, setup) = crate::cli::rag::open_for_query(self.config.as_deref(), collection, None, false).await.map_err(|e| format!("{e:#}"))?;
+                        let found: OpenCollection = std::sync::Arc::new((c, setup));
+                        open.insert(collection.to_string(), found.clone());
+                        found
+                    }
+                }
+            };
+            let (collection, setup) = &*opened;
+            let embedder = keel_agent::rag::ModelAlias::new(&*setup.router, &setup.model);
+            let writer = keel_agent::rag::ModelAlias::new(&*self.gateway.router, model);
+            let query = keel_rag::Query { min_similarity: Some(0.2), ..keel_rag::Query::new(question, keel_rag::Search::new(5, keel_rag::Mode::Hybrid)) };
+            let started = Instant::now();
+            let answered = keel_rag::answer::ask(collection, &query, &embedder, None, &writer).await.map_err(|e| e.to_string())?;
+            let context = answered.sources.iter().enumerate().map(|(i, hit)| format!("[{}] {}", i + 1, hit.text)).collect::<Vec<_>>().join("\n\n");
+            Ok(keel_eval::Answer {
+                text: answered.answer,
+                model: answered.model.unwrap_or_default(),
+                finish_reason: if answered.known { "stop".into() } else { "unknown".into() },
+                latency_ms: started.elapsed().as_secs_f64() * 1000.0,
+                context: Some(context),
+                ..keel_eval::Answer::default()
+            })
         })
     }
 }
@@ -732,18 +771,27 @@ async fn run(config: Option<&Path>, args: RunArgs) -> anyhow::Result<()> {
     crate::local::ensure_models(&settings.config, args.pull).await?;
     let router = crate::local::router(&settings.config)?;
     for target in &spec.targets {
-        match &target.agent {
-            Some(file) => {
+        match (&target.agent, &target.rag) {
+            (Some(file), _) => {
                 keel_agent::Agent::load(Path::new(file)).with_context(|| format!("agent target `{}`", target.id))?;
             }
-            None => {
+            (None, rag) => {
                 router.alias(&target.alias).map_err(|e| anyhow::anyhow!("target `{}`: {e}", target.id))?;
+                if let Some(collection) = rag {
+                    keel_rag::stored_model(&crate::cli::rag::root(), collection)
+                        .with_context(|| format!("target `{}`: collection `{collection}` does not exist (keel rag collections lists them)", target.id))?;
+                }
             }
         }
     }
-    let aliases: Vec<&str> = spec.targets.iter().filter(|t| t.agent.is_none()).map(|t| t.alias.as_str()).collect();
+    let aliases: Vec<&str> = spec.targets.iter().filter(|t| t.agent.is_none() && t.rag.is_none()).map(|t| t.alias.as_str()).collect();
     let concurrency = args.concurrency.or(spec.concurrency).unwrap_or_else(|| default_concurrency(&settings.config, &aliases));
-    let gateway = EvalModel { gateway: gateway(router), store: std::sync::Arc::new(Store::open(store.path())?) };
+    let gateway = EvalModel {
+        gateway: gateway(router),
+        store: std::sync::Arc::new(Store::open(store.path())?),
+        config: config.map(Path::to_path_buf),
+        collections: Default::default(),
+    };
     let bar = std::io::stderr().is_terminal() && !args.json;
     let started = Instant::now();
     let progress = move |p: keel_eval::Progress| {

@@ -120,7 +120,7 @@ pub async fn ingest(config: Option<&Path>, args: IngestArgs<'_>) -> anyhow::Resu
 
 /// A collection of `root()` opened for queries with the model it was made with (or `model`),
 /// and the gateway set up for that model.
-async fn open_for_query(config: Option<&Path>, name: &str, model: Option<&str>, pull: bool) -> anyhow::Result<(Mutex<Collection>, Setup)> {
+pub(crate) async fn open_for_query(config: Option<&Path>, name: &str, model: Option<&str>, pull: bool) -> anyhow::Result<(Mutex<Collection>, Setup)> {
     let stored = keel_rag::stored_model(&root(), name).ok_or_else(|| keel_rag::Error::NoCollection(name.into()))?;
     let model = model.unwrap_or(&stored);
     let collection = Collection::open(&root(), name, model, false)?;

@@ -622,3 +622,47 @@ assert = [
     let out = keel(&dir, &["eval", "run", "missing.toml"]).await;
     assert!(out.status.code() == Some(1) && stderr(&out).contains("nope.toml"), "{}", stderr(&out));
 }
+
+/// A RAG collection as an eval target: `keel rag ask` answers from it (local embeddings, a
+/// writer behind the gateway), and the judge grades faithfulness to the passages it read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rag_collection_is_evaluated_with_its_passages_as_context() {
+    let dir = temp_dir("eval-rag");
+    let (upstream, _fake) = keel_server::fake::spawn(None).await.unwrap();
+    std::fs::create_dir_all(dir.join("docs")).unwrap();
+    std::fs::write(dir.join("docs/backups.md"), "# Backups\n\nNightly backups are kept for 35 days, then deleted.\n").unwrap();
+    std::fs::write(dir.join("docs/pager.md"), "# Pager\n\nThe on-call engineer answers pages within 15 minutes.\n").unwrap();
+    std::fs::write(
+        dir.join("keel.toml"),
+        format!("[providers.local]\nkind = \"local\"\n\n[providers.fake]\nkind = \"openai\"\nbase_url = \"http://{upstream}/v1\"\n\n[[models]]\nname = \"local-embed\"\nroutes = [{{ provider = \"local\", model = \"all-minilm-l6-v2\" }}]\n\n[[models]]\nname = \"answer\"\nroutes = [{{ provider = \"fake\", model = \"cite\" }}]\n\n[[models]]\nname = \"judge\"\nroutes = [{{ provider = \"fake\", model = \"gpt-4o\" }}]\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("rag.toml"),
+        "judge = \"judge\"\n[[targets]]\nrag = \"team\"\nmodel = \"answer\"\n[[tests]]\nvars = { messages = [{ role = \"user\", content = \"How long are nightly backups kept?\" }] }\nassert = [{ type = \"contains\", value = \"35 days\" }, { type = \"context-faithfulness\" }]\n",
+    )
+    .unwrap();
+    let cli = |args: &'static [&'static str]| {
+        let dir = dir.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                crate::keel().args(args).current_dir(&dir).env("KEEL_HOME", dir.join("home")).env("KEEL_MODELS_DIR", crate::cli::real_models_dir()).output().unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let out = cli(&["rag", "ingest", "docs", "-c", "team"]).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cli(&["eval", "run", "rag.toml", "--json"]).await;
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    let summary = json(&out);
+    assert_eq!((summary["passed"].as_u64(), summary["groups"][0]["target"].as_str()), (Some(1), Some("rag:team")), "{summary}");
+    let run = summary["run_id"].as_str().unwrap().to_string();
+    let shown = crate::keel().args(["eval", "show", &run, "--json"]).current_dir(&dir).env("KEEL_HOME", dir.join("home")).output().unwrap();
+    let grades = json(&shown)["cells"][0]["grades"].clone();
+    assert!(grades[1]["reason"].as_str().unwrap().starts_with("judge: "), "the judge read the passages: {grades}");
+    std::fs::write(dir.join("nope.toml"), "[[targets]]\nrag = \"nope\"\nmodel = \"answer\"\n[[tests]]\nvars = {}\n").unwrap();
+    let out = cli(&["eval", "run", "nope.toml"]).await;
+    assert!(out.status.code() == Some(1) && stderr(&out).contains("collection `nope` does not exist"), "{}", stderr(&out));
+}
