@@ -96,11 +96,11 @@ impl<'a> Cached<'a> {
     }
 
     /// Reads the cached answers of these requests (body, sample) in a few queries.
-    pub fn preload<'b>(&mut self, requests: impl Iterator<Item = (&'b Value, u32)>) {
+    pub fn preload(&mut self, requests: impl Iterator<Item = (Value, u32)>) {
         if !self.enabled {
             return;
         }
-        let keys: Vec<String> = requests.map(|(body, sample)| Cached::key(body, sample)).collect();
+        let keys: Vec<String> = requests.map(|(body, sample)| Cached::key(&body, sample)).collect();
         match self.store.cached_responses(&keys) {
             Ok(found) => self.preloaded = found,
             Err(err) => tracing::warn!("could not read the eval cache: {err}"),

@@ -185,22 +185,51 @@ impl PromptDef {
     /// The messages (OpenAI's shape: `{"role", "content"}`) the prompt renders to with
     /// `vars`. A variable it reads that `vars` lacks is an error naming it.
     pub fn render(&self, vars: &Map<String, Value>) -> Result<Vec<Value>> {
-        let missing: Vec<String> = self.variables().into_iter().filter(|name| !vars.contains_key(name)).collect();
+        self.compile()?.render(vars)
+    }
+
+    /// The prompt with its templates compiled once, to render many times (an eval's cells).
+    pub fn compile(&self) -> Result<Compiled<'_>> {
+        let mut env = environment();
+        for template in self.templates() {
+            // A template is named by its own text: equal texts are one template.
+            env.add_template(template, template).map_err(|e| Error::Invalid(describe(&e)))?;
+        }
+        Ok(Compiled { def: self, env, variables: self.variables() })
+    }
+}
+
+/// A [`PromptDef`] with its templates compiled.
+pub struct Compiled<'d> {
+    def: &'d PromptDef,
+    env: Environment<'d>,
+    variables: BTreeSet<String>,
+}
+
+impl std::fmt::Debug for Compiled<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiled").field("def", self.def).finish_non_exhaustive()
+    }
+}
+
+impl Compiled<'_> {
+    /// As [`PromptDef::render`].
+    pub fn render(&self, vars: &Map<String, Value>) -> Result<Vec<Value>> {
+        let missing: Vec<&String> = self.variables.iter().filter(|name| !vars.contains_key(*name)).collect();
         if !missing.is_empty() {
             let names = missing.iter().map(|name| format!("`{name}`")).collect::<Vec<_>>().join(", ");
             return Err(Error::MissingVariable(format!("the prompt needs variable{} {names}", if missing.len() > 1 { "s" } else { "" })));
         }
-        let env = environment();
-        let context = Value::Object(vars.clone());
+        let context = minijinja::Value::from_serialize(vars);
         let render = |template: &str| -> Result<String> {
-            let compiled = env.template_from_str(template).map_err(|e| Error::Invalid(describe(&e)))?;
+            let compiled = self.env.get_template(template).map_err(|e| Error::Invalid(describe(&e)))?;
             compiled.render(&context).map_err(|e| Error::MissingVariable(describe(&e)))
         };
-        if let Some(text) = &self.text {
+        if let Some(text) = &self.def.text {
             return Ok(vec![serde_json::json!({"role": "user", "content": render(text)?})]);
         }
         let mut out = Vec::new();
-        for message in &self.messages {
+        for message in &self.def.messages {
             match message {
                 PromptMessage::Message { role, content } => out.push(serde_json::json!({"role": role, "content": render(content)?})),
                 PromptMessage::Placeholder { placeholder } => match &vars[placeholder] {

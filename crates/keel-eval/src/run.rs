@@ -159,14 +159,17 @@ pub async fn run(store: &Store, spec: &Spec, model: &dyn Model, options: &Option
     let todo: Vec<Cell> = cells.iter().copied().filter(|c| !done.contains(&c.key())).collect();
     let resumed = cells.len() - todo.len();
     let mut cached = Cached::new(model, store, options.cache);
-    let bodies: Vec<Option<Value>> =
-        todo.iter().map(|cell| if spec.targets[cell.target].agent.is_some() || spec.targets[cell.target].rag.is_some() { None } else { request(spec, *cell).ok() }).collect();
-    cached.preload(todo.iter().zip(&bodies).filter_map(|(cell, body)| Some((body.as_ref()?, cell.repeat))));
-    drop(bodies);
+    let prompts = spec.prompts.iter().map(|p| p.def.compile()).collect::<Result<Vec<_>>>()?;
+    // The cached answers of the cells' requests, read ahead (requests are rendered again
+    // when sent: compiled templates are cheap, 20,000 request trees held at once are not).
+    let model_cell = |cell: &Cell| spec.targets[cell.target].agent.is_none() && spec.targets[cell.target].rag.is_none();
+    cached.preload(todo.iter().filter(|cell| model_cell(cell)).filter_map(|cell| Some((request(spec, &prompts, *cell).ok()?, cell.repeat))));
     let mut tally = Progress { done: resumed, total: cells.len(), resumed, ..Progress::default() };
     (options.progress)(tally);
     let concurrency = options.concurrency.max(1);
-    let mut results = futures_util::stream::iter(todo.into_iter().map(|cell| run_cell(spec, cell, &cached, &run.id))).buffer_unordered(concurrency);
+    let cached = &cached;
+    let mut results =
+        futures_util::stream::iter(todo.into_iter().map(|cell| run_cell(spec, cell, request(spec, &prompts, cell), cached, &run.id))).buffer_unordered(concurrency);
     let mut failure = None;
     // Finished cells are written in batches (a kill loses at most the last batch, which a
     // resume redoes), with the answers cached meanwhile.
@@ -214,13 +217,13 @@ pub async fn run(store: &Store, spec: &Spec, model: &dyn Model, options: &Option
     Ok(summary)
 }
 
-/// The request body a cell sends: the prompt rendered with the test's variables, the
-/// prompt's config, then the target's (the target wins).
-fn request(spec: &Spec, cell: Cell) -> Result<Value> {
+/// The request body a cell sends: the prompt (compiled: `prompts[cell.prompt]`) rendered
+/// with the test's variables, the prompt's config, then the target's (the target wins).
+fn request(spec: &Spec, prompts: &[crate::prompt::Compiled<'_>], cell: Cell) -> Result<Value> {
     let prompt = &spec.prompts[cell.prompt];
     let target = &spec.targets[cell.target];
     let test = &spec.tests[cell.test];
-    let messages = prompt.def.render(&test.vars)?;
+    let messages = prompts[cell.prompt].render(&test.vars)?;
     let mut body = Map::new();
     body.insert("model".into(), Value::String(target.alias.clone()));
     body.insert("messages".into(), Value::Array(messages));
@@ -235,7 +238,7 @@ fn request(spec: &Spec, cell: Cell) -> Result<Value> {
     Ok(Value::Object(body))
 }
 
-async fn run_cell(spec: &Spec, cell: Cell, model: &Cached<'_>, run_id: &str) -> EvalResult {
+async fn run_cell(spec: &Spec, cell: Cell, body: Result<Value>, model: &Cached<'_>, run_id: &str) -> EvalResult {
     let test = &spec.tests[cell.test];
     let mut result = EvalResult {
         run_id: run_id.to_string(),
@@ -249,7 +252,7 @@ async fn run_cell(spec: &Spec, cell: Cell, model: &Cached<'_>, run_id: &str) -> 
         created_ms: keel_core::now_ms(),
         ..EvalResult::default()
     };
-    let body = match request(spec, cell) {
+    let body = match body {
         Ok(body) => body,
         Err(err) => {
             result.error = Some(err.to_string());
@@ -449,7 +452,9 @@ assert = [{ type = "contains", value = "milk" }]
         store.create_eval_run(&record).unwrap();
         for cell in [Cell { prompt: 0, target: 0, test: 0, repeat: 0 }, Cell { prompt: 0, target: 0, test: 1, repeat: 0 }] {
             let cached = Cached::new(&model, &store, false);
-            store.insert_eval_result(&run_cell(&spec, cell, &cached, "killed").await).unwrap();
+            let prompts: Vec<_> = spec.prompts.iter().map(|p| p.def.compile().unwrap()).collect();
+            let body = request(&spec, &prompts, cell);
+            store.insert_eval_result(&run_cell(&spec, cell, body, &cached, "killed").await).unwrap();
         }
         assert_eq!(model.bodies().len(), 2);
         let summary = run(&store, &spec, &model, &options(false)).await.unwrap();

@@ -792,6 +792,15 @@ mod tests {
         assert!(!wrong.pass, "{wrong:?}");
         assert!(grade(&g(json!({"type": "trajectory", "value": {"sequence": ["search", "open"], "max_steps": 2}})), &case).await.pass);
         assert!(!grade(&g(json!({"type": "trajectory", "value": {"sequence": ["open", "search"]}})), &case).await.pass);
+        // assert-set: a group graded as one, with its own threshold.
+        let set = json!({"type": "assert-set", "threshold": 0.5, "assert": [
+            {"type": "tool-call", "value": ["search", "open"]}, {"type": "tool-call", "value": ["delete"]}
+        ]});
+        let graded = grade(&g(set.clone()), &case).await;
+        assert!(graded.pass && (graded.score - 0.5).abs() < 1e-9, "{graded:?}");
+        let mut strict = set;
+        strict["threshold"] = json!(0.9);
+        assert!(!grade(&g(strict), &case).await.pass);
     }
 
     #[test]
