@@ -6,8 +6,13 @@
 
 use serde_json::Value;
 
-pub fn validate(schema: &Value, value: &Value) -> Result<(), String> {
-    check(schema, schema, value, "")
+/// The first place a value breaks its schema, said as a model or a person should read it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Violation(pub String);
+
+pub fn validate(schema: &Value, value: &Value) -> Result<(), Violation> {
+    check(schema, schema, value, "").map_err(Violation)
 }
 
 /// A local `$ref` (`#/$defs/Name`, `#/definitions/Name`) resolved against the root schema.
@@ -175,7 +180,7 @@ mod tests {
         ];
         for (value, expected) in cases {
             let err = validate(&schema, &value).unwrap_err();
-            assert!(err.contains(expected), "{value}: {err}");
+            assert!(err.0.contains(expected), "{value}: {err}");
         }
     }
 
@@ -183,6 +188,6 @@ mod tests {
     fn any_of_needs_one_match() {
         let schema = json!({"anyOf": [{"type": "string"}, {"type": "integer"}]});
         assert!(validate(&schema, &json!(3)).is_ok());
-        assert!(validate(&schema, &json!(true)).unwrap_err().contains("none of the allowed shapes"));
+        assert!(validate(&schema, &json!(true)).unwrap_err().0.contains("none of the allowed shapes"));
     }
 }

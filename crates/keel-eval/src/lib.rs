@@ -5,6 +5,7 @@
 pub mod compare;
 pub mod dataset;
 pub mod finetune;
+pub mod judge;
 pub mod model;
 pub mod prompt;
 pub mod registry;

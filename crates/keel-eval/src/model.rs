@@ -117,7 +117,7 @@ impl<'a> Cached<'a> {
 
     /// The answer to `body`; `sample` > 0 keys a separate answer for the same request (an
     /// eval's repeats are samples of their own, not copies of the first).
-    pub async fn sample(&self, body: &Value, sample: u32) -> Result<Answer, String> {
+    pub(crate) async fn sample(&self, body: &Value, sample: u32) -> Result<Answer, String> {
         if !self.enabled {
             return self.inner.chat(body).await;
         }

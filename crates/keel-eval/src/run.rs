@@ -193,7 +193,7 @@ pub async fn run(store: &Store, spec: &Spec, model: &dyn Model, options: &Option
             batch.push(result);
         }
         if done || batch.len() >= 256 || flushed.elapsed() >= std::time::Duration::from_millis(200) {
-            if let Err(err) = write(&mut batch, &cached) {
+            if let Err(err) = write(&mut batch, cached) {
                 failure = Some(err);
                 break;
             }

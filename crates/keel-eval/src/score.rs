@@ -1,15 +1,13 @@
 //! Scorers: promptfoo's assertion vocabulary (`type`, `value`, `threshold`, `weight`,
 //! `metric`, a `not-` prefix on any type, `assert-set` groups) over one answer. The
-//! deterministic ones are computed here; the model-graded ones (`llm-rubric`, `factuality`,
-//! `model-graded-closedqa`, `answer-relevance`, `context-faithfulness`, `similar`) ask a
-//! judge through [`Model`]; `command` runs a program with the case as JSON on its standard
-//! input and reads `{score, pass, reason}` from its standard output.
+//! deterministic ones are computed here, `similar` through an embedding model; the
+//! model-graded ones and `command` are in [`crate::judge`].
 
 use std::collections::{HashMap, HashSet};
 
 use regex::Regex;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::model::{Answer, CallMade, Model};
 
@@ -83,14 +81,14 @@ pub const TYPES: &[&str] = &[
 ];
 
 /// Checks a type name up front, so a typo fails the eval before any model is called.
-pub fn check(assertion: &Assertion) -> Result<(), String> {
+pub fn check(assertion: &Assertion) -> Result<(), crate::Error> {
     let (base, _) = assertion.base();
     if !TYPES.contains(&base) {
         let hint = match base {
             "javascript" | "python" | "webhook" => " (keel runs no embedded code: use `command` with a script that reads JSON on stdin)",
             _ => "",
         };
-        return Err(format!("unknown assertion type `{}`{hint}; keel knows {}", assertion.kind, TYPES.join(", ")));
+        return Err(crate::Error::Invalid(format!("unknown assertion type `{}`{hint}; keel knows {}", assertion.kind, TYPES.join(", "))));
     }
     if base == "assert-set" {
         assertion.assert.iter().try_for_each(check)?;
@@ -157,10 +155,10 @@ pub async fn grade(assertion: &Assertion, case: &Case<'_>) -> Grade {
     Grade { kind: assertion.kind.clone(), pass, score, reason, weight: assertion.weight(), metric: assertion.metric.clone() }
 }
 
-struct Outcome {
-    pass: bool,
-    score: f64,
-    reason: String,
+pub(crate) struct Outcome {
+    pub(crate) pass: bool,
+    pub(crate) score: f64,
+    pub(crate) reason: String,
 }
 
 impl Outcome {
@@ -307,21 +305,21 @@ async fn score(kind: &str, assertion: &Assertion, case: &Case<'_>) -> Result<Out
             let expected = text_value(value, kind)?;
             // The embedding model: the assertion's `provider`, else keel's local one (the
             // eval's judge is a chat model, not an embedder).
-            let alias = named_provider(assertion)?.unwrap_or_else(|| "local-embed".into());
+            let alias = crate::judge::named_provider(assertion)?.unwrap_or_else(|| "local-embed".into());
             let texts = [output.to_string(), expected];
             let vectors = case.model.embed(&alias, &texts).await.map_err(|e| format!("`similar` through `{alias}`: {e}"))?;
             let [a, b] = vectors.as_slice() else { return Err(format!("`similar`: `{alias}` returned {} vectors for 2 texts", vectors.len())) };
             Outcome::at_least(cosine(a, b), assertion.threshold.unwrap_or(0.75), "cosine similarity")
         }
         "llm-rubric" | "factuality" | "model-graded-closedqa" | "answer-relevance" | "context-faithfulness" => {
-            judged(kind, assertion, value, case).await
+            crate::judge::judged(kind, assertion, value, case).await
         }
-        "command" => command(value, case).await,
+        "command" => crate::judge::command(value, case).await,
         _ => Err(format!("unknown assertion type `{kind}`")),
     }
 }
 
-fn clip(text: &str) -> String {
+pub(crate) fn clip(text: &str) -> String {
     if text.chars().count() <= 80 { text.to_string() } else { format!("{}…", text.chars().take(80).collect::<String>()) }
 }
 
@@ -346,7 +344,7 @@ fn json_against(value: &Value, schema: Option<Value>) -> Result<Outcome, String>
 }
 
 /// The first JSON object or array inside a text (a fenced block or prose around it).
-fn first_json(text: &str) -> Option<Value> {
+pub(crate) fn first_json(text: &str) -> Option<Value> {
     for (start, c) in text.char_indices() {
         if c != '{' && c != '[' {
             continue;
@@ -552,164 +550,10 @@ fn trajectory(value: Option<Value>, made: &[CallMade]) -> Result<Outcome, String
     Outcome::bool(problems.is_empty(), format!("the path {names:?} fits"), problems.join("; "))
 }
 
-/// The alias an assertion's `provider` names, if it names one.
-fn named_provider(assertion: &Assertion) -> Result<Option<String>, String> {
-    Ok(match &assertion.provider {
-        Some(Value::String(alias)) => Some(crate::spec::alias_of(alias)?),
-        Some(Value::Object(o)) => o.get("id").and_then(Value::as_str).map(crate::spec::alias_of).transpose()?,
-        _ => None,
-    })
-}
-
-fn judge_alias(assertion: &Assertion, case: &Case<'_>, kind: &str) -> Result<String, String> {
-    named_provider(assertion)?.or_else(|| case.judge.map(str::to_string)).ok_or_else(|| {
-        format!("`{kind}` needs a judge: set `provider` on the assertion or `judge = \"ALIAS\"` in the eval file")
-    })
-}
-
-/// The schema every judge answers in; on the local model it is grammar-constrained.
-pub fn verdict_schema() -> Value {
-    json!({
-        "type": "object",
-        "properties": {
-            "reason": {"type": "string"},
-            "score": {"type": "number", "minimum": 0, "maximum": 1},
-            "pass": {"type": "boolean"}
-        },
-        "required": ["reason", "score", "pass"],
-        "additionalProperties": false
-    })
-}
-
-/// What the judge is asked, by type: (what it is grading against, the instructions).
-fn judge_prompt(kind: &str, value: Option<&str>, case: &Case<'_>) -> Result<(String, String), String> {
-    let expected = || -> Result<String, String> {
-        value
-            .map(str::to_string)
-            .or_else(|| case.expected.map(|e| e.as_str().map_or_else(|| e.to_string(), str::to_string)))
-            .ok_or_else(|| format!("`{kind}` needs the reference answer as its `value` (or the row's `expected`)"))
-    };
-    let question = || {
-        ["question", "query", "input", "prompt"]
-            .iter()
-            .find_map(|k| case.vars.get(*k).and_then(Value::as_str).map(str::to_string))
-            .unwrap_or_else(|| Value::Object(case.vars.clone()).to_string())
-    };
-    Ok(match kind {
-        "llm-rubric" => (
-            format!("Rubric:\n{}", value.ok_or("`llm-rubric` needs the rubric as its `value`")?),
-            "Grade the output against the rubric. pass is true only when the output meets the rubric; score is how well, from 0 to 1.".into(),
-        ),
-        "factuality" => (
-            format!("Question:\n{}\n\nReference answer:\n{}", question(), expected()?),
-            "Decide whether the output is factually consistent with the reference answer: it may add detail or phrase things differently, but must not contradict it or leave out what the question asks. pass is true when consistent.".into(),
-        ),
-        "model-graded-closedqa" => (
-            format!("Question:\n{}\n\nCriterion:\n{}", question(), expected()?),
-            "Decide whether the output answers the question and meets the criterion. pass is true when it does.".into(),
-        ),
-        "answer-relevance" => (
-            format!("Question:\n{}", question()),
-            "Decide whether the output answers this question directly, without going off topic. score is its relevance from 0 to 1.".into(),
-        ),
-        _ => (
-            format!(
-                "Context:\n{}",
-                value
-                    .map(str::to_string)
-                    .or_else(|| case.vars.get("context").map(|c| c.as_str().map_or_else(|| c.to_string(), str::to_string)))
-                    .or_else(|| case.answer.context.clone())
-                    .ok_or("`context-faithfulness` needs the context: its `value`, a `context` variable, or a RAG target's passages")?
-            ),
-            "Decide whether every claim in the output is supported by the context. score is the share of supported claims; pass is true when all are.".into(),
-        ),
-    })
-}
-
-async fn judged(kind: &str, assertion: &Assertion, value: Option<Value>, case: &Case<'_>) -> Result<Outcome, String> {
-    let alias = judge_alias(assertion, case, kind)?;
-    let value = value.map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string));
-    let (against, instructions) = judge_prompt(kind, value.as_deref(), case)?;
-    let system = format!(
-        "You are an impartial grader. {instructions} Answer only with JSON: {{\"reason\": one sentence, \"score\": a number from 0 to 1, \"pass\": true or false}}."
-    );
-    let user = format!("{against}\n\nOutput to grade:\n<output>\n{}\n</output>", case.answer.text);
-    let body = json!({
-        "model": alias,
-        "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
-        "temperature": 0,
-        "response_format": {"type": "json_schema", "json_schema": {"name": "verdict", "schema": verdict_schema(), "strict": true}},
-    });
-    let answer = case.model.chat(&body).await.map_err(|e| format!("the judge `{alias}` failed: {e}"))?;
-    let verdict: Value = first_json(&answer.text).ok_or_else(|| format!("the judge `{alias}` did not answer JSON: {}", clip(&answer.text)))?;
-    let score = verdict.get("score").and_then(Value::as_f64).map(|s| s.clamp(0.0, 1.0));
-    let pass = verdict.get("pass").and_then(Value::as_bool);
-    let reason = verdict.get("reason").and_then(Value::as_str).unwrap_or("").to_string();
-    let (pass, score) = match (pass, score) {
-        (Some(p), Some(s)) => (p, s),
-        (Some(p), None) => (p, if p { 1.0 } else { 0.0 }),
-        (None, Some(s)) => (s >= 0.5, s),
-        (None, None) => return Err(format!("the judge `{alias}` answered neither pass nor score: {}", clip(&answer.text))),
-    };
-    let pass = match assertion.threshold {
-        Some(threshold) => score >= threshold,
-        None => pass,
-    };
-    Ok(Outcome { pass, score, reason: format!("{alias}: {reason}") })
-}
-
-/// `command`: the value is a program and its arguments (a list, or a text split on
-/// whitespace); it gets `{output, vars, expected, tool_calls}` on stdin and answers
-/// `{score, pass, reason}` (or a bare number: the score, pass when ≥ 0.5).
-async fn command(value: Option<Value>, case: &Case<'_>) -> Result<Outcome, String> {
-    let argv: Vec<String> = match value {
-        Some(Value::Array(items)) => items.iter().map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string)).collect(),
-        Some(Value::String(text)) => text.split_whitespace().map(str::to_string).collect(),
-        _ => return Err("`command` needs the program to run as its `value`".into()),
-    };
-    let (program, args) = argv.split_first().ok_or("`command` needs the program to run as its `value`")?;
-    let input = json!({
-        "output": case.answer.text,
-        "vars": case.vars,
-        "expected": case.expected,
-        "tool_calls": case.answer.tool_calls,
-    });
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| format!("`command` could not run {program}: {e}"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        use tokio::io::AsyncWriteExt;
-        let _ = stdin.write_all(input.to_string().as_bytes()).await;
-    }
-    let out = child.wait_with_output().await.map_err(|e| format!("`command` {program}: {e}"))?;
-    if !out.status.success() {
-        return Err(format!("`command` {program} exited with {}: {}", out.status, clip(String::from_utf8_lossy(&out.stderr).trim())));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    let answer: Value = serde_json::from_str(text.trim()).map_err(|_| format!("`command` {program} printed {:?}, not JSON", clip(text.trim())))?;
-    if let Some(score) = answer.as_f64() {
-        return Ok(Outcome { pass: score >= 0.5, score, reason: format!("{program} scored {score}") });
-    }
-    let score = answer.get("score").and_then(Value::as_f64);
-    let pass = answer.get("pass").and_then(Value::as_bool);
-    let reason = answer.get("reason").and_then(Value::as_str).unwrap_or("").to_string();
-    match (pass, score) {
-        (None, None) => Err(format!("`command` {program} answered neither `pass` nor `score`")),
-        (p, s) => {
-            let score = s.unwrap_or(if p == Some(true) { 1.0 } else { 0.0 });
-            Ok(Outcome { pass: p.unwrap_or(score >= 0.5), score, reason })
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
     use crate::model::tests::Scripted;
 
     fn answer(text: &str) -> Answer {
@@ -810,56 +654,6 @@ mod tests {
         assert_eq!(verdict(&[g(true, 3.0), g(false, 1.0)], Some(0.7)), (true, 0.75));
         assert_eq!(verdict(&[g(true, 1.0), g(false, 0.0)], None), (true, 1.0));
         let unknown = Assertion { kind: "javascript".into(), value: None, threshold: None, weight: None, metric: None, provider: None, assert: vec![] };
-        assert!(check(&unknown).unwrap_err().contains("command"));
-    }
-
-    #[tokio::test]
-    async fn the_judge_answers_through_the_model_and_a_command_through_stdin() {
-        let model = Scripted::answering(r#"{"reason": "polite", "score": 0.9, "pass": true}"#);
-        let a = answer("Thank you for asking!");
-        let vars = Map::new();
-        let case = Case { answer: &a, vars: &vars, expected: None, judge: Some("judge"), model: &model };
-        let rubric: Assertion = serde_json::from_value(json!({"type": "llm-rubric", "value": "is polite"})).unwrap();
-        let grade = grade(&rubric, &case).await;
-        assert!(grade.pass && grade.score == 0.9 && grade.reason.contains("polite"), "{grade:?}");
-        let sent = model.bodies();
-        assert_eq!(sent[0]["model"], "judge");
-        assert_eq!(sent[0]["response_format"]["json_schema"]["schema"], verdict_schema());
-        let script: Assertion = serde_json::from_value(json!({
-            "type": "command",
-            "value": ["sh", "-c", "grep -q Thank && echo '{\"pass\": true, \"score\": 1, \"reason\": \"thanked\"}'"]
-        }))
-        .unwrap();
-        let graded = super::grade(&script, &case).await;
-        assert!(graded.pass && graded.reason == "thanked", "{graded:?}");
-    }
-
-    #[tokio::test]
-    async fn each_judged_type_shows_the_judge_what_it_grades_against() {
-        let model = Scripted::answering(r#"{"reason": "ok", "score": 0.4, "pass": false}"#);
-        let mut a = answer("Paris, the capital.");
-        a.context = Some("[1] Paris is the capital of France.".into());
-        let vars = json!({"question": "What is the capital of France?"}).as_object().unwrap().clone();
-        let expected = json!("Paris");
-        let case = Case { answer: &a, vars: &vars, expected: Some(&expected), judge: Some("judge"), model: &model };
-        for (kind, shows) in [
-            ("factuality", "Reference answer:\nParis"),
-            ("model-graded-closedqa", "Criterion:\nParis"),
-            ("answer-relevance", "Question:\nWhat is the capital of France?"),
-            ("context-faithfulness", "Context:\n[1] Paris is the capital of France."),
-        ] {
-            let assertion: Assertion = serde_json::from_value(json!({"type": kind, "threshold": 0.3})).unwrap();
-            let graded = grade(&assertion, &case).await;
-            assert!(graded.pass && graded.score == 0.4, "{kind}: a threshold decides over the judge's pass: {graded:?}");
-            let sent = model.bodies().pop().unwrap();
-            let user = sent["messages"][1]["content"].as_str().unwrap().to_string();
-            assert!(user.contains(shows) && user.contains("<output>\nParis, the capital.\n</output>"), "{kind}: {user}");
-        }
-        let none = Case { answer: &answer("x"), vars: &Map::new(), expected: None, judge: Some("judge"), model: &model };
-        let missing = grade(&serde_json::from_value(json!({"type": "factuality"})).unwrap(), &none).await;
-        assert!(!missing.pass && missing.reason.contains("reference answer"), "{missing:?}");
-        let no_judge = Case { judge: None, ..none };
-        let graded = grade(&serde_json::from_value(json!({"type": "llm-rubric", "value": "x"})).unwrap(), &no_judge).await;
-        assert!(graded.reason.contains("needs a judge"), "{graded:?}");
+        assert!(check(&unknown).unwrap_err().to_string().contains("command"));
     }
 }

@@ -241,16 +241,16 @@ fn is_yaml(path: &Path) -> bool {
 
 /// A provider id as a keel alias: promptfoo's `openai:chat:NAME`, `openai:NAME`,
 /// `anthropic:messages:NAME`, keel's `keel:NAME`, or a bare alias.
-pub fn alias_of(id: &str) -> std::result::Result<String, String> {
+pub fn alias_of(id: &str) -> Result<String> {
     for prefix in ["openai:chat:", "openai:responses:", "openai:", "anthropic:messages:", "anthropic:", "keel:"] {
         if let Some(alias) = id.strip_prefix(prefix) {
             return Ok(alias.to_string());
         }
     }
     if id.contains(':') || id.starts_with("file://") || id.starts_with("http") {
-        return Err(format!(
+        return Err(Error::Invalid(format!(
             "provider `{id}`: keel calls models through its gateway, so name a model alias (`fast`, `keel:fast` or `openai:chat:fast`)"
-        ));
+        )));
     }
     Ok(id.to_string())
 }
@@ -394,7 +394,7 @@ fn compile(raw: RawSpec, base: &Path, name: String, store: &Store, label: Option
                 (id, item.label, item.config)
             }
         };
-        let alias = alias_of(&id).map_err(Error::Invalid)?;
+        let alias = alias_of(&id)?;
         let mut request = Map::new();
         for (key, value) in config {
             // promptfoo's camelCase options, as the request fields they set.
@@ -420,7 +420,7 @@ fn compile(raw: RawSpec, base: &Path, name: String, store: &Store, label: Option
         _ => None,
     });
     spec.judge = match raw.judge.or(judge) {
-        Some(id) => Some(alias_of(&id).map_err(Error::Invalid)?),
+        Some(id) => Some(alias_of(&id)?),
         None => None,
     };
     let make = |test: RawTest, from_file: bool| -> Result<TestSpec> {
@@ -472,7 +472,7 @@ fn compile(raw: RawSpec, base: &Path, name: String, store: &Store, label: Option
     }
     for test in &spec.tests {
         for assertion in &test.assert {
-            score::check(assertion).map_err(Error::Invalid)?;
+            score::check(assertion)?;
         }
     }
     let options = raw.evaluate_options;

@@ -10,7 +10,6 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use futures_util::future::BoxFuture;
 use keel_core::config::OnlineEval;
@@ -84,11 +83,12 @@ impl std::fmt::Debug for Online {
 
 impl Online {
     /// Reads each evaluator's assertion; an unknown type is an error naming the evaluator.
-    pub fn new(config: &[OnlineEval]) -> Result<Online, String> {
+    pub fn new(config: &[OnlineEval]) -> Result<Online, keel_eval::Error> {
         let mut evaluators = Vec::new();
         for online in config {
-            let assertion: Assertion = serde_json::from_value(online.assert.clone()).map_err(|e| format!("evals.online `{}`: assert: {e}", online.name))?;
-            score::check(&assertion).map_err(|e| format!("evals.online `{}`: {e}", online.name))?;
+            let invalid = |e: &dyn std::fmt::Display| keel_eval::Error::Invalid(format!("evals.online `{}`: {e}", online.name));
+            let assertion: Assertion = serde_json::from_value(online.assert.clone()).map_err(|e| invalid(&format!("assert: {e}")))?;
+            score::check(&assertion).map_err(|e| invalid(&e))?;
             evaluators.push((online.clone(), assertion));
         }
         Ok(Online { evaluators })
@@ -183,7 +183,7 @@ pub async fn feedback(State(app): State<App>, body: Result<Bytes, BytesRejection
         Err(err) => return err.into_response(),
     };
     match store_feedback(&app, body).await {
-        Ok(score) => (StatusCode::CREATED, Json(json!({"id": score.id, "trace_id": score.trace_id, "name": score.name}))).into_response(),
+        Ok(score) => Json(json!({"id": score.id, "trace_id": score.trace_id, "name": score.name})).into_response(),
         Err(err) => err.into_response(),
     }
 }

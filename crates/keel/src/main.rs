@@ -117,7 +117,7 @@ enum Command {
     /// production traces (PII redacted); every change makes a new immutable version.
     Datasets {
         #[command(subcommand)]
-        command: cli::evals::DatasetsCommand,
+        command: cli::datasets::DatasetsCommand,
     },
     /// Evals: run an eval file (keel TOML or promptfoo YAML) over prompts × models × test
     /// cases with deterministic and LLM-judge scorers; cached, resumable, CI exit codes.
@@ -128,7 +128,7 @@ enum Command {
     /// Export data: fine-tuning JSONL from scored traces and passing eval cells.
     Export {
         #[command(subcommand)]
-        command: cli::evals::ExportCommand,
+        command: cli::datasets::ExportCommand,
     },
     /// Score a trace (as `POST /v1/feedback` does): VALUE is a number, true/false or a
     /// category. Scores show in `keel traces` and filter exports (`--min-score NAME=VALUE`).
@@ -202,10 +202,10 @@ fn main() -> std::process::ExitCode {
             Command::Runs { command } => cli::agents::runs(config, command).await,
             Command::Memory { command } => cli::memory::run(config, command).await,
             Command::Prompts { command } => cli::prompts::run(config, command),
-            Command::Datasets { command } => cli::evals::datasets(config, command),
+            Command::Datasets { command } => cli::datasets::datasets(config, command),
             Command::Eval { command } => cli::evals::eval(config, command).await,
-            Command::Export { command } => cli::evals::export(config, command),
-            Command::Feedback { trace, name, value, comment } => cli::evals::feedback(config, &trace, &name, &value, comment),
+            Command::Export { command } => cli::datasets::export(config, command),
+            Command::Feedback { trace, name, value, comment } => cli::datasets::feedback(config, &trace, &name, &value, comment),
             Command::Rag { command } => cli::rag::run(config, command).await,
             Command::Mcp { command } => cli::mcp::run(config, command).await,
             Command::FakeUpstream { listen, key } => cli::gateway::fake_upstream(listen, key).await,

@@ -501,7 +501,7 @@ impl Runner {
             if let Some(schema) = &agent.def.output_schema {
                 let checked = serde_json::from_str::<serde_json::Value>(&answer)
                     .map_err(|e| format!("it is not JSON: {e}"))
-                    .and_then(|value| schema::validate(schema, &value));
+                    .and_then(|value| schema::validate(schema, &value).map_err(|e| e.to_string()));
                 if let Err(err) = checked {
                     return self.end(live, &state, RunStatus::Failed, Some(answer), Some(format!("the final answer does not match output_schema: {err}")));
                 }

@@ -3,6 +3,7 @@
 
 pub mod agents;
 pub mod bench;
+pub mod datasets;
 pub mod detector;
 pub mod evals;
 pub mod gateway;

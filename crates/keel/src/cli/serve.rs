@@ -42,7 +42,7 @@ pub async fn run(config: Option<&Path>, listen: Option<SocketAddr>, pull: bool) 
         }
     };
     let writer = TraceWriter::spawn(store.clone(), config.store.trace_buffer);
-    let online = keel_server::evals::Online::new(&config.evals.online).map_err(anyhow::Error::msg)?;
+    let online = keel_server::evals::Online::new(&config.evals.online)?;
     let app = Arc::new(AppState {
         router,
         traces: writer.sink(),
