@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use keel_store::{EvalResult, EvalRunRecord, Store};
 
-use crate::model::{Answer, Cached, Model, request_key};
+use crate::model::{Answer, Cached, Model};
 use crate::score::{self, Case, Grade};
 use crate::spec::Spec;
 use crate::{Error, Result};
@@ -121,13 +121,19 @@ impl Cell {
 
 /// The run key: a hash of the compiled spec (pinned versions included).
 pub fn run_key(spec: &Spec) -> String {
-    request_key(&serde_json::to_value(spec).unwrap_or(Value::Null))
+    key_of(&serde_json::to_string(spec).unwrap_or_default())
+}
+
+fn key_of(spec_json: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(spec_json.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Runs (or resumes) `spec` and returns its summary.
 pub async fn run(store: &Store, spec: &Spec, model: &dyn Model, options: &Options) -> Result<Summary> {
-    let key = run_key(spec);
+    // One serialisation (not a JSON tree: 20,000 cases make a large one) for the key and the record.
     let spec_json = serde_json::to_string(spec).map_err(|e| Error::Invalid(e.to_string()))?;
+    let key = key_of(&spec_json);
     let cells: Vec<Cell> = (0..spec.prompts.len())
         .flat_map(|prompt| {
             (0..spec.targets.len()).flat_map(move |target| {
