@@ -6,7 +6,8 @@ use std::process::Stdio;
 
 use crate::{config, keel, run, temp_dir};
 
-const AGENT: &str = r#"
+/// An agent with one command tool that appends to `ws/effects.log` (the eval tests run it too).
+pub(crate) const AGENT: &str = r#"
 name = "clerk"
 model = "brain"
 instructions = "You file entries with the record tool."

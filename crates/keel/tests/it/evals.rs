@@ -578,21 +578,7 @@ assert = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_is_evaluated_by_its_answer_and_its_tool_calls() {
     let (dir, _fake) = setup("eval-agent", &[("brain", "gpt-4o-mini")]).await;
-    std::fs::write(
-        dir.join("clerk.toml"),
-        r#"
-name = "clerk"
-model = "brain"
-instructions = "You file entries with the record tool."
-workspace = "ws"
-
-[tools.record]
-description = "Record an entry in the ledger"
-command = ["sh", "-c", "cat >> \"$KEEL_WORKSPACE/effects.log\"; echo >> \"$KEEL_WORKSPACE/effects.log\"; echo recorded"]
-parameters = { type = "object", properties = { entry = { type = "string" } }, required = ["entry"] }
-"#,
-    )
-    .unwrap();
+    std::fs::write(dir.join("clerk.toml"), crate::agents::AGENT).unwrap();
     std::fs::write(
         dir.join("agent-eval.toml"),
         r#"
