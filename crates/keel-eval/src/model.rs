@@ -17,6 +17,16 @@ pub struct CallMade {
     pub arguments: Value,
 }
 
+impl From<&keel_core::ToolCall> for CallMade {
+    /// A call as the model made it, its arguments parsed where they are JSON.
+    fn from(call: &keel_core::ToolCall) -> CallMade {
+        CallMade {
+            name: call.name.clone(),
+            arguments: serde_json::from_str(&call.arguments).unwrap_or_else(|_| Value::String(call.arguments.clone())),
+        }
+    }
+}
+
 /// What a target answered.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Answer {

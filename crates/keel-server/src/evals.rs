@@ -36,15 +36,7 @@ impl Model for RouterModel {
             let started = std::time::Instant::now();
             let (result, info) = self.router.chat(&request).await;
             let response = result.map_err(|e| keel_llm::scrub_secrets(&e.to_string(), None))?;
-            let tool_calls = response
-                .message
-                .tool_calls
-                .iter()
-                .map(|call| CallMade {
-                    name: call.name.clone(),
-                    arguments: serde_json::from_str(&call.arguments).unwrap_or_else(|_| Value::String(call.arguments.clone())),
-                })
-                .collect();
+            let tool_calls = response.message.tool_calls.iter().map(CallMade::from).collect();
             Ok(Answer {
                 text: response.message.text_content(),
                 tool_calls,

@@ -153,10 +153,7 @@ impl Model for EvalModel {
             // Every event of the run was sent before it returned.
             while let Ok(event) = rx.try_recv() {
                 if let keel_agent::RunEvent::ModelCall { tool_calls: calls, .. } = event {
-                    tool_calls.extend(calls.into_iter().map(|call| keel_eval::CallMade {
-                        name: call.name,
-                        arguments: serde_json::from_str(&call.arguments).unwrap_or(Value::String(call.arguments)),
-                    }));
+                    tool_calls.extend(calls.iter().map(keel_eval::CallMade::from));
                 }
             }
             match outcome.status {
