@@ -153,11 +153,10 @@ pub async fn run(store: &Store, spec: &Spec, model: &dyn Model, options: &Option
                 created_ms: now,
                 updated_ms: now,
                 status: "running".into(),
-                spec: spec_json,
                 cells: cells.len() as u64,
                 summary: None,
             };
-            store.create_eval_run(&run)?;
+            store.create_eval_run(&run, &spec_json)?;
             run
         }
     };
@@ -451,11 +450,10 @@ assert = [{ type = "contains", value = "milk" }]
             created_ms: 1,
             updated_ms: 1,
             status: "running".into(),
-            spec: "{}".into(),
             cells: 4,
             summary: None,
         };
-        store.create_eval_run(&record).unwrap();
+        store.create_eval_run(&record, "{}").unwrap();
         for cell in [Cell { prompt: 0, target: 0, test: 0, repeat: 0 }, Cell { prompt: 0, target: 0, test: 1, repeat: 0 }] {
             let cached = Cached::new(&model, &store, false);
             let prompts: Vec<_> = spec.prompts.iter().map(|p| p.def.compile().unwrap()).collect();

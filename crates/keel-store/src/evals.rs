@@ -51,7 +51,6 @@ pub struct EvalRunRecord {
     pub updated_ms: i64,
     /// `running`, `finished` or `failed`.
     pub status: String,
-    pub spec: String,
     pub cells: u64,
     pub summary: Option<String>,
 }
@@ -223,15 +222,26 @@ impl Store {
         Ok((chosen, rows))
     }
 
-    pub fn create_eval_run(&self, run: &EvalRunRecord) -> Result<()> {
-        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        conn.execute(
-            "INSERT INTO eval_runs (id, name, key, created_ms, updated_ms, status, spec, cells, summary)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![run.id, run.name, run.key, run.created_ms, run.updated_ms, run.status, run.spec, run.cells as i64, run.summary],
+    /// Stores a new run and `spec`, the JSON of what it runs ([`Store::eval_run_spec`]).
+    pub fn create_eval_run(&self, run: &EvalRunRecord, spec: &str) -> Result<()> {
+        let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tx = conn.transaction().map_err(|e| self.err(e))?;
+        tx.execute(
+            "INSERT INTO eval_runs (id, name, key, created_ms, updated_ms, status, cells, summary) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![run.id, run.name, run.key, run.created_ms, run.updated_ms, run.status, run.cells as i64, run.summary],
         )
         .map_err(|e| self.err(e))?;
-        Ok(())
+        tx.execute("INSERT OR REPLACE INTO eval_specs (run_id, spec) VALUES (?1, ?2)", params![run.id, spec]).map_err(|e| self.err(e))?;
+        tx.commit().map_err(|e| self.err(e))
+    }
+
+    /// The spec JSON run `id` was created with.
+    pub fn eval_run_spec(&self, id: &str) -> Result<String> {
+        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        conn.prepare_cached("SELECT spec FROM eval_specs WHERE run_id = ?1")
+            .and_then(|mut stmt| stmt.query_row([id], |row| row.get(0)).optional())
+            .map_err(|e| self.err(e))?
+            .ok_or_else(|| Error::NotFound(format!("no spec for eval run `{id}`")))
     }
 
     /// The newest run with `key` that did not finish, to resume.
@@ -257,7 +267,7 @@ impl Store {
     fn query_eval_runs(&self, tail: &str, param: impl rusqlite::ToSql) -> Result<Vec<EvalRunRecord>> {
         let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut stmt = conn
-            .prepare(&format!("SELECT id, name, key, created_ms, updated_ms, status, spec, cells, summary FROM eval_runs {tail}"))
+            .prepare(&format!("SELECT id, name, key, created_ms, updated_ms, status, cells, summary FROM eval_runs {tail}"))
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([param], |row| {
@@ -268,9 +278,8 @@ impl Store {
                     created_ms: row.get(3)?,
                     updated_ms: row.get(4)?,
                     status: row.get(5)?,
-                    spec: row.get(6)?,
-                    cells: row.get::<_, i64>(7)? as u64,
-                    summary: row.get(8)?,
+                    cells: row.get::<_, i64>(6)? as u64,
+                    summary: row.get(7)?,
                 })
             })
             .map_err(|e| self.err(e))?;
@@ -515,11 +524,11 @@ mod tests {
             created_ms: 1,
             updated_ms: 1,
             status: "running".into(),
-            spec: "{}".into(),
             cells: 2,
             summary: None,
         };
-        store.create_eval_run(&run).unwrap();
+        store.create_eval_run(&run, "{}").unwrap();
+        assert_eq!(store.eval_run_spec(&run.id).unwrap(), "{}");
         store.insert_eval_result(&EvalResult { run_id: "r1".into(), cell: "a".into(), pass: true, score: 1.0, ..EvalResult::default() }).unwrap();
         assert_eq!(store.unfinished_eval_run("k").unwrap().map(|r| r.id), Some("r1".into()));
         assert_eq!(store.eval_results("r1").unwrap().len(), 1);

@@ -236,6 +236,15 @@ CREATE TABLE scores (
     created_ms INTEGER NOT NULL
 );
 CREATE INDEX scores_trace ON scores (trace_id, name);
+", "
+-- An eval run's spec (megabytes for a large dataset) in a table of its own: a row that held
+-- it was rewritten whole, overflow pages and all, each time the run's progress was stored.
+CREATE TABLE eval_specs (
+    run_id TEXT PRIMARY KEY,
+    spec TEXT NOT NULL
+);
+INSERT INTO eval_specs (run_id, spec) SELECT id, spec FROM eval_runs;
+ALTER TABLE eval_runs DROP COLUMN spec;
 "];
 
 /// One model call as keel saw it.

@@ -412,7 +412,7 @@ pub fn export(config: Option<&Path>, command: ExportCommand) -> anyhow::Result<(
     let mut eval_runs = Vec::new();
     for run in &evals {
         let record = store.eval_run(run)?;
-        let spec: keel_eval::Spec = serde_json::from_str(&record.spec).with_context(|| format!("eval run {} has a spec this keel cannot read", record.id))?;
+        let spec: keel_eval::Spec = serde_json::from_str(&store.eval_run_spec(&record.id)?).with_context(|| format!("eval run {} has a spec this keel cannot read", record.id))?;
         let mut taken = 0;
         for result in store.eval_results(&record.id)?.iter().filter(|r| r.pass && r.error.is_none()) {
             match finetune::from_eval(&spec, result) {
