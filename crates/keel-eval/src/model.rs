@@ -77,7 +77,7 @@ pub trait Model: Send + Sync {
 /// The cache key of a request: a SHA-256 of its exact JSON.
 pub fn request_key(body: &Value) -> String {
     let digest = Sha256::digest(body.to_string().as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
+    keel_core::hex(&digest)
 }
 
 /// A [`Model`] whose successful chat answers are kept in the store's response cache; errors
@@ -107,14 +107,27 @@ impl<'a> Cached<'a> {
 
     /// Reads the cached answers of these requests (body, sample) in a few queries.
     pub fn preload(&mut self, requests: impl Iterator<Item = (Value, u32)>) {
+        let _ = self.preload_keyed(requests);
+    }
+
+    /// [`Cached::preload`], returning each request's cache key (None with the cache off), for
+    /// [`Cached::preloaded`] to answer without rendering the request again.
+    pub(crate) fn preload_keyed(&mut self, requests: impl Iterator<Item = (Value, u32)>) -> Vec<Option<String>> {
         if !self.enabled {
-            return;
+            return requests.map(|_| None).collect();
         }
         let keys: Vec<String> = requests.map(|(body, sample)| Cached::key(&body, sample)).collect();
         match self.store.cached_responses(&keys) {
             Ok(found) => self.preloaded = found,
             Err(err) => tracing::warn!("could not read the eval cache: {err}"),
         }
+        keys.into_iter().map(Some).collect()
+    }
+
+    /// The answer read ahead for cache key `key`, if there was one.
+    pub(crate) fn preloaded(&self, key: &str) -> Option<Answer> {
+        let found = serde_json::from_str::<Answer>(self.preloaded.get(key)?).ok()?;
+        Some(Answer { cached: true, ..found })
     }
 
     /// Writes the answers cached since the last flush, in one transaction.

@@ -126,7 +126,7 @@ pub fn run_key(spec: &Spec) -> String {
 
 fn key_of(spec_json: &str) -> String {
     use sha2::Digest;
-    sha2::Sha256::digest(spec_json.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    keel_core::hex(&sha2::Sha256::digest(spec_json.as_bytes()))
 }
 
 /// Runs (or resumes) `spec` and returns its summary.
@@ -168,13 +168,32 @@ pub async fn run(store: &Store, spec: &Spec, model: &dyn Model, options: &Option
     // The cached answers of the cells' requests, read ahead (requests are rendered again
     // when sent: compiled templates are cheap, 20,000 request trees held at once are not).
     let model_cell = |cell: &Cell| spec.targets[cell.target].agent.is_none() && spec.targets[cell.target].rag.is_none();
-    cached.preload(todo.iter().filter(|cell| model_cell(cell)).filter_map(|cell| Some((request(spec, &prompts, *cell).ok()?, cell.repeat))));
+    // Each model cell's cache key, computed once: a cell answered from the cache is not rendered again.
+    let mut keyed: Vec<Option<String>> = vec![None; todo.len()];
+    let model_cells: Vec<usize> = (0..todo.len()).filter(|&i| model_cell(&todo[i])).collect();
+    let mut renderable = Vec::with_capacity(model_cells.len());
+    let bodies = model_cells.iter().filter_map(|&i| match request(spec, &prompts, todo[i]) {
+        Ok(body) => {
+            renderable.push(i);
+            Some((body, todo[i].repeat))
+        }
+        Err(_) => None,
+    });
+    let keys = cached.preload_keyed(bodies);
+    for (i, key) in renderable.into_iter().zip(keys) {
+        keyed[i] = key;
+    }
     let mut tally = Progress { done: resumed, total: cells.len(), resumed, ..Progress::default() };
     (options.progress)(tally);
     let concurrency = options.concurrency.max(1);
     let cached = &cached;
-    let mut results =
-        futures_util::stream::iter(todo.into_iter().map(|cell| run_cell(spec, cell, request(spec, &prompts, cell), cached, &run.id))).buffer_unordered(concurrency);
+    let prompts = &prompts;
+    let mut results = futures_util::stream::iter(todo.into_iter().zip(keyed).map(|(cell, key)| {
+        let hit = key.as_deref().and_then(|key| cached.preloaded(key));
+        let body = if hit.is_some() { Ok(Value::Null) } else { request(spec, prompts, cell) };
+        run_cell(spec, cell, body, hit, cached, &run.id)
+    }))
+    .buffer_unordered(concurrency);
     let mut failure = None;
     // Finished cells are written in batches (a kill loses at most the last batch, which a
     // resume redoes), with the answers cached meanwhile.
@@ -243,7 +262,9 @@ fn request(spec: &Spec, prompts: &[crate::prompt::Compiled<'_>], cell: Cell) -> 
     Ok(Value::Object(body))
 }
 
-async fn run_cell(spec: &Spec, cell: Cell, body: Result<Value>, model: &Cached<'_>, run_id: &str) -> EvalResult {
+/// Runs one cell: `hit` is its answer found in the cache (then `body` is not used), else
+/// `body` is the request to send.
+async fn run_cell(spec: &Spec, cell: Cell, body: Result<Value>, hit: Option<Answer>, model: &Cached<'_>, run_id: &str) -> EvalResult {
     let test = &spec.tests[cell.test];
     let mut result = EvalResult {
         run_id: run_id.to_string(),
@@ -274,10 +295,11 @@ async fn run_cell(spec: &Spec, cell: Cell, body: Result<Value>, model: &Cached<'
             .unwrap_or_default()
     };
     let target = &spec.targets[cell.target];
-    let reply = match (&target.agent, &target.rag) {
-        (Some(file), _) => model.agent(file, &last_user(), &test.vars).await,
-        (None, Some(collection)) => model.rag(collection, &target.alias, &last_user()).await,
-        (None, None) => model.sample(&body, cell.repeat).await,
+    let reply = match (hit, &target.agent, &target.rag) {
+        (Some(answer), _, _) => Ok(answer),
+        (None, Some(file), _) => model.agent(file, &last_user(), &test.vars).await,
+        (None, None, Some(collection)) => model.rag(collection, &target.alias, &last_user()).await,
+        (None, None, None) => model.sample(&body, cell.repeat).await,
     };
     let answer: Answer = match reply {
         Ok(answer) => answer,
@@ -458,7 +480,7 @@ assert = [{ type = "contains", value = "milk" }]
             let cached = Cached::new(&model, &store, false);
             let prompts: Vec<_> = spec.prompts.iter().map(|p| p.def.compile().unwrap()).collect();
             let body = request(&spec, &prompts, cell);
-            store.insert_eval_result(&run_cell(&spec, cell, body, &cached, "killed").await).unwrap();
+            store.insert_eval_result(&run_cell(&spec, cell, body, None, &cached, "killed").await).unwrap();
         }
         assert_eq!(model.bodies().len(), 2);
         let summary = run(&store, &spec, &model, &options(false)).await.unwrap();

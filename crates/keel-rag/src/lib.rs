@@ -160,7 +160,7 @@ CREATE TABLE IF NOT EXISTS embed_cache (hash TEXT PRIMARY KEY, vector BLOB NOT N
 
 fn sha(text: &str) -> String {
     let digest = Sha256::digest(text.as_bytes());
-    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+    keel_core::hex(&digest[..16])
 }
 
 fn to_blob(v: &[f32]) -> Vec<u8> {
