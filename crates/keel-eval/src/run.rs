@@ -232,7 +232,9 @@ pub async fn run(store: &Store, spec: &Spec, model: &dyn Model, options: &Option
     if let Some(err) = failure {
         return Err(err);
     }
-    let mut summary = summarize(spec, &store.eval_results(&run.id)?);
+    let mut totals = Tally::new(spec);
+    store.each_eval_result(&run.id, |r| totals.add(&r))?;
+    let mut summary = totals.finish(spec);
     summary.run_id = run.id.clone();
     summary.resumed = resumed;
     summary.cost_usd = tally.cost_usd;
@@ -341,52 +343,92 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// The figures of a run's stored results, per prompt × target, with the thresholds checked.
 pub fn summarize(spec: &Spec, results: &[EvalResult]) -> Summary {
-    let mut summary = Summary {
-        name: spec.name.clone(),
-        dataset: spec.dataset.clone(),
-        prompts: spec.prompts.iter().map(|p| p.id.clone()).collect(),
-        ..Summary::default()
-    };
-    let mut metric_sums: BTreeMap<String, (f64, usize)> = BTreeMap::new();
-    for prompt in &spec.prompts {
-        for target in &spec.targets {
-            let rows: Vec<&EvalResult> = results.iter().filter(|r| r.prompt == prompt.id && r.target == target.id).collect();
-            let mut group = Group { prompt: prompt.id.clone(), target: target.id.clone(), cells: rows.len(), ..Group::default() };
-            for r in &rows {
-                if r.error.is_some() {
-                    group.errors += 1;
-                } else if r.pass {
-                    group.passed += 1;
-                } else {
-                    group.failed += 1;
-                }
-                group.input_tokens += r.input_tokens;
-                group.output_tokens += r.output_tokens;
-                group.cost_usd += r.cost_usd.unwrap_or(0.0);
-                group.cached += usize::from(r.cached);
-                group.mean_score += r.score;
-                for grade in serde_json::from_str::<Vec<Grade>>(&r.grades).unwrap_or_default() {
-                    if let Some(metric) = grade.metric {
-                        let entry = metric_sums.entry(metric).or_default();
-                        entry.0 += grade.score;
-                        entry.1 += 1;
-                    }
+    let mut tally = Tally::new(spec);
+    results.iter().for_each(|r| tally.add(r));
+    tally.finish(spec)
+}
+
+/// A summary built one result at a time (a run's results are read back one by one, never
+/// all held): per group its counts and latencies, per metric its sum.
+struct Tally {
+    groups: Vec<Group>,
+    latencies: Vec<Vec<f64>>,
+    /// Group index by (prompt id, target id).
+    index: std::collections::HashMap<(String, String), usize>,
+    metric_sums: BTreeMap<String, (f64, usize)>,
+}
+
+impl Tally {
+    fn new(spec: &Spec) -> Tally {
+        let mut tally = Tally { groups: Vec::new(), latencies: Vec::new(), index: Default::default(), metric_sums: BTreeMap::new() };
+        for prompt in &spec.prompts {
+            for target in &spec.targets {
+                tally.index.insert((prompt.id.clone(), target.id.clone()), tally.groups.len());
+                tally.groups.push(Group { prompt: prompt.id.clone(), target: target.id.clone(), ..Group::default() });
+                tally.latencies.push(Vec::new());
+            }
+        }
+        tally
+    }
+
+    fn add(&mut self, r: &EvalResult) {
+        let Some(&at) = self.index.get(&(r.prompt.clone(), r.target.clone())) else { return };
+        let group = &mut self.groups[at];
+        group.cells += 1;
+        if r.error.is_some() {
+            group.errors += 1;
+        } else {
+            if r.pass {
+                group.passed += 1;
+            } else {
+                group.failed += 1;
+            }
+            self.latencies[at].push(r.latency_ms);
+        }
+        group.input_tokens += r.input_tokens;
+        group.output_tokens += r.output_tokens;
+        group.cost_usd += r.cost_usd.unwrap_or(0.0);
+        group.cached += usize::from(r.cached);
+        group.mean_score += r.score;
+        // Only grades that count toward a named metric are read again.
+        if r.grades.contains("\"metric\"") {
+            for grade in serde_json::from_str::<Vec<Grade>>(&r.grades).unwrap_or_default() {
+                if let Some(metric) = grade.metric {
+                    let entry = self.metric_sums.entry(metric).or_default();
+                    entry.0 += grade.score;
+                    entry.1 += 1;
                 }
             }
+        }
+    }
+
+    fn finish(self, spec: &Spec) -> Summary {
+        let mut summary = Summary {
+            name: spec.name.clone(),
+            dataset: spec.dataset.clone(),
+            prompts: spec.prompts.iter().map(|p| p.id.clone()).collect(),
+            ..Summary::default()
+        };
+        for (mut group, latencies) in self.groups.into_iter().zip(self.latencies) {
             if group.cells > 0 {
                 group.mean_score /= group.cells as f64;
                 group.pass_rate = group.passed as f64 / group.cells as f64;
             }
-            group.latency_p50_ms = median(rows.iter().filter(|r| r.error.is_none()).map(|r| r.latency_ms).collect());
+            group.latency_p50_ms = median(latencies);
             summary.cells += group.cells;
             summary.passed += group.passed;
             summary.failed += group.failed;
             summary.errors += group.errors;
             summary.groups.push(group);
         }
+        summary.metrics = self.metric_sums.into_iter().map(|(name, (sum, n))| (name, sum / n as f64)).collect();
+        checked(spec, summary)
     }
+}
+
+/// `summary` with the spec's thresholds checked.
+fn checked(spec: &Spec, mut summary: Summary) -> Summary {
     summary.pass_rate = if summary.cells > 0 { summary.passed as f64 / summary.cells as f64 } else { 0.0 };
-    summary.metrics = metric_sums.into_iter().map(|(name, (sum, n))| (name, sum / n as f64)).collect();
     match spec.fail_under {
         // With an overall bar, single failures are allowed as long as the rate holds.
         Some(want) if summary.pass_rate < want => summary.misses.push(Miss { what: "pass rate".into(), want, got: summary.pass_rate }),

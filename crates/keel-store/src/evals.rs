@@ -354,6 +354,14 @@ impl Store {
 
     /// Run `run_id`'s finished cells, in the order they were stored.
     pub fn eval_results(&self, run_id: &str) -> Result<Vec<EvalResult>> {
+        let mut results = Vec::new();
+        self.each_eval_result(run_id, |r| results.push(r))?;
+        Ok(results)
+    }
+
+    /// Calls `f` with each of run `run_id`'s finished cells in the order they were stored,
+    /// one at a time (a large run's results are never all in memory).
+    pub fn each_eval_result(&self, run_id: &str, mut f: impl FnMut(EvalResult)) -> Result<()> {
         let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut stmt = conn
             .prepare_cached(
@@ -385,7 +393,10 @@ impl Store {
                 })
             })
             .map_err(|e| self.err(e))?;
-        rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
+        for row in rows {
+            f(row.map_err(|e| self.err(e))?);
+        }
+        Ok(())
     }
 
     pub fn add_score(&self, score: &Score) -> Result<()> {
