@@ -88,7 +88,8 @@ pub struct Cached<'a> {
     inner: &'a dyn Model,
     store: &'a Store,
     enabled: bool,
-    preloaded: std::collections::HashMap<String, String>,
+    /// Answers read ahead, each taken out when its cell uses it.
+    preloaded: std::sync::Mutex<std::collections::HashMap<String, String>>,
     pending: std::sync::Mutex<Vec<(String, String)>>,
 }
 
@@ -118,15 +119,17 @@ impl<'a> Cached<'a> {
         }
         let keys: Vec<String> = requests.map(|(body, sample)| Cached::key(&body, sample)).collect();
         match self.store.cached_responses(&keys) {
-            Ok(found) => self.preloaded = found,
+            Ok(found) => self.preloaded = std::sync::Mutex::new(found),
             Err(err) => tracing::warn!("could not read the eval cache: {err}"),
         }
         keys.into_iter().map(Some).collect()
     }
 
-    /// The answer read ahead for cache key `key`, if there was one.
+    /// The answer read ahead for cache key `key`, if there was one (taken: a second cell with
+    /// the same key reads it from the store).
     pub(crate) fn preloaded(&self, key: &str) -> Option<Answer> {
-        let found = serde_json::from_str::<Answer>(self.preloaded.get(key)?).ok()?;
+        let text = self.preloaded.lock().unwrap_or_else(|p| p.into_inner()).remove(key)?;
+        let found = serde_json::from_str::<Answer>(&text).ok()?;
         Some(Answer { cached: true, ..found })
     }
 
@@ -145,10 +148,8 @@ impl<'a> Cached<'a> {
             return self.inner.chat(body).await;
         }
         let key = Cached::key(body, sample);
-        let text = match self.preloaded.get(&key) {
-            Some(text) => Some(text.clone()),
-            None => self.store.cached_response(&key).ok().flatten(),
-        };
+        let taken = self.preloaded.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        let text = taken.or_else(|| self.store.cached_response(&key).ok().flatten());
         if let Some(found) = text.and_then(|text| serde_json::from_str::<Answer>(&text).ok()) {
             return Ok(Answer { cached: true, ..found });
         }

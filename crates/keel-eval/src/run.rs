@@ -160,7 +160,13 @@ pub async fn run(store: &Store, spec: &Spec, model: &dyn Model, options: &Option
             run
         }
     };
-    let done: HashSet<String> = store.eval_results(&run.id)?.into_iter().filter(|r| r.error.is_none()).map(|r| r.cell).collect();
+    drop(spec_json);
+    let mut done: HashSet<String> = HashSet::new();
+    store.each_eval_result(&run.id, |r| {
+        if r.error.is_none() {
+            done.insert(r.cell);
+        }
+    })?;
     let todo: Vec<Cell> = cells.iter().copied().filter(|c| !done.contains(&c.key())).collect();
     let resumed = cells.len() - todo.len();
     let mut cached = Cached::new(model, store, options.cache);
@@ -313,7 +319,7 @@ async fn run_cell(spec: &Spec, cell: Cell, body: Result<Value>, hit: Option<Answ
     };
     let case = Case { answer: &answer, vars: &test.vars, expected: test.expected.as_ref(), judge: spec.judge.as_deref(), model };
     let mut grades: Vec<Grade> = Vec::new();
-    for assertion in &test.assert {
+    for assertion in spec.assertions(test) {
         grades.push(score::grade(assertion, &case).await);
     }
     let (pass, score) = score::verdict(&grades, test.threshold);

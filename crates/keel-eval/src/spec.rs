@@ -25,6 +25,10 @@ pub struct Spec {
     pub prompts: Vec<PromptSpec>,
     pub targets: Vec<TargetSpec>,
     pub tests: Vec<TestSpec>,
+    /// The default test's assertions, which every test is graded by before its own (held
+    /// once, not copied into 20,000 tests).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub default_assert: Vec<Assertion>,
     /// The dataset (name, version) whose rows are tests, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset: Option<(String, u32)>,
@@ -78,7 +82,7 @@ pub struct TestSpec {
     pub vars: Map<String, Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expected: Option<Value>,
-    /// The default test's assertions, then the test's own.
+    /// The test's own assertions ([`Spec::assertions`] puts the default test's first).
     pub assert: Vec<Assertion>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f64>,
@@ -319,6 +323,13 @@ pub struct Loaded {
     pub ignored: Vec<String>,
 }
 
+impl Spec {
+    /// What `test` is graded by: the default test's assertions, then its own.
+    pub fn assertions<'a>(&'a self, test: &'a TestSpec) -> impl Iterator<Item = &'a Assertion> {
+        self.default_assert.iter().chain(&test.assert)
+    }
+}
+
 impl Default for Spec {
     fn default() -> Spec {
         Spec {
@@ -327,6 +338,7 @@ impl Default for Spec {
             prompts: Vec::new(),
             targets: Vec::new(),
             tests: Vec::new(),
+            default_assert: Vec::new(),
             dataset: None,
             repeat: 1,
             judge: None,
@@ -426,8 +438,7 @@ fn compile(raw: RawSpec, base: &Path, name: String, store: &Store, label: Option
     let make = |test: RawTest, from_file: bool| -> Result<TestSpec> {
         let mut vars = default_vars.clone();
         vars.extend(vars_of(test.vars, base)?);
-        let mut assert = default.assert.clone();
-        assert.extend(test.assert);
+        let mut assert = test.assert;
         let mut expected = test.expected;
         if from_file && let Some(Value::String(text)) = &expected {
             assert.push(assertion_from_text(text));
@@ -470,10 +481,9 @@ fn compile(raw: RawSpec, base: &Path, name: String, store: &Store, label: Option
     if spec.tests.is_empty() {
         return Err(Error::Invalid("the eval has no test cases: add `tests` or a `dataset`".into()));
     }
-    for test in &spec.tests {
-        for assertion in &test.assert {
-            score::check(assertion)?;
-        }
+    spec.default_assert = default.assert;
+    for assertion in spec.default_assert.iter().chain(spec.tests.iter().flat_map(|t| &t.assert)) {
+        score::check(assertion)?;
     }
     let options = raw.evaluate_options;
     spec.repeat = raw.repeat.or(options.as_ref().and_then(|o| o.repeat)).unwrap_or(1).max(1);
@@ -604,10 +614,11 @@ outputPath: results.json
         assert_eq!(spec.targets.iter().map(|t| (t.id.as_str(), t.alias.as_str())).collect::<Vec<_>>(), [("fast", "fast"), ("smart-cold", "smart")]);
         assert_eq!(Value::Object(spec.targets[1].config.clone()), serde_json::json!({"temperature": 0, "max_tokens": 50}));
         assert_eq!(spec.tests.len(), 4);
-        let kinds = |t: &TestSpec| t.assert.iter().map(|a| a.kind.clone()).collect::<Vec<_>>();
+        let kinds = |t: &TestSpec| spec.assertions(t).map(|a| a.kind.clone()).collect::<Vec<_>>();
         assert_eq!(kinds(&spec.tests[0]), ["not-icontains", "contains"]);
         assert_eq!(kinds(&spec.tests[1]), ["not-icontains", "equals"]);
-        assert_eq!(spec.tests[2].assert[1].value, Some(Value::String("norway, NORGE".into())));
+        assert_eq!(spec.assertions(&spec.tests[2]).nth(1).unwrap().value, Some(Value::String("norway, NORGE".into())));
+        assert_eq!(spec.default_assert.len(), 1, "the default test's assertion is held once");
         assert_eq!(kinds(&spec.tests[3]), ["not-icontains", "llm-rubric"]);
         assert_eq!(spec.tests[3].threshold, Some(0.5));
         let _ = std::fs::remove_dir_all(dir);
