@@ -347,13 +347,6 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
-/// The figures of a run's stored results, per prompt × target, with the thresholds checked.
-pub fn summarize(spec: &Spec, results: &[EvalResult]) -> Summary {
-    let mut tally = Tally::new(spec);
-    results.iter().for_each(|r| tally.add(r));
-    tally.finish(spec)
-}
-
 /// A summary built one result at a time (a run's results are read back one by one, never
 /// all held): per group its counts and latencies, per metric its sum.
 struct Tally {
