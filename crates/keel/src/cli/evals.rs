@@ -381,7 +381,20 @@ pub async fn eval(config: Option<&Path>, command: EvalCommand) -> anyhow::Result
     }
 }
 
+/// Turns transparent huge pages off for the rest of this process. An eval run is a short batch
+/// job, and huge pages only inflate its resident memory: every first touch of a 2 MiB region
+/// zeroes and keeps all of it (`keel bench eval`'s cached run peaks at 84 MB instead of 100).
+#[expect(unsafe_code, reason = "prctl(PR_SET_THP_DISABLE) takes plain integers")]
+fn small_pages() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: PR_SET_THP_DISABLE reads no memory of ours.
+    unsafe {
+        libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
+    }
+}
+
 async fn run(config: Option<&Path>, args: RunArgs) -> anyhow::Result<()> {
+    small_pages();
     let (settings, store) = open_store(config)?;
     let mut loaded = keel_eval::spec::load(Path::new(&args.file), &store).with_context(|| format!("{} is not an eval keel can run", args.file))?;
     for key in &loaded.ignored {
