@@ -82,7 +82,7 @@ pub fn request_key(body: &Value) -> String {
 
 /// A [`Model`] whose successful chat answers are kept in the store's response cache; errors
 /// are never cached. `enabled: false` (`--no-cache`) neither reads nor writes it. Answers
-/// can be read ahead in bulk ([`Cached::preload_keyed`]); new ones are written in batches
+/// can be read ahead in bulk ([`Cached::preload`]); new ones are written in batches
 /// ([`Cached::flush`], and when it is dropped).
 pub struct Cached<'a> {
     inner: &'a dyn Model,
@@ -109,7 +109,7 @@ impl<'a> Cached<'a> {
     /// Reads the cached answers of these requests (body, sample) in a few queries and returns
     /// each request's cache key (None with the cache off), for [`Cached::preloaded`] to answer
     /// without rendering the request again.
-    pub(crate) fn preload_keyed(&mut self, requests: impl Iterator<Item = (Value, u32)>) -> Vec<Option<String>> {
+    pub(crate) fn preload(&mut self, requests: impl Iterator<Item = (Value, u32)>) -> Vec<Option<String>> {
         if !self.enabled {
             return requests.map(|_| None).collect();
         }

@@ -185,7 +185,7 @@ pub async fn run(store: &Store, spec: &Spec, model: &dyn Model, options: &Option
         }
         Err(_) => None,
     });
-    let keys = cached.preload_keyed(bodies);
+    let keys = cached.preload(bodies);
     for (i, key) in renderable.into_iter().zip(keys) {
         keyed[i] = key;
     }

@@ -383,7 +383,8 @@ pub async fn eval(config: Option<&Path>, command: EvalCommand) -> anyhow::Result
 
 /// Turns transparent huge pages off for the rest of this process. An eval run is a short batch
 /// job, and huge pages only inflate its resident memory: every first touch of a 2 MiB region
-/// zeroes and keeps all of it (`keel bench eval`'s cached run peaks at 84 MB instead of 100).
+/// zeroes and keeps all of it (`keel bench eval`'s peak: 95–98 MB with them, 82–85 MB without).
+/// Best effort: a kernel that refuses it leaves the run as it was.
 #[expect(unsafe_code, reason = "prctl(PR_SET_THP_DISABLE) takes plain integers")]
 fn small_pages() {
     #[cfg(target_os = "linux")]
