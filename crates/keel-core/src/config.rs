@@ -378,6 +378,9 @@ pub struct ModelConfig {
     /// A `Retry-After` longer than this falls over to the next route instead of waiting.
     #[serde(default = "default_max_retry_after")]
     pub max_retry_after_s: f64,
+    /// The most output tokens a call through this alias is counted for when it sets no
+    /// `max_tokens`: what budgets and token limits reserve before the call (default 4096).
+    pub max_output_tokens: Option<u32>,
 }
 
 fn default_retries() -> u32 {

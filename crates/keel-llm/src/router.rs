@@ -65,11 +65,16 @@ impl Drop for InFlight {
     }
 }
 
+/// What an alias reserves for output when neither it nor the request names a cap.
+pub const DEFAULT_MAX_OUTPUT_TOKENS: u32 = 4096;
+
 #[derive(Debug)]
 pub struct Alias {
     pub name: String,
     pub strategy: Strategy,
     pub routes: Vec<Arc<Route>>,
+    /// Output tokens reserved for a call that sets no `max_tokens`.
+    pub max_output_tokens: u32,
     retries: u32,
     retry_base: Duration,
     max_retry_after: Duration,
@@ -147,6 +152,7 @@ impl Router {
                     name,
                     strategy: model.strategy,
                     routes,
+                    max_output_tokens: model.max_output_tokens.unwrap_or(DEFAULT_MAX_OUTPUT_TOKENS),
                     retries: model.retries,
                     retry_base: Duration::from_millis(model.retry_base_ms),
                     max_retry_after: Duration::from_secs_f64(model.max_retry_after_s),

@@ -72,6 +72,39 @@ impl ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, "invalid_api_key", message, format)
     }
 
+    pub fn forbidden(code: &'static str, message: impl Into<String>, format: Format) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, code, message, format)
+    }
+
+    /// A store error from keys and teams: a name that does not exist is 404, a refused value
+    /// 400 (or 409 for a conflict with what is stored), anything else 500.
+    pub fn from_teams(err: &keel_teams::Error) -> ApiError {
+        use keel_store::Error as S;
+        let (status, code) = match err {
+            keel_teams::Error::Store(S::NotFound(_)) => (StatusCode::NOT_FOUND, "not_found"),
+            keel_teams::Error::Store(S::Invalid(_)) => (StatusCode::CONFLICT, "conflict"),
+            keel_teams::Error::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        };
+        ApiError::new(status, code, err.to_string(), Format::OpenAi)
+    }
+
+    /// A call its key's limits refused: 429 with `Retry-After` for a rate limit, 429
+    /// `budget_exceeded` for a budget, 503 when what was spent cannot be read.
+    pub fn from_refusal(refusal: &keel_teams::Refusal, format: Format) -> ApiError {
+        use keel_teams::Refusal as R;
+        let (status, code) = match refusal {
+            R::Rate { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limit_exceeded"),
+            R::Budget { .. } => (StatusCode::TOO_MANY_REQUESTS, "budget_exceeded"),
+            R::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "limits_unavailable"),
+        };
+        let mut error = ApiError::new(status, code, refusal.to_string(), format);
+        if let R::Rate { retry_after_ms, .. } = refusal {
+            error.retry_after = Some(Duration::from_millis((*retry_after_ms).max(0) as u64));
+        }
+        error
+    }
+
     pub fn no_route(path: &str, format: Format) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {path}"), format)
     }
@@ -156,4 +189,9 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// 201 with the JSON of what a request created (the admin API's teams and keys).
+pub(crate) fn created(body: serde_json::Value) -> Response {
+    (StatusCode::CREATED, axum::Json(body)).into_response()
 }

@@ -37,7 +37,17 @@ pub(crate) async fn forward(
         .iter()
         .filter_map(|name| Some((name.to_string(), headers.get(*name)?.to_str().ok()?.to_string())))
         .collect();
-    let mut call = Call::new(app, endpoint, &request.model, request.stream, bytes);
+    let number = |key: &str| request.field(key).and_then(|v| std::str::from_utf8(v).ok()?.trim().parse::<u64>().ok());
+    let demand = crate::access::Demand {
+        input_bytes: bytes.len(),
+        max_output: number("max_tokens").or_else(|| number("max_completion_tokens")),
+        user: request.field("user").and_then(|v| serde_json::from_slice::<String>(v).ok()),
+        no_output: false,
+    };
+    let mut call = match Call::new(app, endpoint, &request.model, request.stream, bytes).admit(format, demand).await {
+        Ok(call) => call,
+        Err(refused) => return Some(refused),
+    };
     call.prompt = prompt.cloned();
     let (result, info) = app.router.forward(&request, native, &passed).await;
     call.mark_overhead();

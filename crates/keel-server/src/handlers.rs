@@ -3,6 +3,7 @@
 //! wire format into the canonical model, calls the router, and writes the answer back in
 //! the same wire format, streaming included, leaving a trace of the call.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
@@ -74,6 +75,19 @@ pub(crate) struct Call {
     overhead: Duration,
     /// The registry prompt the request was rendered from.
     pub(crate) prompt: Option<PromptUse>,
+    /// The virtual key the request came with, and its hold on the key's limits and budgets
+    /// (settled to the real usage when the trace is made, released if the call is dropped).
+    caller: Option<Arc<keel_teams::Caller>>,
+    reservation: Option<keel_teams::Reservation>,
+    end_user: Option<String>,
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        if let Some(reservation) = self.reservation.take() {
+            self.app.access.ledger.settle(reservation, 0, 0.0);
+        }
+    }
 }
 
 #[derive(Default)]
@@ -100,6 +114,34 @@ impl Call {
             request_body: app.log_bodies.then(|| String::from_utf8_lossy(body).into_owned()),
             overhead: Duration::ZERO,
             prompt: None,
+            caller: crate::access::caller(),
+            reservation: None,
+            end_user: None,
+        }
+    }
+
+    /// The call if its key may make it (the model allowed, its worst case held against the
+    /// key's rate limits and budgets); else the refusal, traced, before any upstream sees it.
+    pub(crate) async fn admit(mut self, format: Format, demand: crate::access::Demand) -> Result<Call, Response> {
+        self.end_user = demand.user.clone();
+        let admitted = match self.caller.clone() {
+            None => Ok(()),
+            Some(caller) => crate::access::check_model(Some(&caller), &self.alias, format).and_then(|()| {
+                self.reservation = Some(crate::access::reserve(&self.app, &caller, &self.alias, &demand, format)?);
+                Ok(())
+            }),
+        };
+        match admitted {
+            Ok(()) => Ok(self),
+            Err(error) => {
+                let id = self.id.clone();
+                self.finish(Call::failed(RouteInfo::default(), &error)).await;
+                let mut response = error.into_response();
+                if let Ok(value) = HeaderValue::from_str(&id) {
+                    response.headers_mut().insert("x-keel-trace-id", value);
+                }
+                Err(response)
+            }
         }
     }
 
@@ -129,6 +171,10 @@ impl Call {
         } else {
             self.app.router.prices.cost(&outcome.info.model, &outcome.usage)
         };
+        if let Some(reservation) = self.reservation.take() {
+            let used = outcome.usage.input_tokens + outcome.usage.output_tokens;
+            self.app.access.ledger.settle(reservation, used, cost.unwrap_or(0.0));
+        }
         let latency = self.started.elapsed();
         self.app.metrics.record(&CallMetrics {
             endpoint: self.endpoint,
@@ -144,6 +190,7 @@ impl Call {
             output_tokens: outcome.usage.output_tokens,
             cached_tokens: outcome.usage.cached_input_tokens,
             cost_usd: cost,
+            key: self.caller.as_ref().map(|c| (c.key.id.as_str(), c.key.team.as_str())),
         });
         Trace {
             id: std::mem::take(&mut self.id),
@@ -170,6 +217,9 @@ impl Call {
             prompt_name: self.prompt.as_ref().map(|p| p.name.clone()),
             prompt_version: self.prompt.as_ref().map(|p| p.version),
             prompt_arm: self.prompt.as_ref().and_then(|p| p.arm.clone()),
+            key_id: self.caller.as_ref().map(|c| c.key.id.clone()),
+            team: self.caller.as_ref().map(|c| c.key.team.clone()),
+            end_user: self.end_user.take(),
         }
     }
 
@@ -291,7 +341,16 @@ pub(crate) fn response_to_wire(response: &ChatResponse, call_id: &str, alias: &s
 }
 
 async fn chat(app: App, request: ChatRequest, bytes: Bytes, format: Format, endpoint: &'static str, prompt: Option<PromptUse>) -> Response {
-    let mut call = Call::new(&app, endpoint, &request.model, request.stream, &bytes);
+    let demand = crate::access::Demand {
+        input_bytes: bytes.len(),
+        max_output: request.max_tokens.map(u64::from),
+        user: request.user.clone(),
+        no_output: false,
+    };
+    let mut call = match Call::new(&app, endpoint, &request.model, request.stream, &bytes).admit(format, demand).await {
+        Ok(call) => call,
+        Err(refused) => return refused,
+    };
     call.prompt = prompt;
     if request.stream {
         let (opened, info) = app.router.chat_stream(&request).await;
@@ -565,7 +624,11 @@ pub async fn embeddings(State(app): State<App>, body: Result<Bytes, BytesRejecti
         Ok(parsed) => parsed,
         Err(err) => return ApiError::from_llm(&err, format).into_response(),
     };
-    let mut call = Call::new(&app, "embeddings", &request.model, false, &bytes);
+    let demand = crate::access::Demand { input_bytes: bytes.len(), no_output: true, ..Default::default() };
+    let mut call = match Call::new(&app, "embeddings", &request.model, false, &bytes).admit(format, demand).await {
+        Ok(call) => call,
+        Err(refused) => return refused,
+    };
     let (result, info) = app.router.embed(&request).await;
     call.mark_overhead();
     let id = call.id.clone();

@@ -3,6 +3,8 @@
 //! auth, the body limit, `x-keel-overhead-us`, health and metrics. Handlers parse, call the
 //! router in keel-llm, and map the result; traces go to the store's batching writer.
 
+pub mod access;
+mod admin;
 pub mod agents;
 pub mod mcp;
 pub mod rag;
@@ -26,7 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use keel_llm::Router;
 use keel_store::TraceSink;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 
 pub use error::{ApiError, Format};
 use metrics::Metrics;
@@ -40,6 +42,8 @@ pub struct AppState {
     pub store: Arc<keel_store::Store>,
     pub metrics: Metrics,
     pub master_key: Option<SecretString>,
+    /// The virtual keys and teams, reloaded from the store within a second of a change.
+    pub access: Arc<keel_teams::Directory>,
     /// Keep request and response bodies in traces.
     pub log_bodies: bool,
     /// The agents served under `/v1/agents` (none when `[agents] dir` is unset).
@@ -85,6 +89,12 @@ pub fn router(app: App, max_body_bytes: usize) -> axum::Router {
         .route("/v1/prompts", get(prompts::list))
         .route("/v1/prompts/{name}", get(prompts::get))
         .route("/v1/prompts/{name}/render", post(prompts::render))
+        .route("/v1/admin/teams", get(admin::teams).post(admin::put_team))
+        .route("/v1/admin/teams/{name}", get(admin::team).delete(admin::delete_team))
+        .route("/v1/admin/keys", get(admin::keys).post(admin::create_key))
+        .route("/v1/admin/keys/{id}", get(admin::key).delete(admin::revoke_key))
+        .route("/v1/admin/keys/{id}/rotate", post(admin::rotate_key))
+        .route("/v1/admin/spend", get(admin::spend))
         .route("/health", get(health))
         .route("/metrics", get(metrics_text))
         .fallback(not_found)
@@ -98,50 +108,18 @@ fn format_of(path: &str) -> Format {
     if path.starts_with("/v1/messages") { Format::Anthropic } else { Format::OpenAi }
 }
 
-/// In front of every route: the master key check, then keel's own time stamped on the
+/// In front of every route: who the caller is (the master key, a virtual key, or refused), then keel's own time stamped on the
 /// response (`x-keel-overhead-us`: the whole request minus upstream waits). One layer, not
 /// two: each layer costs a clone of the inner service per request.
 async fn front(State(app): State<App>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let (mut response, upstream) = match refused(&app, &request) {
-        Some(refusal) => (refusal, std::time::Duration::ZERO),
-        None => keel_llm::timing::scope(next.run(request)).await,
+    let (mut response, upstream) = match access::authorize(&app, &request, format_of(request.uri().path())) {
+        Err(refusal) => (refusal.into_response(), std::time::Duration::ZERO),
+        Ok(caller) => keel_llm::timing::scope(access::scope(caller, next, request)).await,
     };
     let own = started.elapsed().saturating_sub(upstream);
     response.headers_mut().insert(OVERHEAD_HEADER, HeaderValue::from(own.as_micros() as u64));
     response
-}
-
-/// With a master key configured, every endpoint but `/health` needs it, as a Bearer token
-/// (OpenAI SDKs) or in `x-api-key` (Anthropic SDKs); the refusal when it is missing or wrong.
-fn refused(app: &App, request: &Request) -> Option<Response> {
-    let key = app.master_key.as_ref()?;
-    if request.uri().path() == "/health" {
-        return None;
-    }
-    let headers = request.headers();
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
-    let api_key = headers.get("x-api-key").and_then(|v| v.to_str().ok());
-    let given = bearer.or(api_key);
-    if given.is_some_and(|given| constant_time_eq(given.trim().as_bytes(), key.expose_secret().as_bytes())) {
-        return None;
-    }
-    let message = if given.is_some() {
-        "the API key is not valid for this keel server"
-    } else {
-        "this keel server needs an API key: send it as `Authorization: Bearer KEY` or `x-api-key: KEY`"
-    };
-    Some(ApiError::unauthorized(message, format_of(request.uri().path())).into_response())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// `ok`, or `degraded` with the reason while the prompt registry serves cached copies.

@@ -53,6 +53,15 @@ struct ModelSeries {
     cost: Option<f64>,
 }
 
+/// What one virtual key has done (its id and team label it; never the key).
+#[derive(Debug, Default)]
+struct KeySeries {
+    team: String,
+    by_status: Vec<(u16, u64)>,
+    tokens: u64,
+    cost: f64,
+}
+
 /// The series, found on the hot path by borrowed lookups: a call allocates only the first
 /// time its labels are seen. Rendering turns them into labelled families.
 #[derive(Debug, Default)]
@@ -62,6 +71,8 @@ struct Inner {
     overhead: HashMap<&'static str, Histogram>,
     /// alias → provider → model.
     models: HashMap<String, HashMap<String, HashMap<String, ModelSeries>>>,
+    /// key id → what calls made with it did.
+    keys: HashMap<String, KeySeries>,
 }
 
 /// The entry for `key`, made the first time only.
@@ -95,6 +106,8 @@ pub struct CallMetrics<'a> {
     pub output_tokens: u64,
     pub cached_tokens: u64,
     pub cost_usd: Option<f64>,
+    /// The virtual key's id and team, when the call came with one.
+    pub key: Option<(&'a str, &'a str)>,
 }
 
 #[derive(Debug, Default)]
@@ -116,6 +129,15 @@ impl Metrics {
             route.ttft.observe(ttft.as_secs_f64());
         }
         inner.overhead.entry(call.endpoint).or_default().observe(call.overhead.as_secs_f64());
+        if let Some((id, team)) = call.key {
+            let series = slot(&mut inner.keys, id);
+            if series.team.is_empty() {
+                series.team = team.to_string();
+            }
+            bump(&mut series.by_status, call.status);
+            series.tokens += call.input_tokens + call.output_tokens;
+            series.cost += call.cost_usd.unwrap_or(0.0);
+        }
         if call.input_tokens + call.output_tokens + call.cached_tokens > 0 || call.cost_usd.is_some() {
             let model = slot(slot(slot(&mut inner.models, call.alias), call.provider), call.model);
             model.input += call.input_tokens;
@@ -175,6 +197,17 @@ impl Metrics {
                 }
             }
         }
+        let (mut key_requests, mut key_tokens, mut key_cost) = (BTreeMap::new(), BTreeMap::new(), BTreeMap::new());
+        for (id, series) in &inner.keys {
+            let labels: Labels = vec![("key_id", id.clone()), ("team", series.team.clone())];
+            for (status, n) in &series.by_status {
+                let mut labels = labels.clone();
+                labels.push(("status", status.to_string()));
+                key_requests.insert(labels, *n);
+            }
+            key_tokens.insert(labels.clone(), series.tokens);
+            key_cost.insert(labels, format!("{}", series.cost));
+        }
         let mut out = String::new();
         counter(&mut out, "keel_requests_total", "Requests served, by endpoint, alias, provider and status.", &requests);
         counter(&mut out, "keel_errors_total", "Requests that ended in an error, by error code.", &errors);
@@ -183,6 +216,9 @@ impl Metrics {
         histogram(&mut out, "keel_overhead_seconds", "keel's own time per request, upstream waits excluded.", &overhead);
         counter(&mut out, "keel_tokens_total", "Tokens by alias, provider, model and kind.", &tokens);
         family(&mut out, "keel_cost_usd_total", "counter", "Cost in US dollars by alias, provider and model.", &cost);
+        counter(&mut out, "keel_key_requests_total", "Requests by virtual key id, team and status.", &key_requests);
+        counter(&mut out, "keel_key_tokens_total", "Input and output tokens by virtual key id and team.", &key_tokens);
+        family(&mut out, "keel_key_cost_usd_total", "counter", "Cost in US dollars by virtual key id and team.", &key_cost);
         let mut in_flight = BTreeMap::new();
         let mut ewma = BTreeMap::new();
         for alias in router.aliases() {

@@ -2,6 +2,7 @@
 //! and the Responses API's stored responses, and the batching writer that keeps trace writes
 //! off the request path.
 
+mod access;
 mod evals;
 mod memory;
 mod prompts;
@@ -15,6 +16,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, params};
 use serde::Serialize;
 
+pub use access::{BudgetRecord, KeyRecord, SpendLine, TeamRecord};
 pub use evals::{Change, DatasetRow, DatasetVersion, EvalResult, EvalRunRecord, Score};
 pub use memory::MemoryRecord;
 pub use prompts::{LATEST, PromptSummary, PromptVersion, Selector};
@@ -245,7 +247,7 @@ CREATE TABLE eval_specs (
 );
 INSERT INTO eval_specs (run_id, spec) SELECT id, spec FROM eval_runs;
 ALTER TABLE eval_runs DROP COLUMN spec;
-"];
+", access::MIGRATION];
 
 /// One model call as keel saw it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -276,6 +278,11 @@ pub struct Trace {
     pub prompt_name: Option<String>,
     pub prompt_version: Option<u32>,
     pub prompt_arm: Option<String>,
+    /// The virtual key the call came with (its id, never the key), its team, and the
+    /// request's end user (`user`).
+    pub key_id: Option<String>,
+    pub team: Option<String>,
+    pub end_user: Option<String>,
 }
 
 /// Which traces a listing or a copy into a dataset takes; `None` fields do not filter.
@@ -375,9 +382,9 @@ impl Store {
                 .prepare_cached(
                     "INSERT INTO traces (id, created_ms, endpoint, alias, provider, model, status, stream, attempts,
                      latency_ms, ttft_ms, overhead_us, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_usd,
-                     finish_reason, error, request_body, response_body, prompt_name, prompt_version, prompt_arm)
+                     finish_reason, error, request_body, response_body, prompt_name, prompt_version, prompt_arm, key_id, team, end_user)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21,
-                     ?22, ?23, ?24)",
+                     ?22, ?23, ?24, ?25, ?26, ?27)",
                 )
                 .map_err(|e| self.err(e))?;
             for t in traces {
@@ -406,6 +413,9 @@ impl Store {
                     t.prompt_name,
                     t.prompt_version,
                     t.prompt_arm,
+                    t.key_id,
+                    t.team,
+                    t.end_user,
                 ])
                 .map_err(|e| self.err(e))?;
             }
@@ -479,7 +489,7 @@ impl Store {
         let sql = format!(
             "SELECT id, created_ms, endpoint, alias, provider, model, status, stream, attempts, latency_ms, ttft_ms,
              overhead_us, input_tokens, output_tokens, cached_tokens, reasoning_tokens, cost_usd, finish_reason, error,
-             request_body, response_body, prompt_name, prompt_version, prompt_arm FROM traces {tail}"
+             request_body, response_body, prompt_name, prompt_version, prompt_arm, key_id, team, end_user FROM traces {tail}"
         );
         let mut stmt = conn.prepare(&sql).map_err(|e| self.err(e))?;
         let rows = stmt
@@ -509,6 +519,9 @@ impl Store {
                     prompt_name: row.get(21)?,
                     prompt_version: row.get(22)?,
                     prompt_arm: row.get(23)?,
+                    key_id: row.get(24)?,
+                    team: row.get(25)?,
+                    end_user: row.get(26)?,
                 })
             })
             .map_err(|e| self.err(e))?;

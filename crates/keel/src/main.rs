@@ -125,6 +125,29 @@ enum Command {
         #[command(subcommand)]
         command: cli::evals::EvalCommand,
     },
+    /// Virtual keys (`sk-keel-…`): each belongs to a team and may carry allowed models, rate
+    /// limits, a budget and an expiry. The secret is shown once; keel stores its hash.
+    Keys {
+        #[command(subcommand)]
+        command: cli::keys::KeysCommand,
+    },
+    /// Teams, which may nest under an org: their budgets and rate limits apply to every key
+    /// they hold (and to the keys of teams under them).
+    Teams {
+        #[command(subcommand)]
+        command: cli::keys::TeamsCommand,
+    },
+    /// What calls cost, from the traces: summed by key, team, model alias or day.
+    Spend {
+        /// key, team, model or day.
+        #[arg(long, default_value = "key")]
+        by: String,
+        /// The last this many days.
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+        #[arg(long)]
+        json: bool,
+    },
     /// Export data: fine-tuning JSONL from scored traces and passing eval cells.
     Export {
         #[command(subcommand)]
@@ -204,6 +227,9 @@ fn main() -> std::process::ExitCode {
             Command::Prompts { command } => cli::prompts::run(config, command),
             Command::Datasets { command } => cli::datasets::datasets(config, command),
             Command::Eval { command } => cli::evals::eval(config, command).await,
+            Command::Spend { by, days, json } => cli::keys::spend(config, &by, days, json),
+            Command::Keys { command } => cli::keys::keys(config, command),
+            Command::Teams { command } => cli::keys::teams(config, command),
             Command::Export { command } => cli::datasets::export(config, command),
             Command::Feedback { trace, name, value, comment } => cli::datasets::feedback(config, &trace, &name, &value, comment),
             Command::Rag { command } => cli::rag::run(config, command).await,

@@ -50,12 +50,15 @@ pub async fn start_with(options: Options) -> Harness {
     let dir = std::env::temp_dir().join(format!("keel-it-{}-{}", std::process::id(), fastrand::u64(..)));
     let store = Arc::new(Store::open(&dir.join("keel.db")).unwrap());
     let writer = TraceWriter::spawn(store.clone(), 1024);
+    let access = Arc::new(keel_teams::Directory::open(store.clone()).unwrap());
+    keel_server::access::keep_fresh(access.clone());
     let app = Arc::new(AppState {
         router: Arc::new(router),
         traces: writer.sink(),
         store: store.clone(),
         metrics: Metrics::default(),
         master_key: options.master_key.map(SecretString::from),
+        access,
         log_bodies: options.log_bodies,
         agents: None,
         rag: Arc::new(keel_rag::Collections::new(dir.join("rag"))),

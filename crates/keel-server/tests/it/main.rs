@@ -5,6 +5,7 @@ mod errors;
 mod feedback;
 mod forward;
 mod harness;
+mod keys;
 mod prompts;
 mod routing;
 mod responses;

@@ -8,6 +8,7 @@ pub mod detector;
 pub mod evals;
 pub mod gateway;
 pub mod guard;
+pub mod keys;
 pub mod mcp;
 pub mod memory;
 pub mod prompts;

@@ -43,12 +43,15 @@ pub async fn run(config: Option<&Path>, listen: Option<SocketAddr>, pull: bool) 
     };
     let writer = TraceWriter::spawn(store.clone(), config.store.trace_buffer);
     let online = keel_server::evals::Online::new(&config.evals.online)?;
+    let access = Arc::new(keel_teams::Directory::open(store.clone()).context("could not read the keys and teams")?);
+    keel_server::access::keep_fresh(access.clone());
     let app = Arc::new(AppState {
         router,
         traces: writer.sink(),
         store: store.clone(),
         metrics: Metrics::default(),
         master_key,
+        access,
         log_bodies: config.store.log_bodies,
         agents,
         rag: collections,

@@ -56,6 +56,10 @@ fn the_crates_are_layered_one_way() {
     assert_eq!(keel_deps(&ws, "keel-store"), set(&["keel-core"]), "keel-store stands on keel-core alone");
     assert_eq!(keel_deps(&ws, "keel-guard"), set(&["keel-core"]), "keel-guard stands on keel-core alone");
     assert_eq!(keel_deps(&ws, "keel-eval"), set(&["keel-core", "keel-store"]), "keel-eval stands on keel-core and keel-store");
+    assert_eq!(keel_deps(&ws, "keel-teams"), set(&["keel-core", "keel-store"]), "keel-teams stands on keel-core and keel-store");
+    for io in ["tokio", "axum", "hyper"] {
+        assert!(!ws.deps["keel-teams"].contains(io), "keel-teams decides, the server serves; yet it depends on {io}");
+    }
     assert!(!ws.deps["keel-rag"].contains("keel-llm"), "keel-rag reaches models through its traits, not keel-llm");
     assert!(!ws.deps["keel-llm"].iter().any(|d| d.starts_with("llama") || d == "keel-local"), "keel-llm links no llama.cpp");
     for (name, deps) in &ws.deps {

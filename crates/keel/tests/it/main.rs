@@ -3,6 +3,7 @@
 mod agents;
 mod cli;
 mod evals;
+mod keys;
 mod layout;
 mod mcp;
 mod prompts;

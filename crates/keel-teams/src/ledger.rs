@@ -1,0 +1,356 @@
+//! Rate limits and budgets, embedded: every check-and-reserve of a request runs under one
+//! lock, so concurrent requests can never all pass a check that only one of them fits.
+//!
+//! - Rates (RPM and TPM per key and per team up the chain) are sliding 60-second logs: a
+//!   request is admitted only when what was admitted in the last 60 s plus this request stays
+//!   within the limit, so no 60-second window ever holds more than the limit. A token entry
+//!   holds the request's estimate until the call ends, then its real usage.
+//! - Budgets (per key, per team up the chain, per end user of a key) hold what was spent in
+//!   the current period and what is reserved by calls in flight. A call reserves its
+//!   worst-case cost before it starts and is admitted only if that fits every budget; when it
+//!   ends the reservation becomes its real cost, or is released when it failed.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+
+use crate::directory::Caller;
+use crate::period::{Period, period_start_ms};
+
+const WINDOW_MS: i64 = 60_000;
+
+/// What a request asks of its limits.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Ask {
+    /// Input tokens (an upper bound) plus the output tokens it may produce.
+    pub tokens: u64,
+    /// Its worst-case cost in USD.
+    pub usd: f64,
+}
+
+/// Why a request was refused; the text names the limit.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    Rate { scope: String, what: &'static str, limit: u64, retry_after_ms: i64 },
+    Budget { scope: String, limit_usd: f64, spent_usd: f64, reserved_usd: f64, ask_usd: f64, period: &'static str },
+    /// What was spent could not be read, so nothing is admitted on a guess.
+    Unavailable(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Rate { scope, what, limit, retry_after_ms } => write!(
+                f,
+                "rate limit reached for {scope}: {limit} {what} per minute; try again in {:.1} s",
+                *retry_after_ms as f64 / 1000.0
+            ),
+            Refusal::Budget { scope, limit_usd, spent_usd, reserved_usd, ask_usd, period } => write!(
+                f,
+                "budget exceeded for {scope}: ${limit_usd} per {period}, ${spent_usd:.6} spent and ${reserved_usd:.6} held by calls in flight; this call may cost up to ${ask_usd:.6}"
+            ),
+            Refusal::Unavailable(why) => write!(f, "budgets cannot be checked, so keel refuses the call: {why}"),
+        }
+    }
+}
+
+/// The tightest rate limits that applied, for the `x-ratelimit-*` headers.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RateView {
+    pub requests: Option<Window>,
+    pub tokens: Option<Window>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Window {
+    pub limit: u64,
+    pub remaining: u64,
+    /// Until the window has room for one more (requests) or is empty again (tokens).
+    pub reset_ms: i64,
+}
+
+/// A request's hold on its limits, to settle when its call ends.
+#[derive(Debug)]
+pub struct Reservation {
+    id: u64,
+    rates: Vec<String>,
+    budgets: Vec<String>,
+    ask: Ask,
+    pub view: RateView,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    /// (admitted at, amount, reservation id), oldest first.
+    entries: VecDeque<(i64, u64, u64)>,
+    total: u64,
+}
+
+impl Log {
+    fn expire(&mut self, now: i64) {
+        while let Some(&(at, amount, _)) = self.entries.front() {
+            if at > now - WINDOW_MS {
+                break;
+            }
+            self.total -= amount;
+            self.entries.pop_front();
+        }
+    }
+
+    /// How long until `need` more fits under `limit`.
+    fn wait_ms(&self, need: u64, limit: u64, now: i64) -> i64 {
+        let mut total = self.total;
+        for &(at, amount, _) in &self.entries {
+            if total + need <= limit {
+                break;
+            }
+            total -= amount;
+            if total + need <= limit {
+                return (at + WINDOW_MS - now).max(1);
+            }
+        }
+        if total + need <= limit { 0 } else { WINDOW_MS }
+    }
+}
+
+#[derive(Debug)]
+struct Budget {
+    period: Period,
+    start_ms: i64,
+    spent: f64,
+    reserved: f64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    next_id: u64,
+    logs: HashMap<String, Log>,
+    budgets: HashMap<String, Budget>,
+}
+
+/// Loads what a budget's scope already spent in its period (from the traces); `Err` says
+/// why it could not.
+pub type SpentSince<'a> = &'a dyn Fn(&BudgetScope, i64) -> Result<f64, String>;
+
+/// Whose spending a budget counts.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BudgetScope {
+    Key(String),
+    /// A team and every team under it.
+    Team(String),
+    User { key: String, user: String },
+}
+
+impl BudgetScope {
+    fn name(&self) -> String {
+        match self {
+            BudgetScope::Key(id) => format!("key {id}"),
+            BudgetScope::Team(id) => format!("team {id}"),
+            BudgetScope::User { key, user } => format!("user {user} of key {key}"),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Ledger {
+    state: Mutex<State>,
+}
+
+impl Ledger {
+    /// Checks every limit and budget that applies to `caller` (and its end `user`) and, when
+    /// all fit, holds `ask` against each; else the first limit that does not fit.
+    pub fn reserve(&self, caller: &Caller, user: Option<&str>, ask: Ask, now: i64, spent: SpentSince) -> Result<Reservation, Refusal> {
+        let mut rates: Vec<(String, &'static str, u64, u64)> = Vec::new();
+        let key = &caller.key;
+        let mut add_rates = |scope: &str, rpm: Option<u64>, tpm: Option<u64>| {
+            if let Some(limit) = rpm {
+                rates.push((format!("{scope} requests"), "requests", limit, 1));
+            }
+            if let Some(limit) = tpm {
+                rates.push((format!("{scope} tokens"), "tokens", limit, ask.tokens));
+            }
+        };
+        add_rates(&format!("key {}", key.id), key.rpm, key.tpm);
+        for team in &caller.teams {
+            add_rates(&format!("team {}", team.id), team.rpm, team.tpm);
+        }
+        let mut budgets: Vec<(BudgetScope, f64, Period)> = Vec::new();
+        let period = |p: &str| Period::parse(p).unwrap_or(Period::Total);
+        if let Some(b) = &key.budget {
+            budgets.push((BudgetScope::Key(key.id.clone()), b.usd, period(&b.period)));
+        }
+        for team in &caller.teams {
+            if let Some(b) = &team.budget {
+                budgets.push((BudgetScope::Team(team.id.clone()), b.usd, period(&b.period)));
+            }
+        }
+        if let (Some(b), Some(user)) = (&key.user_budget, user) {
+            budgets.push((BudgetScope::User { key: key.id.clone(), user: user.to_string() }, b.usd, period(&b.period)));
+        }
+
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let state = &mut *state;
+        let mut view = RateView::default();
+        for (scope, what, limit, need) in &rates {
+            let log = state.logs.entry(scope.clone()).or_default();
+            log.expire(now);
+            if log.total + need > *limit {
+                return Err(Refusal::Rate { scope: scope.rsplit_once(' ').map_or(scope.clone(), |(s, _)| s.to_string()), what, limit: *limit, retry_after_ms: log.wait_ms(*need, *limit, now) });
+            }
+            let window = Window {
+                limit: *limit,
+                remaining: limit - log.total - need,
+                reset_ms: log.entries.front().map_or(WINDOW_MS, |&(at, _, _)| at + WINDOW_MS - now),
+            };
+            let slot = if *what == "requests" { &mut view.requests } else { &mut view.tokens };
+            if slot.is_none_or(|w| window.remaining < w.remaining) {
+                *slot = Some(window);
+            }
+        }
+        let mut names = Vec::with_capacity(budgets.len());
+        for (scope, limit, period) in &budgets {
+            let name = scope.name();
+            let start = period_start_ms(*period, now);
+            let budget = state.budgets.entry(name.clone()).or_insert_with(|| Budget { period: *period, start_ms: -1, spent: 0.0, reserved: 0.0 });
+            if budget.start_ms != start || budget.period != *period {
+                // A new period (or the first look since start): what the traces say was spent.
+                budget.spent = spent(scope, start).map_err(Refusal::Unavailable)?;
+                budget.period = *period;
+                budget.start_ms = start;
+            }
+            if budget.spent + budget.reserved + ask.usd > *limit {
+                return Err(Refusal::Budget {
+                    scope: name,
+                    limit_usd: *limit,
+                    spent_usd: budget.spent,
+                    reserved_usd: budget.reserved,
+                    ask_usd: ask.usd,
+                    period: period.as_str(),
+                });
+            }
+            names.push(name);
+        }
+        // Everything fits: hold it all.
+        state.next_id += 1;
+        let id = state.next_id;
+        for (scope, _, _, need) in &rates {
+            let log = state.logs.get_mut(scope).expect("checked above");
+            log.entries.push_back((now, *need, id));
+            log.total += need;
+        }
+        for name in &names {
+            state.budgets.get_mut(name).expect("checked above").reserved += ask.usd;
+        }
+        Ok(Reservation { id, rates: rates.into_iter().map(|(scope, ..)| scope).collect(), budgets: names, ask, view })
+    }
+
+    /// Ends a call: its token entries become `tokens` used and its budget holds become
+    /// `usd` spent (a failed call passes what it used, often nothing).
+    pub fn settle(&self, reservation: Reservation, tokens: u64, usd: f64) {
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for scope in &reservation.rates {
+            if !scope.ends_with(" tokens") {
+                continue;
+            }
+            if let Some(log) = state.logs.get_mut(scope)
+                && let Some(entry) = log.entries.iter_mut().rev().find(|e| e.2 == reservation.id)
+            {
+                log.total = log.total - entry.1 + tokens;
+                entry.1 = tokens;
+            }
+        }
+        for name in &reservation.budgets {
+            if let Some(budget) = state.budgets.get_mut(name) {
+                budget.reserved = (budget.reserved - reservation.ask.usd).max(0.0);
+                budget.spent += usd;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use keel_store::{BudgetRecord, KeyRecord, TeamRecord};
+
+    use super::*;
+
+    fn caller(rpm: Option<u64>, tpm: Option<u64>, key_budget: Option<f64>, team_budget: Option<f64>) -> Caller {
+        let budget = |usd: Option<f64>| usd.map(|usd| BudgetRecord { usd, period: "day".into() });
+        Caller {
+            key: KeyRecord { id: "key_a".into(), team: "t".into(), rpm, tpm, budget: budget(key_budget), ..KeyRecord::default() },
+            teams: vec![Arc::new(TeamRecord {
+                id: "t".into(),
+                parent: None,
+                budget: budget(team_budget),
+                rpm: None,
+                tpm: None,
+                metadata: "{}".into(),
+                created_ms: 0,
+            })],
+        }
+    }
+
+    fn nothing(_: &BudgetScope, _: i64) -> Result<f64, String> {
+        Ok(0.0)
+    }
+
+    #[test]
+    fn no_sixty_second_window_admits_more_than_the_limit() {
+        let ledger = Ledger::default();
+        let c = caller(Some(10), None, None, None);
+        let mut admitted = Vec::new();
+        // A request every second for three minutes.
+        for t in 0..180 {
+            if let Ok(r) = ledger.reserve(&c, None, Ask::default(), t * 1000, &nothing) {
+                admitted.push(t * 1000);
+                ledger.settle(r, 0, 0.0);
+            }
+        }
+        for &start in &admitted {
+            let n = admitted.iter().filter(|&&at| at >= start && at < start + WINDOW_MS).count();
+            assert!(n <= 10, "{n} admitted in the window from {start}");
+        }
+        assert_eq!(admitted.len(), 30, "10 in each minute");
+        let refused = ledger.reserve(&c, None, Ask::default(), 180_500, &nothing).unwrap_err();
+        match refused {
+            Refusal::Rate { retry_after_ms, limit: 10, .. } => assert!(retry_after_ms > 0 && retry_after_ms <= WINDOW_MS),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn token_limits_hold_the_estimate_then_the_real_usage() {
+        let ledger = Ledger::default();
+        let c = caller(None, Some(1000), None, None);
+        let big = ledger.reserve(&c, None, Ask { tokens: 900, usd: 0.0 }, 0, &nothing).unwrap();
+        assert_eq!(big.view.tokens.unwrap().remaining, 100);
+        assert!(ledger.reserve(&c, None, Ask { tokens: 200, usd: 0.0 }, 1, &nothing).is_err());
+        ledger.settle(big, 50, 0.0);
+        let next = ledger.reserve(&c, None, Ask { tokens: 900, usd: 0.0 }, 2, &nothing).unwrap();
+        assert_eq!(next.view.tokens.unwrap().remaining, 50);
+    }
+
+    #[test]
+    fn budgets_hold_worst_cases_and_never_admit_past_the_limit() {
+        let ledger = Ledger::default();
+        // The team budget is the tighter: $1.00, with $0.25 spent before this process began
+        // (amounts exact in binary, so the edge is exact too).
+        let c = caller(None, None, Some(5.0), Some(1.0));
+        let spent = |scope: &BudgetScope, _: i64| Ok(if *scope == BudgetScope::Team("t".into()) { 0.25 } else { 0.0 });
+        let ask = |usd| Ask { tokens: 0, usd };
+        let held: Vec<_> = (0..10).map_while(|i| ledger.reserve(&c, None, ask(0.125), i, &spent).ok()).collect();
+        assert_eq!(held.len(), 6, "0.25 + 6 × 0.125 is exactly the limit; a seventh would pass it");
+        let refused = ledger.reserve(&c, None, ask(0.125), 10, &spent).unwrap_err();
+        assert!(refused.to_string().contains("budget exceeded for team t: $1 per day"), "{refused}");
+        // Each call cost half its worst case: room comes back, exactly.
+        for r in held {
+            ledger.settle(r, 0, 0.0625);
+        }
+        assert!(ledger.reserve(&c, None, ask(0.375), 20, &spent).is_ok());
+        assert!(ledger.reserve(&c, None, ask(0.001), 21, &spent).is_err());
+        // A new day starts from what the traces say.
+        assert!(ledger.reserve(&c, None, ask(0.75), 86_400_000, &spent).is_ok());
+        assert!(ledger.reserve(&c, None, ask(0.001), 86_400_001, &spent).is_err());
+    }
+}
