@@ -18,6 +18,10 @@ pub struct GatewayArgs {
     /// Concurrent connections for the throughput figure.
     #[arg(long, default_value_t = 32)]
     connections: usize,
+    /// Also measure a keel that checks a virtual key, RPM and TPM limits (on the key and its
+    /// team) and a team budget on every request, against the plain keel in the same run.
+    #[arg(long, alias = "limits")]
+    keys: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -38,10 +42,14 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-async fn wait_for(url: &str, seconds: u64) -> anyhow::Result<()> {
+async fn wait_for(url: &str, seconds: u64, key: Option<&str>) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     for _ in 0..seconds * 40 {
-        if client.post(url).header("content-type", "application/json").body(BODY).send().await.is_ok_and(|r| r.status().is_success()) {
+        let mut request = client.post(url).header("content-type", "application/json").body(BODY);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        if request.send().await.is_ok_and(|r| r.status().is_success()) {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -88,14 +96,22 @@ fn nginx(nginx: &PathBuf, dir: &std::path::Path, name: &str, workers: &str, upst
     Ok(Nginx(child))
 }
 
-async fn spawn_keel(dir: &std::path::Path, upstream: u16) -> anyhow::Result<(Child, String)> {
+/// Writes a keel config in `dir` with the upstream as its one alias; the URL keel will serve.
+fn keel_config(dir: &std::path::Path, upstream: u16) -> anyhow::Result<String> {
+    std::fs::create_dir_all(dir)?;
     let port = free_port()?;
     let config = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[store]\npath = \"bench.db\"\n\n[providers.up]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:{upstream}/v1\"\n\n[[models]]\nname = \"bench\"\nroutes = [{{ provider = \"up\", model = \"bench\" }}]\n"
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n\n[store]\npath = \"bench.db\"\n\n[providers.up]\nkind = \"openai\"\nbase_url = \"http://127.0.0.1:{upstream}/v1\"\n\n[[models]]\nname = \"bench\"\nroutes = [{{ provider = \"up\", model = \"bench\" }}]\n\n[prices.bench]\ninput = 0.15\noutput = 0.6\n"
     );
     let path = dir.join("keel.toml");
     std::fs::write(&path, config)?;
-    let child = Command::new(std::env::current_exe()?)
+    Ok(format!("http://127.0.0.1:{port}/v1/chat/completions"))
+}
+
+/// `keel serve` on the config in `dir`.
+fn start_keel(dir: &std::path::Path) -> anyhow::Result<Child> {
+    let path = dir.join("keel.toml");
+    Command::new(std::env::current_exe()?)
         .arg("--config")
         .arg(&path)
         .arg("serve")
@@ -105,8 +121,30 @@ async fn spawn_keel(dir: &std::path::Path, upstream: u16) -> anyhow::Result<(Chi
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .context("could not start keel serve")?;
-    Ok((child, format!("http://127.0.0.1:{port}/v1/chat/completions")))
+        .context("could not start keel serve")
+}
+
+async fn spawn_keel(dir: &std::path::Path, upstream: u16) -> anyhow::Result<(Child, String)> {
+    let url = keel_config(dir, upstream)?;
+    Ok((start_keel(dir)?, url))
+}
+
+/// A team with RPM, TPM and a budget, and a key in it with its own limits, made in `dir`'s
+/// store before keel starts (the limits are far above what the bench sends: every request is
+/// checked against all of them and none is refused). The key's secret.
+async fn make_key(dir: &std::path::Path) -> anyhow::Result<String> {
+    let keel = |args: &[&str]| {
+        let mut command = Command::new(std::env::current_exe().unwrap_or_else(|_| "keel".into()));
+        command.arg("--config").arg(dir.join("keel.toml")).args(args).current_dir(dir).env("KEEL_LOG", "warn");
+        command
+    };
+    let team = keel(&["teams", "create", "bench", "--rpm", "1000000000", "--tpm", "1000000000000", "--budget", "1000000000", "--period", "month"]).output().await?;
+    if !team.status.success() {
+        bail!("keel teams create failed: {}", String::from_utf8_lossy(&team.stderr));
+    }
+    let key = keel(&["keys", "create", "--team", "bench", "--model", "bench", "--rpm", "1000000000", "--tpm", "1000000000000", "--json"]).output().await?;
+    let made: serde_json::Value = serde_json::from_slice(&key.stdout).with_context(|| format!("keel keys create failed: {}", String::from_utf8_lossy(&key.stderr)))?;
+    made["key"].as_str().map(str::to_string).context("keel keys create printed no key")
 }
 
 /// LiteLLM's proxy with one worker in front of the same upstream, where `litellm` is installed.
@@ -129,7 +167,7 @@ async fn spawn_litellm(dir: &std::path::Path, upstream: u16) -> Option<(Child, S
         .spawn()
         .ok()?;
     let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
-    wait_for(&url, 60).await.ok()?;
+    wait_for(&url, 60, None).await.ok()?;
     Some((child, url))
 }
 
@@ -215,37 +253,52 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let nginx_url = format!("http://127.0.0.1:{proxy_port}/v1/chat/completions");
     let (mut keel, keel_url) = spawn_keel(&dir, up_port).await?;
     for url in [&direct_url, &nginx_url, &keel_url] {
-        wait_for(url, 5).await?;
+        wait_for(url, 5, None).await?;
     }
     let keel_pid = keel.id().context("keel exited")?;
     let idle_rss = rss_kib(keel_pid);
     let litellm = spawn_litellm(&dir, up_port).await;
 
-    let mut targets: Vec<(&str, String)> =
-        vec![("upstream alone", direct_url), ("nginx proxy", nginx_url), ("keel", keel_url.clone())];
+    let mut targets: Vec<(&str, String, PathBuf)> = vec![
+        ("upstream alone", direct_url, script.clone()),
+        ("nginx proxy", nginx_url, script.clone()),
+        ("keel", keel_url.clone(), script.clone()),
+    ];
+    let mut keyed = None;
+    if args.keys {
+        let keyed_dir = dir.join("keyed");
+        let url = keel_config(&keyed_dir, up_port)?;
+        let secret = make_key(&keyed_dir).await?;
+        let child = start_keel(&keyed_dir)?;
+        let keyed_script = dir.join("keyed.lua");
+        std::fs::write(&keyed_script, WRK_SCRIPT.replace("wrk.headers[\"Content-Type\"]", &format!("wrk.headers[\"Authorization\"] = \"Bearer {secret}\"\nwrk.headers[\"Content-Type\"]")))?;
+        wait_for(&url, 10, Some(&secret)).await?;
+        targets.push(("keel + key, limits, budget", url, keyed_script));
+        keyed = Some(child);
+    }
     if let Some((_, url)) = &litellm {
-        targets.push(("LiteLLM", url.clone()));
+        targets.push(("LiteLLM", url.clone(), script.clone()));
     }
     let mut sides: Vec<Side> = targets.iter().map(|_| Side::default()).collect();
     eprintln!("warming up…");
-    for (_, url) in &targets {
-        wrk(&wrk_bin, &script, url, args.connections, 1.0).await?;
+    for (_, url, script) in &targets {
+        wrk(&wrk_bin, script, url, args.connections, 1.0).await?;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     // Latency first, every side in turn, then throughput: a throughput run leaves keel's trace
     // writer a backlog that would otherwise be written during the next side's latency run.
     for round in 1..=args.rounds {
         eprintln!("latency, round {round}/{}: {:.0} s per side on one connection…", args.rounds, args.duration_s);
-        for ((_, url), side) in targets.iter().zip(&mut sides) {
-            let (p50, p99, _) = wrk(&wrk_bin, &script, url, 1, args.duration_s).await?;
+        for ((_, url, script), side) in targets.iter().zip(&mut sides) {
+            let (p50, p99, _) = wrk(&wrk_bin, script, url, 1, args.duration_s).await?;
             side.p50.push(p50);
             side.p99.push(p99);
         }
     }
     for round in 1..=args.rounds {
         eprintln!("throughput, round {round}/{}: {:.0} s per side on {} connections…", args.rounds, args.duration_s, args.connections);
-        for ((_, url), side) in targets.iter().zip(&mut sides) {
-            let (_, _, rps) = wrk(&wrk_bin, &script, url, args.connections, args.duration_s).await?;
+        for ((_, url, script), side) in targets.iter().zip(&mut sides) {
+            let (_, _, rps) = wrk(&wrk_bin, script, url, args.connections, args.duration_s).await?;
             side.rps.push(rps);
             // Let a backlog of traces reach the disk before the next side runs.
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -255,6 +308,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let loaded_rss = rss_kib(keel_pid);
     let _ = keel.start_kill();
     let _ = keel.wait().await;
+    drop(keyed);
     drop(litellm);
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -268,12 +322,14 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let ratio50 = k50 / n50.max(1.0);
     let ratio99 = k99 / n99.max(1.0);
     let rps_ratio = krps / nrps;
+    // The keyed keel against the plain one: µs added at p50, and the share of its throughput.
+    let with_keys = args.keys.then(|| (figures[3].0 - figures[2].0, figures[3].2 / krps));
     if args.json {
         let sides: serde_json::Map<String, serde_json::Value> = targets
             .iter()
             .zip(&figures)
             .enumerate()
-            .map(|(i, ((name, _), (p50, p99, rps)))| {
+            .map(|(i, ((name, _, _), (p50, p99, rps)))| {
                 let (a50, a99) = added(i);
                 (name.to_string(), json!({"p50_us": p50, "p99_us": p99, "rps": rps, "added_p50_us": a50, "added_p99_us": a99}))
             })
@@ -283,13 +339,14 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             "sides": sides,
             "keel_vs_nginx": {"added_p50_ratio": ratio50, "added_p99_ratio": ratio99, "rps_ratio": rps_ratio},
             "keel_self_reported_overhead_us": {"p50": self50, "p99": self99},
+            "keys_vs_keel": with_keys.map(|(p50, share)| json!({"added_p50_us": p50, "rps_share": share})),
             "keel_rss_mb": {"idle": idle_rss.map(|k| k as f64 / 1024.0), "after_load": loaded_rss.map(|k| k as f64 / 1024.0)},
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
     let mut rows = Vec::new();
-    for (i, ((name, _), (p50, p99, rps))) in targets.iter().zip(&figures).enumerate() {
+    for (i, ((name, _, _), (p50, p99, rps))) in targets.iter().zip(&figures).enumerate() {
         let (a50, a99) = added(i);
         let added_cell = |a: f64| if i == 0 { Cell::num("-") } else { Cell::num(format!("+{a:.0}")) };
         rows.push(vec![
@@ -303,7 +360,7 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     }
     print!("{}", table::render(&["SIDE", "P50 µs", "ADDED", "P99 µs", "ADDED", &format!("REQ/S @{}", args.connections)], &rows));
     let verdict = |ok: bool| if ok { Cell::new("yes").color(table::GREEN) } else { Cell::new("no").color(table::RED) };
-    let targets_rows = vec![
+    let mut targets_rows = vec![
         vec![Cell::new("added p50, keel / nginx"), Cell::num(format!("{ratio50:.2}x")), Cell::new("≤ 2x"), verdict(ratio50 <= 2.0)],
         vec![Cell::new("added p99, keel / nginx"), Cell::num(format!("{ratio99:.2}x")), Cell::new("≤ 3x"), verdict(ratio99 <= 3.0)],
         vec![Cell::new(format!("requests/s @{}, keel / nginx", args.connections)), Cell::num(format!("{rps_ratio:.2}x")), Cell::new("≥ 0.6x"), verdict(rps_ratio >= 0.6)],
@@ -315,6 +372,15 @@ pub async fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             verdict(idle_rss.is_some_and(|kib| kib as f64 / 1024.0 <= 40.0)),
         ],
     ];
+    if let Some((p50, share)) = with_keys {
+        targets_rows.push(vec![Cell::new("key + limits + budget, p50 over keel"), Cell::num(format!("+{p50:.0} µs")), Cell::new("≤ 10 µs"), verdict(p50 <= 10.0)]);
+        targets_rows.push(vec![
+            Cell::new(format!("key + limits + budget, requests/s @{}", args.connections)),
+            Cell::num(format!("{:.0}% of keel's", share * 100.0)),
+            Cell::new("≥ 80%"),
+            verdict(share >= 0.8),
+        ]);
+    }
     print!("{}", table::render(&["TARGET", "MEASURED", "GOAL", "MET"], &targets_rows));
     println!(
         "{}",
