@@ -103,12 +103,24 @@ fn duration_text(ms: i64) -> String {
 }
 
 fn rate_headers(headers: &mut axum::http::HeaderMap, view: &RateView) {
-    for (what, window) in [("requests", view.requests), ("tokens", view.tokens)] {
+    const NAMES: [[HeaderName; 3]; 2] = [
+        [
+            HeaderName::from_static("x-ratelimit-limit-requests"),
+            HeaderName::from_static("x-ratelimit-remaining-requests"),
+            HeaderName::from_static("x-ratelimit-reset-requests"),
+        ],
+        [
+            HeaderName::from_static("x-ratelimit-limit-tokens"),
+            HeaderName::from_static("x-ratelimit-remaining-tokens"),
+            HeaderName::from_static("x-ratelimit-reset-tokens"),
+        ],
+    ];
+    for (names, window) in NAMES.iter().zip([view.requests, view.tokens]) {
         let Some(w) = window else { continue };
-        for (name, value) in [("limit", w.limit.to_string()), ("remaining", w.remaining.to_string()), ("reset", duration_text(w.reset_ms))] {
-            if let (Ok(name), Ok(value)) = (HeaderName::try_from(format!("x-ratelimit-{name}-{what}")), HeaderValue::from_str(&value)) {
-                headers.insert(name, value);
-            }
+        headers.insert(names[0].clone(), HeaderValue::from(w.limit));
+        headers.insert(names[1].clone(), HeaderValue::from(w.remaining));
+        if let Ok(value) = HeaderValue::from_str(&duration_text(w.reset_ms)) {
+            headers.insert(names[2].clone(), value);
         }
     }
 }

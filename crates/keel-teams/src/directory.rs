@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use keel_store::{KeyRecord, Store, TeamRecord};
 
 use crate::key::{SECRET_PREFIX, hash_secret};
-use crate::ledger::{Ask, BudgetScope, Ledger, Refusal, Reservation};
+use crate::ledger::{Ask, BudgetScope, Ledger, Plan, Refusal, Reservation};
 use crate::Result;
 
 /// Who a request comes from: its key and the teams it answers to, its own first, then each
@@ -18,9 +18,16 @@ use crate::Result;
 pub struct Caller {
     pub key: KeyRecord,
     pub teams: Vec<Arc<TeamRecord>>,
+    /// Its rate limits and budgets, named once here rather than on every request.
+    pub(crate) plan: Plan,
 }
 
 impl Caller {
+    pub fn new(key: KeyRecord, teams: Vec<Arc<TeamRecord>>) -> Caller {
+        let plan = Plan::new(&key, &teams);
+        Caller { key, teams, plan }
+    }
+
     /// Whether the key may call this model alias (no list: every alias).
     pub fn may_use(&self, alias: &str) -> bool {
         self.key.models.is_empty() || self.key.models.iter().any(|m| m == alias)
@@ -86,7 +93,7 @@ impl Directory {
                 chain.push(team.clone());
                 at = team.parent.as_ref().and_then(|p| teams.get(p));
             }
-            by_hash.insert(key.hash.clone(), Arc::new(Caller { key, teams: chain }));
+            by_hash.insert(key.hash.clone(), Arc::new(Caller::new(key, chain)));
         }
         *self.snapshot.write().unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(Snapshot { generation, by_hash });
         Ok(true)

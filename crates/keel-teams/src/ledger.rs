@@ -11,7 +11,9 @@
 //!   ends the reservation becomes its real cost, or is released when it failed.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use keel_store::{BudgetRecord, KeyRecord, TeamRecord};
 
 use crate::directory::Caller;
 use crate::period::{Period, period_start_ms};
@@ -71,23 +73,85 @@ pub struct Window {
 /// A request's hold on its limits, to settle when its call ends.
 #[derive(Debug)]
 pub struct Reservation {
-    id: u64,
-    rates: Vec<String>,
-    budgets: Vec<String>,
+    /// Each token log held, and the millisecond its entry sits at.
+    tokens: Vec<(Arc<str>, i64)>,
+    budgets: Vec<Arc<str>>,
     ask: Ask,
     pub view: RateView,
 }
 
+/// One rate limit of a caller, named once when the directory loads.
+#[derive(Debug, Clone)]
+pub(crate) struct Rate {
+    /// The log's name (`key key_1 tokens`), and the scope it is reported as (`key key_1`).
+    log: Arc<str>,
+    scope: Arc<str>,
+    tokens: bool,
+    limit: u64,
+}
+
+/// One budget of a caller, named once when the directory loads.
+#[derive(Debug, Clone)]
+pub(crate) struct Limit {
+    scope: BudgetScope,
+    name: Arc<str>,
+    usd: f64,
+    period: Period,
+}
+
+/// What a caller is checked against, worked out when its key is loaded, not per request.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Plan {
+    rates: Vec<Rate>,
+    budgets: Vec<Limit>,
+}
+
+fn period(text: &str) -> Period {
+    Period::parse(text).unwrap_or(Period::Total)
+}
+
+impl Plan {
+    pub(crate) fn new(key: &KeyRecord, teams: &[Arc<TeamRecord>]) -> Plan {
+        let mut plan = Plan::default();
+        let mut rates = |scope: String, rpm: Option<u64>, tpm: Option<u64>| {
+            let scope: Arc<str> = scope.into();
+            for (limit, tokens, what) in [(rpm, false, "requests"), (tpm, true, "tokens")] {
+                if let Some(limit) = limit {
+                    plan.rates.push(Rate { log: format!("{scope} {what}").into(), scope: scope.clone(), tokens, limit });
+                }
+            }
+        };
+        rates(format!("key {}", key.id), key.rpm, key.tpm);
+        for team in teams {
+            rates(format!("team {}", team.id), team.rpm, team.tpm);
+        }
+        let mut budget = |scope: BudgetScope, b: &BudgetRecord| {
+            plan.budgets.push(Limit { name: scope.name().into(), scope, usd: b.usd, period: period(&b.period) });
+        };
+        if let Some(b) = &key.budget {
+            budget(BudgetScope::Key(key.id.clone()), b);
+        }
+        for team in teams {
+            if let Some(b) = &team.budget {
+                budget(BudgetScope::Team(team.id.clone()), b);
+            }
+        }
+        plan
+    }
+}
+
+/// Admitted amounts per millisecond, oldest first: requests in the same millisecond share
+/// an entry, so a log holds at most one entry per millisecond of the window, whatever the
+/// rate.
 #[derive(Debug, Default)]
 struct Log {
-    /// (admitted at, amount, reservation id), oldest first.
-    entries: VecDeque<(i64, u64, u64)>,
+    entries: VecDeque<(i64, u64)>,
     total: u64,
 }
 
 impl Log {
     fn expire(&mut self, now: i64) {
-        while let Some(&(at, amount, _)) = self.entries.front() {
+        while let Some(&(at, amount)) = self.entries.front() {
             if at > now - WINDOW_MS {
                 break;
             }
@@ -96,19 +160,42 @@ impl Log {
         }
     }
 
+    /// Adds `amount` at `now` (or at the newest entry's millisecond, should the clock have
+    /// stepped back); the millisecond it sits at.
+    fn push(&mut self, now: i64, amount: u64) -> i64 {
+        self.total += amount;
+        match self.entries.back_mut() {
+            Some((at, held)) if *at >= now => {
+                *held += amount;
+                *at
+            }
+            _ => {
+                self.entries.push_back((now, amount));
+                now
+            }
+        }
+    }
+
+    /// Moves what the entry at `at` holds from `from` to `to` (a settled estimate).
+    fn replace(&mut self, at: i64, from: u64, to: u64) {
+        if let Ok(idx) = self.entries.binary_search_by_key(&at, |&(t, _)| t) {
+            let held = &mut self.entries[idx].1;
+            let from = from.min(*held);
+            *held = *held - from + to;
+            self.total = self.total - from + to;
+        }
+    }
+
     /// How long until `need` more fits under `limit`.
     fn wait_ms(&self, need: u64, limit: u64, now: i64) -> i64 {
         let mut total = self.total;
-        for &(at, amount, _) in &self.entries {
-            if total + need <= limit {
-                break;
-            }
+        for &(at, amount) in &self.entries {
             total -= amount;
             if total + need <= limit {
                 return (at + WINDOW_MS - now).max(1);
             }
         }
-        if total + need <= limit { 0 } else { WINDOW_MS }
+        WINDOW_MS
     }
 }
 
@@ -122,9 +209,8 @@ struct Budget {
 
 #[derive(Debug, Default)]
 struct State {
-    next_id: u64,
-    logs: HashMap<String, Log>,
-    budgets: HashMap<String, Budget>,
+    logs: HashMap<Arc<str>, Log>,
+    budgets: HashMap<Arc<str>, Budget>,
 }
 
 /// Loads what a budget's scope already spent in its period (from the traces); `Err` says
@@ -159,103 +245,88 @@ impl Ledger {
     /// Checks every limit and budget that applies to `caller` (and its end `user`) and, when
     /// all fit, holds `ask` against each; else the first limit that does not fit.
     pub fn reserve(&self, caller: &Caller, user: Option<&str>, ask: Ask, now: i64, spent: SpentSince) -> Result<Reservation, Refusal> {
-        let mut rates: Vec<(String, &'static str, u64, u64)> = Vec::new();
-        let key = &caller.key;
-        let mut add_rates = |scope: &str, rpm: Option<u64>, tpm: Option<u64>| {
-            if let Some(limit) = rpm {
-                rates.push((format!("{scope} requests"), "requests", limit, 1));
+        let plan = &caller.plan;
+        // An end user's budget is the one named per request.
+        let user_budget = match (&caller.key.user_budget, user) {
+            (Some(b), Some(user)) => {
+                let scope = BudgetScope::User { key: caller.key.id.clone(), user: user.to_string() };
+                Some(Limit { name: scope.name().into(), scope, usd: b.usd, period: period(&b.period) })
             }
-            if let Some(limit) = tpm {
-                rates.push((format!("{scope} tokens"), "tokens", limit, ask.tokens));
-            }
+            _ => None,
         };
-        add_rates(&format!("key {}", key.id), key.rpm, key.tpm);
-        for team in &caller.teams {
-            add_rates(&format!("team {}", team.id), team.rpm, team.tpm);
-        }
-        let mut budgets: Vec<(BudgetScope, f64, Period)> = Vec::new();
-        let period = |p: &str| Period::parse(p).unwrap_or(Period::Total);
-        if let Some(b) = &key.budget {
-            budgets.push((BudgetScope::Key(key.id.clone()), b.usd, period(&b.period)));
-        }
-        for team in &caller.teams {
-            if let Some(b) = &team.budget {
-                budgets.push((BudgetScope::Team(team.id.clone()), b.usd, period(&b.period)));
-            }
-        }
-        if let (Some(b), Some(user)) = (&key.user_budget, user) {
-            budgets.push((BudgetScope::User { key: key.id.clone(), user: user.to_string() }, b.usd, period(&b.period)));
-        }
+        let budgets = || plan.budgets.iter().chain(user_budget.as_ref());
 
         let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let state = &mut *state;
         let mut view = RateView::default();
-        for (scope, what, limit, need) in &rates {
-            let log = state.logs.entry(scope.clone()).or_default();
+        for rate in &plan.rates {
+            let need = if rate.tokens { ask.tokens } else { 1 };
+            if !state.logs.contains_key(&rate.log) {
+                state.logs.insert(rate.log.clone(), Log::default());
+            }
+            let log = state.logs.get_mut(&rate.log).expect("inserted above");
             log.expire(now);
-            if log.total + need > *limit {
-                return Err(Refusal::Rate { scope: scope.rsplit_once(' ').map_or(scope.clone(), |(s, _)| s.to_string()), what, limit: *limit, retry_after_ms: log.wait_ms(*need, *limit, now) });
+            if log.total + need > rate.limit {
+                let what = if rate.tokens { "tokens" } else { "requests" };
+                return Err(Refusal::Rate { scope: rate.scope.to_string(), what, limit: rate.limit, retry_after_ms: log.wait_ms(need, rate.limit, now) });
             }
             let window = Window {
-                limit: *limit,
-                remaining: limit - log.total - need,
-                reset_ms: log.entries.front().map_or(WINDOW_MS, |&(at, _, _)| at + WINDOW_MS - now),
+                limit: rate.limit,
+                remaining: rate.limit - log.total - need,
+                reset_ms: log.entries.front().map_or(WINDOW_MS, |&(at, _)| at + WINDOW_MS - now),
             };
-            let slot = if *what == "requests" { &mut view.requests } else { &mut view.tokens };
+            let slot = if rate.tokens { &mut view.tokens } else { &mut view.requests };
             if slot.is_none_or(|w| window.remaining < w.remaining) {
                 *slot = Some(window);
             }
         }
-        let mut names = Vec::with_capacity(budgets.len());
-        for (scope, limit, period) in &budgets {
-            let name = scope.name();
-            let start = period_start_ms(*period, now);
-            let budget = state.budgets.entry(name.clone()).or_insert_with(|| Budget { period: *period, start_ms: -1, spent: 0.0, reserved: 0.0 });
-            if budget.start_ms != start || budget.period != *period {
+        for limit in budgets() {
+            let start = period_start_ms(limit.period, now);
+            if !state.budgets.contains_key(&limit.name) {
+                state.budgets.insert(limit.name.clone(), Budget { period: limit.period, start_ms: -1, spent: 0.0, reserved: 0.0 });
+            }
+            let budget = state.budgets.get_mut(&limit.name).expect("inserted above");
+            if budget.start_ms != start || budget.period != limit.period {
                 // A new period (or the first look since start): what the traces say was spent.
-                budget.spent = spent(scope, start).map_err(Refusal::Unavailable)?;
-                budget.period = *period;
+                budget.spent = spent(&limit.scope, start).map_err(Refusal::Unavailable)?;
+                budget.period = limit.period;
                 budget.start_ms = start;
             }
-            if budget.spent + budget.reserved + ask.usd > *limit {
+            if budget.spent + budget.reserved + ask.usd > limit.usd {
                 return Err(Refusal::Budget {
-                    scope: name,
-                    limit_usd: *limit,
+                    scope: limit.name.to_string(),
+                    limit_usd: limit.usd,
                     spent_usd: budget.spent,
                     reserved_usd: budget.reserved,
                     ask_usd: ask.usd,
-                    period: period.as_str(),
+                    period: limit.period.as_str(),
                 });
             }
-            names.push(name);
         }
         // Everything fits: hold it all.
-        state.next_id += 1;
-        let id = state.next_id;
-        for (scope, _, _, need) in &rates {
-            let log = state.logs.get_mut(scope).expect("checked above");
-            log.entries.push_back((now, *need, id));
-            log.total += need;
+        let mut tokens = Vec::new();
+        for rate in &plan.rates {
+            let log = state.logs.get_mut(&rate.log).expect("checked above");
+            let at = log.push(now, if rate.tokens { ask.tokens } else { 1 });
+            if rate.tokens {
+                tokens.push((rate.log.clone(), at));
+            }
         }
-        for name in &names {
-            state.budgets.get_mut(name).expect("checked above").reserved += ask.usd;
+        let mut held = Vec::new();
+        for limit in budgets() {
+            state.budgets.get_mut(&limit.name).expect("checked above").reserved += ask.usd;
+            held.push(limit.name.clone());
         }
-        Ok(Reservation { id, rates: rates.into_iter().map(|(scope, ..)| scope).collect(), budgets: names, ask, view })
+        Ok(Reservation { tokens, budgets: held, ask, view })
     }
 
     /// Ends a call: its token entries become `tokens` used and its budget holds become
     /// `usd` spent (a failed call passes what it used, often nothing).
     pub fn settle(&self, reservation: Reservation, tokens: u64, usd: f64) {
         let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        for scope in &reservation.rates {
-            if !scope.ends_with(" tokens") {
-                continue;
-            }
-            if let Some(log) = state.logs.get_mut(scope)
-                && let Some(entry) = log.entries.iter_mut().rev().find(|e| e.2 == reservation.id)
-            {
-                log.total = log.total - entry.1 + tokens;
-                entry.1 = tokens;
+        for (log, at) in &reservation.tokens {
+            if let Some(log) = state.logs.get_mut(log) {
+                log.replace(*at, reservation.ask.tokens, tokens);
             }
         }
         for name in &reservation.budgets {
@@ -269,17 +340,13 @@ impl Ledger {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use keel_store::{BudgetRecord, KeyRecord, TeamRecord};
-
     use super::*;
 
     fn caller(rpm: Option<u64>, tpm: Option<u64>, key_budget: Option<f64>, team_budget: Option<f64>) -> Caller {
         let budget = |usd: Option<f64>| usd.map(|usd| BudgetRecord { usd, period: "day".into() });
-        Caller {
-            key: KeyRecord { id: "key_a".into(), team: "t".into(), rpm, tpm, budget: budget(key_budget), ..KeyRecord::default() },
-            teams: vec![Arc::new(TeamRecord {
+        Caller::new(
+            KeyRecord { id: "key_a".into(), team: "t".into(), rpm, tpm, budget: budget(key_budget), ..KeyRecord::default() },
+            vec![Arc::new(TeamRecord {
                 id: "t".into(),
                 parent: None,
                 budget: budget(team_budget),
@@ -288,7 +355,7 @@ mod tests {
                 metadata: "{}".into(),
                 created_ms: 0,
             })],
-        }
+        )
     }
 
     fn nothing(_: &BudgetScope, _: i64) -> Result<f64, String> {
