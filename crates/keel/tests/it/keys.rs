@@ -45,7 +45,7 @@ fn teams_and_keys_are_made_listed_rotated_and_revoked_from_the_cli() {
     let rotated = json(&run(&["keys", "rotate", &id, "--grace", "60", "--json"], &dir));
     assert_ne!(rotated["key"], made["key"]);
     assert_eq!(json(&run(&["keys", "show", &id, "--json"], &dir))["rotated_to"], rotated["id"]);
-    let revoked = json(&run(&["keys", "revoke", &made["prefix"].as_str().unwrap().to_string(), "--json"], &dir));
+    let revoked = json(&run(&["keys", "revoke", made["prefix"].as_str().unwrap(), "--json"], &dir));
     assert_eq!(revoked["status"], "revoked");
     let again = run(&["keys", "rotate", &id], &dir);
     assert!(stderr(&again).contains("is revoked"), "{}", stderr(&again));
