@@ -62,6 +62,13 @@ pub(crate) struct Demand {
     pub(crate) no_output: bool,
 }
 
+impl Demand {
+    /// A chat request's demand (Chat Completions, Messages and Responses alike).
+    pub(crate) fn chat(request: &keel_core::ChatRequest, body: &[u8]) -> Demand {
+        Demand { input_bytes: body.len(), max_output: request.max_tokens.map(u64::from), user: request.user.clone(), no_output: false }
+    }
+}
+
 /// The request's worst case on `alias`: its tokens and the dearest route's price for them.
 fn worst_case(app: &App, alias: &str, demand: &Demand) -> Ask {
     let Ok(alias) = app.router.alias(alias) else { return Ask::default() };
@@ -81,9 +88,7 @@ pub(crate) fn reserve(app: &App, caller: &Caller, alias: &str, demand: &Demand, 
             Ok(reservation)
         }
         Err(refusal) => {
-            if let keel_teams::Refusal::Rate { what, limit, retry_after_ms, .. } = &refusal {
-                let window = Some(keel_teams::Window { limit: *limit, remaining: 0, reset_ms: *retry_after_ms });
-                let view = if *what == "requests" { RateView { requests: window, tokens: None } } else { RateView { requests: None, tokens: window } };
+            if let Some(view) = refusal.view() {
                 note_view(view);
             }
             Err(ApiError::from_refusal(&refusal, format))
@@ -160,28 +165,28 @@ pub(crate) fn authorize(app: &App, request: &Request, format: Format) -> Result<
     if is_master {
         return Ok(None);
     }
-    if let Some(given) = given.filter(|g| g.starts_with("sk-keel-")) {
+    if let Some(given) = given.filter(|g| g.starts_with(keel_teams::SECRET_PREFIX)) {
         return app.access.authenticate(given, keel_core::now_ms()).map(Some).map_err(|denied| ApiError::unauthorized(denied.to_string(), format));
     }
     if master.is_none() && !app.access.has_keys() {
         return Ok(None);
     }
     Err(match given {
-        Some(_) => ApiError::unauthorized("the API key is not valid for this keel server", format),
+        Some(_) => ApiError::unauthorized(keel_teams::Denied::Unknown.to_string(), format),
         None => ApiError::unauthorized("this keel server needs an API key: send it as `Authorization: Bearer KEY` or `x-api-key: KEY`", format),
     })
 }
 
 /// The refusal when the request's key may not call `alias` (nothing reaches an upstream).
-pub(crate) fn check_model(caller: Option<&Caller>, alias: &str, format: Format) -> Result<(), ApiError> {
-    match caller {
-        Some(caller) if !caller.may_use(alias) => Err(ApiError::forbidden(
-            "model_not_allowed",
-            format!("the API key {}… may not call model `{alias}`; it may call: {}", caller.key.prefix, caller.key.models.join(", ")),
-            format,
-        )),
-        _ => Ok(()),
+pub(crate) fn check_model(caller: &Caller, alias: &str, format: Format) -> Result<(), ApiError> {
+    if caller.may_use(alias) {
+        return Ok(());
     }
+    Err(ApiError::forbidden(
+        "model_not_allowed",
+        format!("the API key {}… may not call model `{alias}`; it may call: {}", caller.key.prefix, caller.key.models.join(", ")),
+        format,
+    ))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -89,16 +89,14 @@ pub async fn delete_team(State(app): State<App>, Path(name): Path<String>) -> Re
 
 pub async fn keys(State(app): State<App>, Query(q): Query<Page>) -> Response {
     let now = keel_core::now_ms();
-    match app.store.keys() {
-        Ok(keys) => page(keys.iter().filter(|k| q.team.as_ref().is_none_or(|t| &k.team == t)).map(|k| admin::key_json(k, now)).collect(), &q),
+    match app.store.keys(q.team.as_deref()) {
+        Ok(keys) => page(keys.iter().map(|k| admin::key_json(k, now)).collect(), &q),
         Err(err) => failed(err.into()),
     }
 }
 
-fn created(secret: String, record: &keel_store::KeyRecord) -> Response {
-    let mut body = admin::key_json(record, keel_core::now_ms());
-    body["key"] = Value::String(secret);
-    crate::error::created(body)
+fn created(secret: &str, record: &keel_store::KeyRecord) -> Response {
+    crate::error::created(admin::created_json(secret, record))
 }
 
 pub async fn create_key(State(app): State<App>, body: Result<Bytes, BytesRejection>) -> Response {
@@ -109,7 +107,7 @@ pub async fn create_key(State(app): State<App>, body: Result<Bytes, BytesRejecti
     match admin::create_key(&app.store, spec) {
         Ok((secret, record)) => {
             reloaded(&app);
-            created(secret, &record)
+            created(&secret, &record)
         }
         Err(err) => failed(err),
     }
@@ -151,7 +149,7 @@ pub async fn rotate_key(State(app): State<App>, Path(id): Path<String>, body: By
     match admin::rotate_key(&app.store, &id, rotate.grace_s.unwrap_or(86_400)) {
         Ok((secret, record)) => {
             reloaded(&app);
-            created(secret, &record)
+            created(&secret, &record)
         }
         Err(err) => failed(err),
     }

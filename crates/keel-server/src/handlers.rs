@@ -123,16 +123,17 @@ impl Call {
     /// The call if its key may make it (the model allowed, its worst case held against the
     /// key's rate limits and budgets); else the refusal, traced, before any upstream sees it.
     pub(crate) async fn admit(mut self, format: Format, demand: crate::access::Demand) -> Result<Call, Response> {
-        self.end_user = demand.user.clone();
-        let admitted = match self.caller.clone() {
-            None => Ok(()),
-            Some(caller) => crate::access::check_model(Some(&caller), &self.alias, format).and_then(|()| {
-                self.reservation = Some(crate::access::reserve(&self.app, &caller, &self.alias, &demand, format)?);
-                Ok(())
-            }),
+        let admitted = match &self.caller {
+            None => Ok(None),
+            Some(caller) => crate::access::check_model(caller, &self.alias, format)
+                .and_then(|()| crate::access::reserve(&self.app, caller, &self.alias, &demand, format).map(Some)),
         };
+        self.end_user = demand.user;
         match admitted {
-            Ok(()) => Ok(self),
+            Ok(reservation) => {
+                self.reservation = reservation;
+                Ok(self)
+            }
             Err(error) => {
                 let id = self.id.clone();
                 self.finish(Call::failed(RouteInfo::default(), &error)).await;
@@ -341,12 +342,7 @@ pub(crate) fn response_to_wire(response: &ChatResponse, call_id: &str, alias: &s
 }
 
 async fn chat(app: App, request: ChatRequest, bytes: Bytes, format: Format, endpoint: &'static str, prompt: Option<PromptUse>) -> Response {
-    let demand = crate::access::Demand {
-        input_bytes: bytes.len(),
-        max_output: request.max_tokens.map(u64::from),
-        user: request.user.clone(),
-        no_output: false,
-    };
+    let demand = crate::access::Demand::chat(&request, &bytes);
     let mut call = match Call::new(&app, endpoint, &request.model, request.stream, &bytes).admit(format, demand).await {
         Ok(call) => call,
         Err(refused) => return refused,

@@ -158,12 +158,7 @@ pub async fn create(State(app): State<App>, body: Result<Bytes, BytesRejection>)
 
 async fn respond(app: App, request: ResponsesRequest, base: String, bytes: Bytes) -> Response {
     let format = Format::OpenAi;
-    let demand = crate::access::Demand {
-        input_bytes: bytes.len(),
-        max_output: request.chat.max_tokens.map(u64::from),
-        user: request.chat.user.clone(),
-        no_output: false,
-    };
+    let demand = crate::access::Demand::chat(&request.chat, &bytes);
     let mut call = match Call::new(&app, "responses", &request.chat.model, request.chat.stream, &bytes).admit(format, demand).await {
         Ok(call) => call,
         Err(refused) => return refused,

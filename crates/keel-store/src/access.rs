@@ -95,6 +95,8 @@ fn budget(usd: Option<f64>, period: Option<String>) -> Option<BudgetRecord> {
     usd.map(|usd| BudgetRecord { usd, period: period.unwrap_or_else(|| "total".into()) })
 }
 
+const TEAM_COLUMNS: &str = "id, parent, budget_usd, budget_period, rpm, tpm, metadata, created_ms";
+
 fn team_row(row: &Row) -> rusqlite::Result<TeamRecord> {
     Ok(TeamRecord {
         id: row.get(0)?,
@@ -183,15 +185,17 @@ impl Store {
 
     pub fn teams(&self) -> Result<Vec<TeamRecord>> {
         let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut stmt = conn
-            .prepare("SELECT id, parent, budget_usd, budget_period, rpm, tpm, metadata, created_ms FROM teams ORDER BY id")
-            .map_err(|e| self.err(e))?;
+        let mut stmt = conn.prepare(&format!("SELECT {TEAM_COLUMNS} FROM teams ORDER BY id")).map_err(|e| self.err(e))?;
         let rows = stmt.query_map([], team_row).map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 
     pub fn team(&self, id: &str) -> Result<TeamRecord> {
-        self.teams()?.into_iter().find(|t| t.id == id).ok_or_else(|| Error::NotFound(format!("no team {id}")))
+        let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        conn.query_row(&format!("SELECT {TEAM_COLUMNS} FROM teams WHERE id = ?1"), [id], team_row)
+            .optional()
+            .map_err(|e| self.err(e))?
+            .ok_or_else(|| Error::NotFound(format!("no team {id}")))
     }
 
     /// Deletes a team that no key and no other team belongs to.
@@ -222,11 +226,13 @@ impl Store {
         tx.commit().map_err(|e| self.err(e))
     }
 
-    /// Every key, newest first, revoked ones included.
-    pub fn keys(&self) -> Result<Vec<KeyRecord>> {
+    /// Every key (of `team`, when given), newest first, revoked ones included.
+    pub fn keys(&self, team: Option<&str>) -> Result<Vec<KeyRecord>> {
         let conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let mut stmt = conn.prepare(&format!("SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_ms DESC, id DESC")).map_err(|e| self.err(e))?;
-        let rows = stmt.query_map([], key_row).map_err(|e| self.err(e))?;
+        let mut stmt = conn
+            .prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM api_keys WHERE ?1 IS NULL OR team = ?1 ORDER BY created_ms DESC, id DESC"))
+            .map_err(|e| self.err(e))?;
+        let rows = stmt.query_map([team], key_row).map_err(|e| self.err(e))?;
         rows.collect::<Result<Vec<_>, _>>().map_err(|e| self.err(e))
     }
 

@@ -2,7 +2,7 @@
 //! admin API (`/v1/admin/…`) alike: settings are checked here, once.
 
 use keel_store::{BudgetRecord, KeyRecord, Store, TeamRecord};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::period::Period;
@@ -40,14 +40,6 @@ pub struct KeySpec {
     /// Seconds from now until the key stops working.
     pub expires_in_s: Option<u64>,
     pub metadata: Option<Value>,
-}
-
-/// A key just made: its secret, shown this once, and what was stored.
-#[derive(Debug, Serialize)]
-pub struct Created {
-    pub key: String,
-    #[serde(flatten)]
-    pub record: Value,
 }
 
 fn check_name(what: &str, name: &str) -> Result<()> {
@@ -142,21 +134,32 @@ fn budget_json(b: &Option<BudgetRecord>) -> Value {
     b.as_ref().map_or(Value::Null, |b| json!({"usd": b.usd, "period": b.period}))
 }
 
-/// A key as the API and `--json` show it: everything but the hash (and never the secret).
-pub fn key_json(key: &KeyRecord, now_ms: i64) -> Value {
-    let status = if key.revoked_ms.is_some() {
+/// `active`, `expired` or `revoked` at `now_ms`.
+pub fn key_status(key: &KeyRecord, now_ms: i64) -> &'static str {
+    if key.revoked_ms.is_some() {
         "revoked"
     } else if key.expires_ms.is_some_and(|at| at <= now_ms) {
         "expired"
     } else {
         "active"
-    };
+    }
+}
+
+/// A key just made or rotated, with its secret: the one answer that ever holds it.
+pub fn created_json(secret: &str, key: &KeyRecord) -> Value {
+    let mut body = key_json(key, keel_core::now_ms());
+    body["key"] = Value::String(secret.to_string());
+    body
+}
+
+/// A key as the API and `--json` show it: everything but the hash (and never the secret).
+pub fn key_json(key: &KeyRecord, now_ms: i64) -> Value {
     json!({
         "id": key.id,
         "name": key.name,
         "prefix": key.prefix,
         "team": key.team,
-        "status": status,
+        "status": key_status(key, now_ms),
         "models": key.models,
         "rpm": key.rpm,
         "tpm": key.tpm,

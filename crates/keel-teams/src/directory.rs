@@ -83,7 +83,7 @@ impl Directory {
         }
         let teams: HashMap<String, Arc<TeamRecord>> = self.store.teams()?.into_iter().map(|t| (t.id.clone(), Arc::new(t))).collect();
         let mut by_hash = HashMap::new();
-        for key in self.store.keys()? {
+        for key in self.store.keys(None)? {
             let mut chain = Vec::new();
             let mut at = teams.get(&key.team);
             while let Some(team) = at {

@@ -55,6 +55,15 @@ impl std::fmt::Display for Refusal {
     }
 }
 
+impl Refusal {
+    /// A rate limit's headers for the refused request: nothing remains until the reset.
+    pub fn view(&self) -> Option<RateView> {
+        let Refusal::Rate { what, limit, retry_after_ms, .. } = self else { return None };
+        let window = Some(Window { limit: *limit, remaining: 0, reset_ms: *retry_after_ms });
+        Some(if *what == "requests" { RateView { requests: window, tokens: None } } else { RateView { requests: None, tokens: window } })
+    }
+}
+
 /// The tightest rate limits that applied, for the `x-ratelimit-*` headers.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct RateView {

@@ -10,7 +10,7 @@ mod period;
 
 pub use directory::{Caller, Denied, Directory};
 pub use ledger::{Ask, BudgetScope, Ledger, RateView, Refusal, Reservation, Window};
-pub use key::{NewKey, hash_secret, new_key};
+pub use key::{NewKey, SECRET_PREFIX, hash_secret, new_key};
 pub use period::{Period, period_start_ms};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -136,7 +136,7 @@ fn key_rows(keys: &[KeyRecord], now: i64) -> String {
     let rows: Vec<Vec<Cell>> = keys
         .iter()
         .map(|k| {
-            let status = admin::key_json(k, now)["status"].as_str().unwrap_or("").to_string();
+            let status = admin::key_status(k, now);
             let color = if status == "active" { table::GREEN } else { table::DIM };
             vec![
                 Cell::new(&k.id),
@@ -157,9 +157,7 @@ fn key_rows(keys: &[KeyRecord], now: i64) -> String {
 
 fn show_created(secret: &str, record: &KeyRecord, json: bool, what: &str) -> anyhow::Result<()> {
     if json {
-        let mut body = admin::key_json(record, keel_core::now_ms());
-        body["key"] = Value::String(secret.to_string());
-        return print_json(&body);
+        return print_json(&admin::created_json(secret, record));
     }
     println!("{what} key {} for team {}:\n\n  {}\n", record.id, record.team, table::paint(secret, table::BOLD));
     println!("{}", table::paint("This is the only time the key is shown; keel keeps only its hash.", table::YELLOW));
@@ -188,7 +186,7 @@ pub fn keys(config: Option<&Path>, command: KeysCommand) -> anyhow::Result<()> {
             show_created(&secret, &record, json, "Created")
         }
         KeysCommand::List { team, json } => {
-            let keys: Vec<KeyRecord> = store.keys()?.into_iter().filter(|k| team.as_ref().is_none_or(|t| &k.team == t)).collect();
+            let keys = store.keys(team.as_deref())?;
             if json {
                 return print_json(&Value::Array(keys.iter().map(|k| admin::key_json(k, now)).collect()));
             }
@@ -275,7 +273,7 @@ pub fn teams(config: Option<&Path>, command: TeamsCommand) -> anyhow::Result<()>
         }
         TeamsCommand::Show { name, json } => {
             let team = store.team(&name)?;
-            let keys: Vec<KeyRecord> = store.keys()?.into_iter().filter(|k| k.team == team.id).collect();
+            let keys = store.keys(Some(&team.id))?;
             if json {
                 let now = keel_core::now_ms();
                 let mut body = admin::team_json(&team);
